@@ -1,0 +1,1 @@
+"""``python -m instrument``: see :mod:`pyinstrument_ai.launcher`."""

@@ -1,0 +1,3 @@
+from pyinstrument_ai.launcher import main
+
+main()

@@ -1,0 +1,65 @@
+"""pyinstrument-ai: read-only, import-time instrumentation for AI inference.
+
+The public API is small and loaded on first use, so ``import pyinstrument_ai`` (done by the
+auto-load hook at interpreter start) costs next to nothing:
+
+- :func:`instrument` / :func:`uninstrument`: start/stop recording in this process
+- :func:`recording`: a context manager that records into memory and hands back the events
+- :func:`load`: read JSONL event files/folders into dicts on one timeline
+"""
+
+from __future__ import annotations
+
+from pyinstrument_ai._version import __version__
+
+# not `from typing import ...`: typing costs ~9 ms at every auto-loaded interpreter start
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+    from pyinstrument_ai.config import Config, ConfigError
+    from pyinstrument_ai.reader import EventFileError, load
+    from pyinstrument_ai.runtime import active, instrument, recording, uninstrument
+    from pyinstrument_ai.targets import register as register_target
+
+__all__ = [
+    "__version__",
+    "Config",
+    "ConfigError",
+    "EventFileError",
+    "active",
+    "instrument",
+    "load",
+    "recording",
+    "register_target",
+    "uninstrument",
+]
+
+_LAZY = {
+    "Config": ("pyinstrument_ai.config", "Config"),
+    "ConfigError": ("pyinstrument_ai.config", "ConfigError"),
+    "EventFileError": ("pyinstrument_ai.reader", "EventFileError"),
+    "load": ("pyinstrument_ai.reader", "load"),
+    "active": ("pyinstrument_ai.runtime", "active"),
+    "instrument": ("pyinstrument_ai.runtime", "instrument"),
+    "recording": ("pyinstrument_ai.runtime", "recording"),
+    "uninstrument": ("pyinstrument_ai.runtime", "uninstrument"),
+    "register_target": ("pyinstrument_ai.targets", "register"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'pyinstrument_ai' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

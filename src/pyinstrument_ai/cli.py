@@ -1,0 +1,44 @@
+"""``pyinstrument-ai`` console script: ``run`` (the launcher) and small helpers.
+
+``pyinstrument-ai run [OPTIONS] script.py|-m mod|-- CMD`` is ``python -m instrument``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pyinstrument_ai._version import __version__
+
+USAGE = """\
+usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]
+       pyinstrument-ai targets
+       pyinstrument-ai --version
+
+commands:
+  run       run a program with instrumentation (same as `python -m instrument`)
+  targets   list the known targets
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        sys.exit(0 if argv else 2)
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "--version":
+        sys.stdout.write(f"pyinstrument-ai {__version__}\n")
+        sys.exit(0)
+    if cmd == "run":
+        from pyinstrument_ai.launcher import main as launch
+
+        launch(rest)
+        return
+    if cmd == "targets":
+        from pyinstrument_ai.launcher import main as launch
+
+        launch(["--list-targets"])
+        return
+    sys.stderr.write(USAGE)
+    sys.stderr.write(f"pyinstrument-ai: error: unknown command {cmd!r}\n")
+    sys.exit(2)

@@ -1,0 +1,170 @@
+"""Every setting, its environment variable and its flag, resolved once into a frozen Config.
+
+Precedence: explicit arguments > launcher flags > environment > defaults. A bad value raises
+:class:`ConfigError` naming where it came from (flag or variable) and the value.
+"""
+
+from __future__ import annotations
+
+import os
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_ON = "PYINSTRUMENT_AI"
+ENV_OUT = "PYINSTRUMENT_AI_OUT"
+ENV_TARGETS = "PYINSTRUMENT_AI_TARGETS"
+ENV_DISABLE = "PYINSTRUMENT_AI_DISABLE"
+ENV_CAPTURE = "PYINSTRUMENT_AI_CAPTURE_CONTENT"
+ENV_FLUSH = "PYINSTRUMENT_AI_FLUSH_INTERVAL"
+ENV_SUMMARY = "PYINSTRUMENT_AI_SUMMARY"
+ENV_RUN_ID = "PYINSTRUMENT_AI_RUN_ID"
+ENV_DEBUG = "PYINSTRUMENT_AI_DEBUG"
+
+DEFAULT_OUT = "instrument-out"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use. ``source`` is the flag or variable it came from."""
+
+    def __init__(self, source: str, value: object, expected: str) -> None:
+        self.source = source
+        self.value = value
+        super().__init__(f"{source}: invalid value {value!r} ({expected})")
+
+
+class Config:
+    """Resolved settings of one process (immutable; use :meth:`replace`).
+
+    Not a dataclass on purpose: ``dataclasses`` imports ``inspect``, ~10 ms at every
+    interpreter start that auto-loads us.
+    """
+
+    __slots__ = (
+        "out_dir", "targets", "disable", "capture_content", "flush_interval", "summary", "run_id"
+    )
+
+    def __init__(
+        self,
+        out_dir: str = DEFAULT_OUT,
+        targets: tuple[str, ...] | None = None,
+        disable: tuple[str, ...] = (),
+        capture_content: bool = False,
+        flush_interval: float = 1.0,
+        summary: bool = True,
+        run_id: str | None = None,
+    ) -> None:
+        s = object.__setattr__
+        s(self, "out_dir", out_dir)
+        #: names of targets to enable; ``None`` means every registered target
+        s(self, "targets", tuple(targets) if targets is not None else None)
+        s(self, "disable", tuple(disable))
+        #: privacy opt-in: record prompt/completion text and token ids
+        s(self, "capture_content", bool(capture_content))
+        #: seconds between background flushes of buffered events to the file
+        s(self, "flush_interval", float(flush_interval))
+        #: print the short summary at exit (launcher only)
+        s(self, "summary", bool(summary))
+        #: an id shared by every process of one launcher run (set by the launcher)
+        s(self, "run_id", run_id)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Config is immutable; use .replace()")
+
+    def _asdict(self) -> dict[str, object]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def replace(self, **changes: object) -> Config:
+        unknown = set(changes) - set(self.__slots__)
+        if unknown:
+            raise TypeError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
+        return Config(**{**self._asdict(), **changes})  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self._asdict() == other._asdict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._asdict().values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._asdict().items())
+        return f"Config({inner})"
+
+
+def parse_bool(source: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise ConfigError(source, value, "expected 1/0, true/false, yes/no or on/off")
+
+
+def parse_names(source: str, value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    for n in names:
+        if not n.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise ConfigError(source, value, "expected comma-separated target names")
+    return names
+
+
+def parse_interval(source: str, value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise ConfigError(source, value, "expected a positive number of seconds") from None
+    if not (f > 0) or f != f or f == float("inf"):
+        raise ConfigError(source, value, "expected a positive number of seconds")
+    return f
+
+
+def parse_out(source: str, value: str) -> str:
+    if not value.strip():
+        raise ConfigError(source, value, "expected a folder path")
+    return value
+
+
+def is_on(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the auto-load variable asks for instrumentation (ConfigError if unreadable)."""
+    environ = os.environ if environ is None else environ
+    return parse_bool(ENV_ON, environ.get(ENV_ON, ""))
+
+
+def from_env(environ: Mapping[str, str] | None = None, base: Config | None = None) -> Config:
+    """Read every ``PYINSTRUMENT_AI_*`` variable over ``base`` (default: the defaults)."""
+    env = os.environ if environ is None else environ
+    c: dict[str, object] = {}
+    if ENV_OUT in env:
+        c["out_dir"] = parse_out(ENV_OUT, env[ENV_OUT])
+    if ENV_TARGETS in env and env[ENV_TARGETS].strip():
+        c["targets"] = parse_names(ENV_TARGETS, env[ENV_TARGETS])
+    if ENV_DISABLE in env:
+        c["disable"] = parse_names(ENV_DISABLE, env[ENV_DISABLE])
+    if ENV_CAPTURE in env:
+        c["capture_content"] = parse_bool(ENV_CAPTURE, env[ENV_CAPTURE])
+    if ENV_FLUSH in env:
+        c["flush_interval"] = parse_interval(ENV_FLUSH, env[ENV_FLUSH])
+    if ENV_SUMMARY in env:
+        c["summary"] = parse_bool(ENV_SUMMARY, env[ENV_SUMMARY])
+    if env.get(ENV_RUN_ID):
+        c["run_id"] = env[ENV_RUN_ID]
+    return (base or Config()).replace(**c)
+
+
+def to_env(config: Config) -> dict[str, str]:
+    """The variables that make a child process resolve the same Config (auto-load on)."""
+    env = {
+        ENV_ON: "1",
+        ENV_OUT: os.path.abspath(config.out_dir),
+        ENV_DISABLE: ",".join(config.disable),
+        ENV_CAPTURE: "1" if config.capture_content else "0",
+        ENV_FLUSH: repr(config.flush_interval),
+    }
+    env[ENV_TARGETS] = ",".join(config.targets) if config.targets is not None else ""
+    if config.run_id:
+        env[ENV_RUN_ID] = config.run_id
+    return env

@@ -1,0 +1,404 @@
+"""``python -m instrument``: run a program unchanged, with instrumentation installed first.
+
+Three forms::
+
+    python -m instrument [OPTIONS] script.py [ARGS]      # in this process, like `python script.py`
+    python -m instrument [OPTIONS] -m package.mod [ARGS] # in this process, like `python -m`
+    python -m instrument [OPTIONS] -- COMMAND [ARGS]     # exec COMMAND; every Python process
+                                                         # beneath auto-loads the instrumentation
+
+The in-process forms mimic the interpreter closely: a fresh ``__main__`` module (so pickling
+and multiprocessing "spawn" find the user's objects), ``sys.argv``/``sys.path[0]`` as Python sets
+them, the same messages and exit codes for a missing script or module, and an uncaught
+exception printed through ``sys.excepthook`` with our own frames cut off.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import signal
+import sys
+import types
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+from pyinstrument_ai import config as cfg
+from pyinstrument_ai._version import __version__
+
+USAGE = """\
+usage: python -m instrument [OPTIONS] script.py [ARGS...]
+       python -m instrument [OPTIONS] -m module [ARGS...]
+       python -m instrument [OPTIONS] -- COMMAND [ARGS...]
+
+Runs a Python program unchanged with read-only instrumentation installed, recording raw
+timestamped events (JSONL, one file per process) into the output folder.
+
+options:
+  -o, --out DIR           output folder (default ./instrument-out; env PYINSTRUMENT_AI_OUT)
+  --targets A,B           only these targets (default: all; env PYINSTRUMENT_AI_TARGETS)
+  --disable C             every target but these (env PYINSTRUMENT_AI_DISABLE)
+  --capture-content       also record prompt/completion text and token ids (off by default;
+                          env PYINSTRUMENT_AI_CAPTURE_CONTENT=1)
+  --flush-interval S      seconds between background flushes (default 1.0;
+                          env PYINSTRUMENT_AI_FLUSH_INTERVAL)
+  --no-summary            no summary on stderr at exit (env PYINSTRUMENT_AI_SUMMARY=0)
+  --list-targets          list the known targets and exit
+  --version               print the version and exit
+  -h, --help              show this help and exit
+"""
+
+_VALUE_OPTS = {"-o": "out", "--out": "out", "--targets": "targets", "--disable": "disable",
+               "--flush-interval": "flush_interval"}
+_FLAG_OPTS = {"--capture-content": "capture_content", "--no-summary": "no_summary"}
+
+
+class UsageError(Exception):
+    pass
+
+
+class Invocation:
+    """What the command line asks for (a plain class: dataclasses costs ~10 ms to import)."""
+
+    def __init__(self) -> None:
+        self.mode = ""  # "script" | "module" | "command" | "help" | "version" | "list"
+        self.target = ""
+        self.args: list[str] = []
+        self.options: dict[str, tuple[str, str]] = {}  # key -> (flag as given, value)
+        self.flags: set[str] = set()
+
+
+def parse_args(argv: list[str]) -> Invocation:
+    inv = Invocation()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            if i + 1 >= len(argv):
+                raise UsageError("-- must be followed by a command")
+            inv.mode, inv.target, inv.args = "command", argv[i + 1], argv[i + 2 :]
+            return inv
+        if a == "-m" or (a.startswith("-m") and not a.startswith("--")):
+            mod = a[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+            if not mod:
+                raise UsageError("argument -m: expected a module name")
+            rest = argv[i + 1 :] if a[2:] else argv[i + 2 :]
+            inv.mode, inv.target, inv.args = "module", mod, rest
+            return inv
+        if a in ("-h", "--help"):
+            inv.mode = "help"
+            return inv
+        if a == "--version":
+            inv.mode = "version"
+            return inv
+        if a == "--list-targets":
+            inv.mode = "list"
+            return inv
+        name, eq, value = a.partition("=")
+        if name in _VALUE_OPTS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"argument {name}: expected a value")
+                i += 1
+                value = argv[i]
+            inv.options[_VALUE_OPTS[name]] = (name, value)
+        elif a in _FLAG_OPTS:
+            inv.flags.add(_FLAG_OPTS[a])
+        elif a.startswith("-"):
+            raise UsageError(f"unrecognized option {a}")
+        else:
+            inv.mode, inv.target, inv.args = "script", a, argv[i + 1 :]
+            return inv
+        i += 1
+    raise UsageError("expected a script, -m module, or -- COMMAND")
+
+
+def resolve_config(inv: Invocation, environ: Any = None) -> cfg.Config:
+    """Environment, then flags; raises ConfigError naming the flag or variable."""
+    config = cfg.from_env(environ)
+    o = inv.options
+    changes: dict[str, Any] = {}
+    if "out" in o:
+        changes["out_dir"] = cfg.parse_out(*o["out"])
+    if "targets" in o:
+        changes["targets"] = cfg.parse_names(*o["targets"]) or None
+    if "disable" in o:
+        changes["disable"] = cfg.parse_names(*o["disable"])
+    if "flush_interval" in o:
+        changes["flush_interval"] = cfg.parse_interval(*o["flush_interval"])
+    if "capture_content" in inv.flags:
+        changes["capture_content"] = True
+    if "no_summary" in inv.flags:
+        changes["summary"] = False
+    config = config.replace(**changes)
+    from pyinstrument_ai import targets
+
+    try:
+        targets.select(config.targets, config.disable)
+    except targets.UnknownTarget as exc:
+        bad = exc.names[0]
+        in_enable = bad in (config.targets or ())
+        if in_enable:
+            source = o["targets"][0] if "targets" in o else cfg.ENV_TARGETS
+        else:
+            source = o["disable"][0] if "disable" in o else cfg.ENV_DISABLE
+        raise cfg.ConfigError(
+            source, ",".join(exc.names), f"unknown target; known: {', '.join(sorted(exc.known))}"
+        ) from None
+    return config.replace(out_dir=os.path.abspath(config.out_dir))
+
+
+def _prog() -> str:
+    orig = getattr(sys, "orig_argv", None)
+    return orig[0] if orig else (sys.executable or "python")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    sys.stderr.write(f"python -m instrument: error: {message}\n")
+    sys.exit(code)
+
+
+def bootstrap_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+
+
+def child_environment(config: cfg.Config, environ: dict[str, str]) -> dict[str, str]:
+    """The variables every Python process beneath needs to auto-load with this config."""
+    env = cfg.to_env(config)
+    boot = bootstrap_dir()
+    pp = environ.get("PYTHONPATH", "")
+    parts = [p for p in pp.split(os.pathsep) if p]
+    if boot not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([boot, *parts])
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        inv = parse_args(argv)
+    except UsageError as exc:
+        sys.stderr.write(USAGE)
+        _fail(str(exc))
+    if inv.mode == "help":
+        sys.stdout.write(USAGE)
+        sys.exit(0)
+    if inv.mode == "version":
+        sys.stdout.write(f"pyinstrument-ai {__version__}\n")
+        sys.exit(0)
+    if inv.mode == "list":
+        from pyinstrument_ai import targets
+
+        for name, spec in sorted(targets.registry().items()):
+            sys.stdout.write(f"{name}\t{getattr(spec, '__name__', spec)}\n")
+        sys.exit(0)
+    try:
+        config = resolve_config(inv)
+    except cfg.ConfigError as exc:
+        _fail(str(exc))
+    config = config.replace(run_id=config.run_id or os.urandom(6).hex())
+    os.environ.update(child_environment(config, dict(os.environ)))
+    if inv.mode == "command":
+        _exec_command(inv.target, inv.args)
+    _run_in_process(inv, config)
+
+
+def _exec_command(command: str, args: list[str]) -> NoReturn:
+    # No instrumentation in this process: it is replaced by COMMAND, whose Python processes
+    # auto-load through the environment we just set (the .pth hook and the bootstrap
+    # sitecustomize on PYTHONPATH).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command, [command, *args])
+    except FileNotFoundError:
+        _fail(f"command not found: {command}", 127)
+    except PermissionError:
+        _fail(f"permission denied: {command}", 126)
+    except OSError as exc:
+        _fail(f"cannot run {command}: {exc.strerror or exc}", 126)
+
+
+def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
+    from pyinstrument_ai import runtime
+
+    if runtime.active() is not None:
+        # the auto-load hook got here first (PYINSTRUMENT_AI=1 in this environment): the
+        # launcher's own flags win
+        runtime.uninstrument()
+    try:
+        runtime.instrument(config)
+    except Exception as exc:  # instrumentation must never stop the program
+        from pyinstrument_ai import _log
+
+        _log.warn(f"instrumentation is off: {exc}")
+    if config.summary:
+        import atexit
+
+        atexit.register(_print_summary, config)
+    if inv.mode == "script":
+        _run_script(inv.target, inv.args)
+    else:
+        _run_module(inv.target, inv.args)
+    sys.exit(0)
+
+
+def _run_script(path: str, args: list[str]) -> None:
+    abspath = os.path.abspath(path)
+    if os.path.isdir(path) or _is_zip(path):
+        _run_directory_or_zip(path, abspath, args)
+        return
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+    except OSError as exc:
+        sys.stderr.write(
+            f"{_prog()}: can't open file {abspath!r}: [Errno {exc.errno}] {exc.strerror}\n"
+        )
+        sys.exit(2)
+    sys.argv[:] = [path, *args]
+    sys.path[0] = os.path.dirname(os.path.realpath(path))
+    main_module = types.ModuleType("__main__")
+    from importlib.machinery import SourceFileLoader
+
+    main_module.__dict__.update(
+        __file__=abspath,
+        __builtins__=builtins,
+        __loader__=SourceFileLoader("__main__", abspath),
+        __cached__=None,
+        __spec__=None,
+        __package__=None,
+    )
+    sys.modules["__main__"] = main_module
+    try:
+        code = compile(source, abspath, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        _uncaught(exc)
+    _exec(code, main_module.__dict__)
+
+
+def _is_zip(path: str) -> bool:
+    if path.endswith((".py", ".pyw")) or not os.path.isfile(path):
+        return False  # skip importing zipfile for the common case
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def _run_directory_or_zip(path: str, abspath: str, args: list[str]) -> None:
+    import runpy
+
+    sys.argv[:] = [path, *args]
+    sys.path[0] = path
+    try:
+        mod_name, spec, code = runpy._get_module_details("__main__")  # type: ignore[attr-defined]
+    except ImportError:
+        sys.stderr.write(f"{_prog()}: can't find '__main__' module in {abspath!r}\n")
+        sys.exit(1)
+    main_module = types.ModuleType("__main__")
+    sys.modules["__main__"] = main_module
+    _exec_runpy(code, main_module, spec)
+
+
+def _run_module(mod_name: str, args: list[str]) -> None:
+    import runpy
+
+    try:
+        _, spec, code = runpy._get_module_details(mod_name, runpy._Error)  # type: ignore[attr-defined]
+    except runpy._Error as exc:  # type: ignore[attr-defined]
+        # exactly what `python -m` prints
+        sys.exit(f"{sys.executable}: {exc}")
+    sys.argv[:] = [spec.origin or mod_name, *args]
+    main_module = types.ModuleType("__main__")
+    sys.modules["__main__"] = main_module
+    _exec_runpy(code, main_module, spec)
+
+
+def _exec_runpy(code: types.CodeType, main_module: types.ModuleType, spec: Any) -> None:
+    import runpy
+
+    g = main_module.__dict__
+    g["__builtins__"] = builtins
+    try:
+        runpy._run_code(code, g, None, "__main__", spec)  # type: ignore[attr-defined]
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        _uncaught(exc)
+
+
+def _exec(code: types.CodeType, globals_: dict[str, Any]) -> None:
+    try:
+        exec(code, globals_)
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        _uncaught(exc)
+
+
+_OUR_FILES = (os.path.abspath(__file__),)
+
+
+def _is_ours(filename: str) -> bool:
+    return filename in _OUR_FILES or filename == "<frozen runpy>" or filename.endswith("runpy.py")
+
+
+def _uncaught(exc: BaseException) -> NoReturn:
+    """Report an uncaught exception exactly as the interpreter would, minus our frames."""
+    tb = exc.__traceback__
+    while tb is not None and _is_ours(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
+    sys.excepthook(type(exc), exc, tb)
+    if isinstance(exc, KeyboardInterrupt):
+        # Python ends an uncaught KeyboardInterrupt by running atexit and then dying of SIGINT,
+        # so the parent sees "killed by SIGINT" (exit status 130 in a shell).
+        import atexit
+
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        except Exception:
+            pass
+    sys.exit(1)
+
+
+def _print_summary(config: cfg.Config) -> None:
+    try:
+        from pyinstrument_ai import runtime
+
+        session = runtime.active()
+        if session is not None:
+            session.flush(timeout=5)
+        from pyinstrument_ai.reader import load_headers, read_file
+
+        try:
+            from pyinstrument_ai.summary import render_summary
+        except ImportError:
+            return
+        if not os.path.isdir(config.out_dir):
+            return
+        events: list[dict[str, Any]] = []
+        for h in load_headers(config.out_dir):
+            if h.get("run_id") == config.run_id:
+                events.extend(read_file(h["path"], strict=False)[1])
+        if not any(e["name"] == "generate" for e in events):
+            return  # the summary is about generations; say nothing (stderr unchanged) otherwise
+        events.sort(key=lambda e: e["t_ns"])
+        text = render_summary(events, config.out_dir)
+        if text:
+            sys.stderr.write(text if text.endswith("\n") else text + "\n")
+            sys.stderr.flush()
+    except Exception as exc:
+        from pyinstrument_ai._guard import report
+
+        report("summary at exit", exc)

@@ -1,0 +1,247 @@
+"""Turning instrumentation on and off in this process.
+
+There is at most one active :class:`Session` per process. Process-wide hooks are installed
+once, when this module is first imported, and always consult the active session: an at-exit
+flush, an after-fork hook (the child writes its own file) and a multiprocessing finalizer
+(forked workers leave through ``os._exit``, which skips ``atexit``). SIGTERM gets a handler that
+flushes and then re-delivers the signal with the default action, but only where the program
+left SIGTERM at its default.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from functools import partial
+
+from pyinstrument_ai import _log, hooks, targets
+from pyinstrument_ai._guard import guard
+from pyinstrument_ai.config import Config
+from pyinstrument_ai.session import Session
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import FrameType, ModuleType
+    from typing import Any
+
+_session: Session | None = None
+_lock = threading.RLock()
+_sigterm_installed = False
+
+
+def active() -> Session | None:
+    """The session recording in this process, if any."""
+    return _session
+
+
+def instrument(
+    config: Config | None = None,
+    *,
+    sink: Any = None,
+    background: bool = True,
+    **overrides: Any,
+) -> Session:
+    """Start recording in this process and patch the selected targets when they are imported.
+
+    ``config`` defaults to the environment (``PYINSTRUMENT_AI_*``); keyword arguments override
+    single fields (``out_dir=``, ``targets=``, ``disable=``, ``capture_content=``, ...).
+    Calling it again while a session is active returns that session (idempotent).
+    Raises :class:`~pyinstrument_ai.targets.UnknownTarget` for a target name nobody registered.
+    """
+    global _session
+    with _lock:
+        if _session is not None:
+            return _session
+        if config is None:
+            from pyinstrument_ai.config import from_env
+
+            config = from_env()
+        if overrides:
+            if isinstance(overrides.get("targets"), list):
+                overrides["targets"] = tuple(overrides["targets"])
+            if isinstance(overrides.get("disable"), list):
+                overrides["disable"] = tuple(overrides["disable"])
+            config = config.replace(**overrides)
+        chosen = targets.select(config.targets, config.disable)
+        session = Session(config, sink=sink, background=background)
+        for name, spec in chosen:
+            try:
+                session.targets[name] = targets.TargetInfo(name, spec)
+            except Exception as exc:
+                _log.warn(f"target {name}: cannot load {spec!r}: {exc}", key=f"load:{name}")
+        _session = session
+        session.start()
+        if background:
+            _install_sigterm()
+        hooks.when_imported("multiprocessing.util", _hook_multiprocessing)
+        for name, info in session.targets.items():
+            for modname in info.modules:
+                hooks.when_imported(modname, partial(_on_import, session, name))
+        return session
+
+
+def _on_import(session: Session, name: str, _imported: ModuleType) -> None:
+    if session is _session:
+        session.patch_target(name)
+
+
+def uninstrument() -> Session | None:
+    """Unpatch every target, flush and close the active session; returns it (or None)."""
+    global _session
+    with _lock:
+        session, _session = _session, None
+        if session is None:
+            return None
+        hooks.clear()
+        session.unpatch_all()
+        session.close()
+        _restore_sigterm()
+        return session
+
+
+class Recording:
+    """What :func:`recording` hands back: ``events`` once the block has ended."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.session: Session | None = None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Events recorded so far, while the block is still running."""
+        s = self.session
+        if s is None:
+            return list(self.events)
+        from pyinstrument_ai.reader import events_from_records
+
+        s.flush()
+        sink = s.sink
+        return events_from_records(sink.header, sink.records)
+
+
+@contextmanager
+def recording(
+    targets: list[str] | tuple[str, ...] | None = None,
+    *,
+    capture_content: bool = False,
+    **overrides: Any,
+) -> Iterator[Recording]:
+    """Record into memory for the duration of the block; ``rec.events`` afterwards.
+
+    >>> with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+    ...     session.run(None, feeds)
+    >>> [e["name"] for e in rec.events]
+    """
+    if _session is not None:
+        raise RuntimeError(
+            "pyinstrument-ai is already recording in this process; call uninstrument() first"
+        )
+    from pyinstrument_ai.reader import events_from_records
+    from pyinstrument_ai.sinks.memory import MemorySink
+
+    rec = Recording()
+    config = Config(
+        targets=tuple(targets) if targets is not None else None,
+        capture_content=capture_content,
+    )
+    holder: dict[str, Session] = {}
+    sink = MemorySink(lambda: holder["session"].make_header())
+    session = instrument(config, sink=sink, background=False, **overrides)
+    holder["session"] = session
+    rec.session = session
+    try:
+        yield rec
+    finally:
+        uninstrument()
+        rec.session = None
+        rec.events = events_from_records(sink.header, sink.records)
+
+
+# -- process-wide hooks ------------------------------------------------------------------------
+
+
+def _at_exit() -> None:
+    s = _session
+    if s is not None:
+        with guard("flush at exit"):
+            s.close(timeout=5)
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+    s = _session
+    if s is not None:
+        _log.reset_for_fork()
+        with guard("after fork"):
+            s.after_fork_child()
+
+
+class _Token:
+    """A weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_MP_TOKEN = _Token()
+_mp_registered = False
+
+
+def _hook_multiprocessing(util: ModuleType) -> None:
+    global _mp_registered
+    if not _mp_registered:
+        _mp_registered = True
+        util.register_after_fork(_MP_TOKEN, _mp_after_fork)
+
+
+def _mp_after_fork(_token: object) -> None:
+    # Runs in a multiprocessing child after its registries were reset; forked workers end in
+    # os._exit(), so atexit never runs there: flush from multiprocessing's own exit finalizers.
+    import multiprocessing.util as util
+
+    util.Finalize(None, _at_exit, exitpriority=-100)
+
+
+def _install_sigterm() -> None:
+    global _sigterm_installed
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _sigterm_installed = True
+    except (ValueError, OSError, AttributeError):
+        pass
+
+
+def _restore_sigterm() -> None:
+    global _sigterm_installed
+    if not _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _sigterm_installed = False
+    except (ValueError, OSError):
+        pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    s = _session
+    if s is not None and s.flushing_in == threading.get_ident():
+        # We interrupted our own flush in this thread (e.g. multiprocessing's exit finalizer):
+        # let it finish writing, then die.
+        s.deferred = partial(_on_sigterm, signum, None)
+        return
+    if s is not None:
+        with guard("flush on SIGTERM"):
+            s.close(timeout=2)
+    # End as SIGTERM always ended this program: default action, same exit status.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+atexit.register(_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

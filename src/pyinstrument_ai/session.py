@@ -1,0 +1,178 @@
+"""One process's recording: recorder -> (background flusher) -> sink, plus the patched targets.
+
+The flusher is a daemon thread that drains the recorder every ``flush_interval`` seconds, so a
+killed process loses at most that tail. At exit (normal, ``sys.exit``, uncaught exception), on
+SIGTERM and in multiprocessing's forked workers (which leave through ``os._exit``), the
+remaining records are flushed by the hooks in :mod:`pyinstrument_ai.runtime`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from pyinstrument_ai import _log, clock, targets
+from pyinstrument_ai._guard import guard
+from pyinstrument_ai.config import Config
+from pyinstrument_ai.recorder import Recorder
+from pyinstrument_ai.sinks.jsonl import JsonlSink, hostname
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def _library_versions(dists: list[str]) -> dict[str, str]:
+    try:
+        return targets.installed_versions(dists)
+    except Exception:
+        return {}
+
+
+class Session:
+    def __init__(self, config: Config, sink: Any = None, background: bool = True) -> None:
+        self.config = config
+        self.recorder = Recorder(capture_content=config.capture_content)
+        self.started_mono_ns = clock.now_ns()
+        self.background = background
+        self.sink = sink if sink is not None else JsonlSink(config.out_dir, self.make_header)
+        #: name -> TargetInfo, for every target this session manages
+        self.targets: dict[str, targets.TargetInfo] = {}
+        #: name -> library version, for the targets that were patched
+        self.patched: dict[str, str] = {}
+        self.closed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: thread id of a flush in progress (a signal handler must not re-enter it)
+        self.flushing_in: int | None = None
+        #: set by a signal handler that interrupted our flush: runs once the flush is done
+        self.deferred: Any = None
+
+    # -- header -----------------------------------------------------------------------------
+    def make_header(self) -> dict[str, Any]:
+        wall, mono = clock.anchor()
+        from pyinstrument_ai import __version__
+
+        dists = [t.distribution for t in self.targets.values()]
+        return {
+            "type": "header",
+            "schema": SCHEMA_VERSION,
+            "clock": clock.CLOCK_NAME,
+            "anchor": {"wall_ns": wall, "mono_ns": mono},
+            "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "hostname": hostname(),
+            "argv": list(sys.argv),
+            "executable": sys.executable,
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "pyinstrument_ai": __version__,
+            "run_id": self.config.run_id,
+            "started_mono_ns": self.started_mono_ns,
+            "targets": sorted(self.targets),
+            "versions": _library_versions([d for d in dists if d]),
+            "capture_content": self.config.capture_content,
+        }
+
+    # -- flushing ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.background and self._thread is None:
+            t = threading.Thread(target=self._loop, name="pyinstrument-ai-flush", daemon=True)
+            self._thread = t
+            t.start()
+
+    def _loop(self) -> None:
+        stop, interval = self._stop, self.config.flush_interval
+        while not stop.wait(interval):
+            with guard("periodic flush"):
+                self.flush()
+
+    def flush(self, timeout: float = -1) -> None:
+        """Hand every buffered record to the sink. ``timeout`` bounds the wait for the lock
+        (a signal handler must not wait forever on a flush it interrupted)."""
+        if not self._lock.acquire(timeout=timeout):
+            return
+        try:
+            self.flushing_in = threading.get_ident()
+            records = self.recorder.drain()
+            self.sink.write(records)
+        finally:
+            self.flushing_in = None
+            self._lock.release()
+        deferred, self.deferred = self.deferred, None
+        if deferred is not None:
+            deferred()
+
+    def close(self, timeout: float = -1) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._stop.set()
+        with guard("final flush"):
+            self.flush(timeout)
+        with guard("closing the sink"):
+            self.sink.close()
+
+    def after_fork_child(self) -> None:
+        """The child of ``os.fork()`` gets its own file, lock and flusher.
+
+        Buffered records are the parent's (the parent writes them); the parent's descriptor is
+        dropped without touching the parent's file.
+        """
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self.recorder.discard()
+        if isinstance(self.sink, JsonlSink):
+            self.sink.abandon()
+            self.sink = JsonlSink(self.config.out_dir, self.make_header)
+        if not self.closed:
+            self.start()
+
+    # -- targets ----------------------------------------------------------------------------
+    def patch_target(self, name: str) -> None:
+        """Called from the import hook once the target's library is imported."""
+        if self.closed or name in self.patched:
+            return
+        try:
+            module = self.targets[name].load()
+        except Exception as exc:
+            _log.warn(f"target {name}: cannot load {self.targets[name].spec!r}: {exc}")
+            return
+        version = _library_version(module)
+        supported = tuple(getattr(module, "SUPPORTED", ()))
+        if version is not None and supported and not targets.version_ok(version, supported):
+            _log.info(
+                f"target {name}: {module.DISTRIBUTION} {version} is outside the supported range "
+                f"{','.join(supported)}; not instrumented",
+                key=f"unsupported:{name}",
+            )
+            return
+        with guard(f"patching target {name}"):
+            module.patch(self.recorder)
+            self.patched[name] = version or ""
+            self.recorder.record(
+                "target", clock.now_ns(), None, {"target": name, "version": version}
+            )
+            _log.debug(f"patched target {name} ({version})")
+
+    def unpatch_all(self) -> None:
+        for name in list(self.patched):
+            with guard(f"unpatching target {name}"):
+                self.targets[name].load().unpatch()
+            self.patched.pop(name, None)
+
+
+def _library_version(module: Any) -> str | None:
+    dist = getattr(module, "DISTRIBUTION", None)
+    if not dist:
+        return None
+    # The library is imported by now: its __version__ is free, metadata lookup is the fallback.
+    top = sys.modules.get(dist.replace("-", "_"))
+    v = getattr(top, "__version__", None)
+    if isinstance(v, str):
+        return v
+    return _library_versions([dist]).get(dist)

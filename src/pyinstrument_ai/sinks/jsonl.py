@@ -1,0 +1,133 @@
+"""One JSONL file per process: a header line, then one event per line.
+
+The file is created with the first event written (a process that records nothing leaves no
+file), with ``O_EXCL`` and a name made of host, pid, start time and random bytes, which cannot
+collide across processes, forks, restarts or hosts. orjson is imported then too: its import
+pulls in dataclasses, uuid and datetime (~20 ms), which a process that records nothing should
+not pay at start-up.
+
+Failure policy: the host program must not notice. If the folder cannot be created or the file
+cannot be written (permissions, ENOSPC, ...), we warn once on stderr and drop events from then on
+(a failed write may have left a partial line; appending after it would corrupt the next one).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyinstrument_ai import _log
+from pyinstrument_ai.sinks.serialize import to_dict
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from pyinstrument_ai.recorder import Record
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def file_name(hostname: str, pid: int, wall_ns: int) -> str:
+    host = "".join(c if c in _SAFE else "_" for c in hostname)[:64] or "host"
+    return f"{host}-{pid}-{wall_ns // 1_000_000}-{os.urandom(3).hex()}.jsonl"
+
+
+def _default(obj: object) -> object:
+    # A target's field that orjson cannot encode is written as its repr rather than lost.
+    return repr(obj)
+
+
+class JsonlSink:
+    def __init__(self, out_dir: str, header: Callable[[], dict[str, Any]]) -> None:
+        self.out_dir = os.path.abspath(out_dir)
+        self._make_header = header
+        self._header: dict[str, Any] | None = None
+        self.path: str | None = None
+        self._fd: int | None = None
+        self.failed = False
+        self.dropped = 0
+        self.written = 0
+
+    @property
+    def header(self) -> dict[str, Any]:
+        if self._header is None:
+            self._header = self._make_header()
+        return self._header
+
+    def _open(self) -> int:
+        header = self.header
+        os.makedirs(self.out_dir, exist_ok=True)
+        name = file_name(header["hostname"], header["pid"], header["anchor"]["wall_ns"])
+        path = os.path.join(self.out_dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self.path = path
+        self._fd = fd
+        import orjson
+
+        self._write_all(orjson.dumps(header, default=_default) + b"\n")
+        return fd
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)  # type: ignore[arg-type]
+            view = view[n:]
+
+    def write(self, records: list[Record]) -> None:
+        if self.failed:
+            self.dropped += len(records)
+            return
+        if not records:
+            return
+        try:
+            if self._fd is None:
+                self._open()
+            import orjson
+
+            pid = self.header["pid"]
+            dumps = orjson.dumps
+            parts = []
+            for rec in records:
+                try:
+                    parts.append(dumps(to_dict(rec, pid), default=_default))
+                except Exception:
+                    # one unencodable record (e.g. a non-str dict key) must not cost the batch
+                    self.dropped += 1
+            if parts:
+                self._write_all(b"\n".join(parts) + b"\n")
+                self.written += len(parts)
+        except OSError as exc:
+            self.failed = True
+            self.dropped += len(records)
+            where = self.path or self.out_dir
+            _log.warn(
+                f"cannot write events to {where}: {exc.strerror or exc}; recording stops, "
+                "the program continues",
+                key="jsonl-write",
+            )
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def abandon(self) -> None:
+        """In a forked child: drop the parent's descriptor without touching the parent's file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def hostname() -> str:
+    # os.uname() is what socket.gethostname() reads, without importing socket
+    try:
+        return os.uname().nodename
+    except Exception:
+        return "host"

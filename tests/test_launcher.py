@@ -1,0 +1,232 @@
+"""`python -m instrument` runs programs unchanged: same stdout, stderr, exit code, traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import clean_env, run_py
+
+import pyinstrument_ai
+
+PROGRAMS = {
+    "plain": """
+        import sys, os
+        print("argv", sys.argv)
+        print("name", __name__, "file", os.path.basename(__file__))
+        print("path0", sys.path[0] == os.path.dirname(os.path.realpath(__file__)))
+        print("stderr line", file=sys.stderr)
+    """,
+    "exit3": """
+        import sys
+        print("before")
+        sys.exit(3)
+    """,
+    "exit_message": """
+        import sys
+        sys.exit("fatal: configuration missing")
+    """,
+    "raises": """
+        def inner():
+            raise ValueError("bad value 42")
+
+        def outer():
+            try:
+                {}["k"]
+            except KeyError:
+                inner()
+
+        print("partial output")
+        outer()
+    """,
+    "syntax_error": """
+        def f(:
+            pass
+    """,
+    "pickles_main": """
+        import pickle
+        class Point:
+            def __init__(self, x):
+                self.x = x
+        p = pickle.loads(pickle.dumps(Point(7)))
+        print(type(p).__module__, type(p).__qualname__, p.x)
+    """,
+    "uses_toylib": """
+        import toylib
+        print(toylib.add(20, 22))
+        try:
+            toylib.fail("expected")
+        except toylib.ToyError as e:
+            print("caught", e)
+    """,
+}
+
+
+def _write(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(PROGRAMS[name]))
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_same_output_exit_code_and_traceback(tmp_path, name):
+    script = _write(tmp_path, name)
+    plain = run_py([str(script), "a1", "--flag"], cwd=tmp_path)
+    out = tmp_path / "out"
+    inst = run_py(
+        ["-m", "instrument", "--out", str(out), str(script), "a1", "--flag"], cwd=tmp_path
+    )
+    assert (inst.returncode, inst.stdout, inst.stderr) == (
+        plain.returncode,
+        plain.stdout,
+        plain.stderr,
+    )
+    if name == "uses_toylib":
+        events = pyinstrument_ai.load(out)
+        assert [e["name"] for e in events] == ["target", "toy.add", "toy.fail"]
+
+
+def test_script_not_found_and_directory(tmp_path):
+    for target in ["missing.py", "emptydir"]:
+        (tmp_path / "emptydir").mkdir(exist_ok=True)
+        plain = run_py([target], cwd=tmp_path)
+        inst = run_py(["-m", "instrument", target], cwd=tmp_path)
+        assert (inst.returncode, inst.stdout) == (plain.returncode, plain.stdout)
+        # same message; only the interpreter's own name may be spelled differently
+        assert inst.stderr.split(": ", 1)[1] == plain.stderr.split(": ", 1)[1]
+        assert plain.returncode in (1, 2)
+
+
+def test_module_mode(tmp_path):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(
+        "import sys\nprint('pkg main', __name__, __spec__.name, sys.argv[1:])\n"
+    )
+    (tmp_path / "mymod.py").write_text(
+        "import sys, toylib\nprint('mod', __name__, sys.argv[1:], toylib.add(1, 2))\n"
+        "raise SystemExit(4)\n"
+    )
+    for args in (["-m", "mypkg", "x"], ["-m", "mymod", "y", "-z"], ["-m", "nosuchmod"]):
+        plain = run_py(args, cwd=tmp_path)
+        inst = run_py(["-m", "instrument", "--out", str(tmp_path / "o"), *args], cwd=tmp_path)
+        assert (inst.returncode, inst.stdout, inst.stderr) == (
+            plain.returncode,
+            plain.stdout,
+            plain.stderr,
+        ), args
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+
+
+def test_console_script_run(tmp_path):
+    script = _write(tmp_path, "uses_toylib")
+    exe = shutil.which("pyinstrument-ai", path=os.path.dirname(sys.executable))
+    assert exe, "console script pyinstrument-ai is not installed"
+    res = subprocess.run(
+        [exe, "run", "--out", str(tmp_path / "o"), str(script)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "42\ncaught expected\n"
+    assert len(pyinstrument_ai.load(tmp_path / "o")) == 3
+
+
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["--flush-interval", "abc"], {}, "--flush-interval: invalid value 'abc'"),
+        (["--flush-interval=-1"], {}, "--flush-interval: invalid value '-1'"),
+        (["--targets", "nope"], {}, "--targets: invalid value 'nope' (unknown target"),
+        ([], {"PYINSTRUMENT_AI_FLUSH_INTERVAL": "soon"}, "PYINSTRUMENT_AI_FLUSH_INTERVAL"),
+        ([], {"PYINSTRUMENT_AI_CAPTURE_CONTENT": "maybe"}, "PYINSTRUMENT_AI_CAPTURE_CONTENT"),
+        ([], {"PYINSTRUMENT_AI_DISABLE": "ghost"}, "PYINSTRUMENT_AI_DISABLE"),
+        (["--bogus"], {}, "unrecognized option --bogus"),
+    ],
+)
+def test_bad_options_exit_2_before_the_program_starts(tmp_path, args, env, needle):
+    script = tmp_path / "s.py"
+    script.write_text("print('program ran')\n")
+    res = run_py(["-m", "instrument", *args, str(script)], cwd=tmp_path, **env)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert "program ran" not in res.stdout
+
+
+def test_keyboard_interrupt_ends_as_without_us(tmp_path):
+    script = tmp_path / "kbd.py"
+    script.write_text("import toylib\ntoylib.add(1, 1)\nraise KeyboardInterrupt\n")
+    plain = run_py([str(script)], cwd=tmp_path)
+    inst = run_py(["-m", "instrument", "--out", str(tmp_path / "o"), str(script)], cwd=tmp_path)
+    assert plain.returncode == -signal.SIGINT
+    assert (inst.returncode, inst.stdout, inst.stderr) == (
+        plain.returncode,
+        plain.stdout,
+        plain.stderr,
+    )
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+
+
+def test_sigterm_flushes_then_ends_as_without_us(tmp_path):
+    script = tmp_path / "term.py"
+    script.write_text(
+        "import sys, time, toylib\n"
+        "for i in range(1000):\n    toylib.add(i, i)\n"
+        "print('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "instrument", "--flush-interval", "30", "--out", str(out),
+         str(script)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    # the flush interval is 30 s: these events were written by the SIGTERM handler
+    assert sum(e["name"] == "toy.add" for e in pyinstrument_ai.load(out)) == 1000
+
+
+def test_periodic_flush_bounds_what_a_killed_process_loses(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import time, toylib\ntoylib.add(1, 2)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "instrument", "--flush-interval", "0.2", "--out", str(out),
+         str(script)],
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if out.exists() and any(out.iterdir()):
+                if len(pyinstrument_ai.load(out)) == 2:
+                    break
+            time.sleep(0.1)
+        proc.kill()  # SIGKILL: no handler runs
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert [e["name"] for e in pyinstrument_ai.load(out)] == ["target", "toy.add"]
