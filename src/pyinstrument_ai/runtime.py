@@ -170,8 +170,30 @@ def _at_exit() -> None:
             s.close(timeout=5)
 
 
+_held_for_fork: Session | None = None
+
+
+def _before_fork() -> None:
+    # Wait for a background flush to finish before the fork: a child born while the flusher
+    # thread holds a lock (ours, an import lock while it first imports orjson, a file's) would
+    # inherit that lock held forever and deadlock on its first flush.
+    global _held_for_fork
+    s = _session
+    if s is not None and s.flushing_in != threading.get_ident():
+        if s._lock.acquire(timeout=5):
+            _held_for_fork = s
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    s, _held_for_fork = _held_for_fork, None
+    if s is not None:
+        s._lock.release()
+
+
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _held_for_fork
+    _held_for_fork = None
     _lock = threading.RLock()
     s = _session
     if s is not None:
@@ -244,4 +266,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

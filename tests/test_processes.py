@@ -1,0 +1,187 @@
+"""Following processes: auto-load by environment, `-- COMMAND`, subprocesses, fork and spawn."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+from conftest import FIXTURES, run_py
+
+import pyinstrument_ai
+from pyinstrument_ai.reader import load_headers
+
+CHILDREN = textwrap.dedent(
+    """
+    import os, subprocess, sys, toylib
+    toylib.add(1, 1)
+    os.makedirs("elsewhere", exist_ok=True)
+    # a child in another working directory, and a grandchild
+    code = ("import subprocess, sys, toylib; toylib.add(2, 2); "
+            "subprocess.run([sys.executable, '-c', 'import toylib; toylib.add(3, 3)'], check=True)")
+    subprocess.run([sys.executable, "-c", code], cwd="elsewhere", check=True)
+    print("done")
+    """
+)
+
+
+def _pid_tree_ok(headers):
+    pids = {h["pid"] for h in headers}
+    assert len(pids) == len(headers), "one file per process"
+    roots = [h for h in headers if h["ppid"] not in pids]
+    assert len(roots) == 1
+
+
+def test_autoload_env_var_follows_subprocesses_into_one_folder(tmp_path):
+    (tmp_path / "prog.py").write_text(CHILDREN)
+    out = tmp_path / "out"
+    res = run_py(
+        ["prog.py"], cwd=tmp_path, PYINSTRUMENT_AI="1", PYINSTRUMENT_AI_OUT="out"
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "done\n", "")
+    headers = load_headers(out)
+    assert len(headers) == 3  # the relative folder was resolved once, for every process beneath
+    _pid_tree_ok(headers)
+    adds = sorted(e["nargs"] for e in pyinstrument_ai.load(out) if e["name"] == "toy.add")
+    assert adds == [2, 2, 2]
+    assert not (tmp_path / "elsewhere" / "out").exists()
+
+
+def test_command_mode_instruments_every_python_process_once(tmp_path):
+    (tmp_path / "prog.py").write_text(CHILDREN)
+    out = tmp_path / "o"
+    res = run_py(
+        ["-m", "instrument", "--out", str(out), "--", sys.executable, "prog.py"], cwd=tmp_path
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "done\n", "")
+    headers = load_headers(out)
+    assert len(headers) == 3  # launcher itself records nothing; no process twice, no recursion
+    _pid_tree_ok(headers)
+    assert len({h["run_id"] for h in headers}) == 1
+    assert sum(e["name"] == "toy.add" for e in pyinstrument_ai.load(out)) == 3
+
+
+def test_command_mode_exit_code_and_missing_command(tmp_path):
+    res = run_py(["-m", "instrument", "--", sys.executable, "-c", "raise SystemExit(7)"])
+    assert res.returncode == 7
+    res = run_py(["-m", "instrument", "--", "no-such-command-xyz"])
+    assert res.returncode == 127 and "command not found: no-such-command-xyz" in res.stderr
+
+
+def test_users_sitecustomize_still_runs(tmp_path):
+    site_dir = tmp_path / "usersite"
+    site_dir.mkdir()
+    (site_dir / "sitecustomize.py").write_text(
+        "import os\nos.environ['USER_SITECUSTOMIZE_RAN'] = 'yes'\n"
+    )
+    prog = "import os, toylib; toylib.add(1, 2); print(os.environ.get('USER_SITECUSTOMIZE_RAN'))"
+    pythonpath = os.pathsep.join([str(site_dir), str(FIXTURES)])
+    plain = run_py(["-c", prog], PYTHONPATH=pythonpath)
+    assert plain.stdout == "yes\n"
+    out = tmp_path / "o"
+    # through the launcher's bootstrap sitecustomize (which shadows the user's on PYTHONPATH)
+    res = run_py(
+        ["-m", "instrument", "--out", str(out), "--", sys.executable, "-c", prog],
+        PYTHONPATH=pythonpath,
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "yes\n", "")
+    assert [e["name"] for e in pyinstrument_ai.load(out)] == ["target", "toy.add"]
+
+
+def test_autoload_bad_value_warns_once_and_runs_uninstrumented(tmp_path):
+    prog = "import toylib; print(toylib.add(1, 2))"
+    res = run_py(
+        ["-c", prog], cwd=tmp_path, PYINSTRUMENT_AI="1", PYINSTRUMENT_AI_FLUSH_INTERVAL="fast"
+    )
+    assert res.returncode == 0 and res.stdout == "3\n"
+    assert res.stderr.count("\n") == 1
+    assert "PYINSTRUMENT_AI_FLUSH_INTERVAL: invalid value 'fast'" in res.stderr
+    assert not (tmp_path / "instrument-out").exists()
+    res = run_py(["-c", prog], cwd=tmp_path, PYINSTRUMENT_AI="perhaps")
+    assert res.stdout == "3\n" and "PYINSTRUMENT_AI: invalid value 'perhaps'" in res.stderr
+
+
+def test_autoload_off_values_do_nothing(tmp_path):
+    for value in ("0", "", "false"):
+        res = run_py(["-c", "import toylib; toylib.add(1, 2)"], cwd=tmp_path, PYINSTRUMENT_AI=value)
+        assert (res.returncode, res.stderr) == (0, "")
+    assert not (tmp_path / "instrument-out").exists()
+
+
+def test_launcher_over_autoload_does_not_instrument_twice(tmp_path):
+    (tmp_path / "p.py").write_text("import toylib\ntoylib.add(1, 2)\n")
+    res = run_py(
+        ["-m", "instrument", "--out", str(tmp_path / "mine"), "p.py"],
+        cwd=tmp_path,
+        PYINSTRUMENT_AI="1",
+        PYINSTRUMENT_AI_OUT=str(tmp_path / "env-out"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "env-out").exists()  # the launcher's flags win
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "mine")] == ["target", "toy.add"]
+
+
+POOL = textwrap.dedent(
+    """
+    import multiprocessing as mp, os, sys, toylib
+
+    def work(i):
+        toylib.add(i, i)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        method = sys.argv[1]
+        toylib.add(-1, -1)
+        ctx = mp.get_context(method)
+        with ctx.Pool(2) as pool:
+            pids = pool.map(work, range(40), chunksize=1)
+        print(method, len(pids))
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_pool_each_worker_writes_its_own_file(tmp_path, method):
+    (tmp_path / "pool.py").write_text(POOL)
+    out = tmp_path / "o"
+    res = run_py(["-m", "instrument", "--out", str(out), "pool.py", method], cwd=tmp_path)
+    assert (res.returncode, res.stdout, res.stderr) == (0, f"{method} 40\n", "")
+    events = pyinstrument_ai.load(out)
+    adds = [e for e in events if e["name"] == "toy.add"]
+    # nothing lost, nothing duplicated: 40 tasks + 1 call in the parent
+    assert len(adds) == 41
+    headers = load_headers(out)
+    parent = [h for h in headers if h["argv"][0].endswith("pool.py") and h["ppid"] != 0]
+    assert len({h["pid"] for h in headers}) == len(headers)
+    assert len(headers) >= 2 and parent
+    by_pid = {}
+    for e in adds:
+        by_pid.setdefault(e["pid"], 0)
+        by_pid[e["pid"]] += 1
+    assert sum(by_pid.values()) == 41
+
+
+def test_plain_fork_child_gets_its_own_file(tmp_path):
+    prog = textwrap.dedent(
+        """
+        import os, toylib
+        toylib.add(0, 0)              # buffered in the parent at fork time
+        pid = os.fork()
+        if pid == 0:
+            toylib.add(1, 1)
+            os._exit(0)               # skips atexit: the periodic/exit paths must cover it
+        os.waitpid(pid, 0)
+        toylib.add(2, 2)
+        """
+    )
+    (tmp_path / "f.py").write_text(prog)
+    out = tmp_path / "o"
+    res = run_py(["-m", "instrument", "--flush-interval", "0.05", "--out", str(out), "f.py"],
+                 cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    events = [e for e in pyinstrument_ai.load(out) if e["name"] == "toy.add"]
+    parent_pid = [h for h in load_headers(out) if h["argv"][0] == "f.py"]
+    assert len(events) in (2, 3)  # os._exit may beat the 50 ms flush; never duplicated
+    assert sum(e["pid"] == events[0]["pid"] for e in events) == 2
+    assert parent_pid
