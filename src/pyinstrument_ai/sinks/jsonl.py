@@ -35,7 +35,10 @@ def file_name(hostname: str, pid: int, wall_ns: int) -> str:
 
 def _default(obj: object) -> object:
     # A target's field that orjson cannot encode is written as its repr rather than lost.
-    return repr(obj)
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<unrepresentable {type(obj).__name__}>"
 
 
 class JsonlSink:

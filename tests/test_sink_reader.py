@@ -1,0 +1,177 @@
+"""Raw events on disk: thread safety, faults, the reader's tolerance and its errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import orjson
+import pytest
+from conftest import run_py
+
+import pyinstrument_ai
+from pyinstrument_ai import runtime
+from pyinstrument_ai.clock import anchor, now_ns
+from pyinstrument_ai.config import Config
+from pyinstrument_ai.reader import EventFileError, load_headers, read_file
+
+
+def test_eight_threads_ten_thousand_events_each_intact(tmp_path):
+    session = runtime.instrument(Config(out_dir=str(tmp_path), flush_interval=0.01, targets=()))
+    rec = session.recorder.record
+
+    def work(k):
+        for i in range(10_000):
+            rec("t", now_ns(), 1, {"k": k, "i": i})
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runtime.uninstrument()
+    (path,) = list(tmp_path.iterdir())
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 1 + 80_000
+    seen = {(d["k"], d["i"]) for d in map(orjson.loads, lines[1:])}
+    assert seen == {(k, i) for k in range(8) for i in range(10_000)}
+
+
+def test_header_fields(tmp_path):
+    with pyinstrument_ai.recording(targets=()) as rec:
+        runtime.active().recorder.record("x", now_ns())
+    (event,) = rec.events
+    assert "dur_ns" not in event  # an instant has no duration
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+    session.recorder.record("x", now_ns())
+    runtime.uninstrument()
+    (h,) = load_headers(tmp_path)
+    for key in ("schema", "anchor", "pid", "ppid", "hostname", "argv", "python", "versions",
+                "clock"):
+        assert key in h
+    assert h["pid"] == os.getpid() and h["clock"] == "monotonic_ns"
+    wall, mono = anchor()
+    assert abs((wall - mono) - (h["anchor"]["wall_ns"] - h["anchor"]["mono_ns"])) < 50_000_000
+
+
+def test_unwritable_output_folder_warns_once_and_program_is_unchanged(tmp_path):
+    if os.geteuid() == 0:
+        blocked = tmp_path / "file-not-folder"
+        blocked.write_text("")
+        out = blocked / "sub"  # cannot create a folder under a file, even as root
+    else:
+        out = tmp_path / "ro"
+        out.mkdir(mode=0o500)
+    (tmp_path / "p.py").write_text(
+        "import sys, toylib\nprint(toylib.add(1, 2))\nprint('err', file=sys.stderr)\nsys.exit(5)\n"
+    )
+    plain = run_py(["p.py"], cwd=tmp_path)
+    inst = run_py(["-m", "instrument", "--out", str(out), "p.py"], cwd=tmp_path)
+    assert (inst.returncode, inst.stdout) == (plain.returncode, plain.stdout) == (5, "3\n")
+    extra = inst.stderr.replace(plain.stderr, "", 1)
+    assert extra.count("\n") == 1 and "pyinstrument-ai: warning: cannot write events" in extra
+
+
+def test_write_failure_enospc_warns_once_and_drops(tmp_path, monkeypatch, capsys):
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+    session.recorder.record("before", now_ns())
+    session.flush()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if fd == session.sink._fd:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    for _ in range(3):
+        session.recorder.record("during", now_ns())
+        session.flush()
+    monkeypatch.setattr(os, "write", real_write)
+    runtime.uninstrument()
+    err = capsys.readouterr().err
+    assert err.count("No space left on device") == 1
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path)] == ["before"]
+    assert session.sink.dropped == 3
+
+
+def test_unencodable_field_is_written_as_repr(tmp_path):
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+    class Odd:
+        def __repr__(self):
+            return "<odd>"
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    session.recorder.record("odd", now_ns(), None, {"obj": Odd(), "bad": Broken()})
+    runtime.uninstrument()
+    (e,) = pyinstrument_ai.load(tmp_path)
+    assert e["obj"] == "<odd>" and e["bad"] == "<unrepresentable Broken>"
+
+
+def _write_file(path, lines, trailing_newline=True):
+    data = b"\n".join(lines) + (b"\n" if trailing_newline else b"")
+    path.write_bytes(data)
+
+
+HEADER = orjson.dumps({"type": "header", "schema": 1, "pid": 9, "anchor": {"wall_ns": 1000,
+                                                                           "mono_ns": 10}})
+
+
+def test_reader_aligns_with_the_anchor_and_sorts(tmp_path):
+    ev = [orjson.dumps({"name": n, "t_mono_ns": t, "tid": 1}) for n, t in (("b", 50), ("a", 20))]
+    _write_file(tmp_path / "x.jsonl", [HEADER, *ev])
+    events = pyinstrument_ai.load(tmp_path)
+    assert [(e["name"], e["t_ns"], e["pid"]) for e in events] == [("a", 1010, 9), ("b", 1040, 9)]
+
+
+def test_reader_tolerates_a_truncated_last_line(tmp_path):
+    good = orjson.dumps({"name": "ok", "t_mono_ns": 11, "pid": 9, "tid": 1})
+    _write_file(tmp_path / "x.jsonl", [HEADER, good, b'{"name": "cut", "t_mo'], False)
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path)] == ["ok"]
+
+
+def test_reader_names_file_and_line_of_a_corrupt_line(tmp_path):
+    good = orjson.dumps({"name": "ok", "t_mono_ns": 11, "pid": 9, "tid": 1})
+    path = tmp_path / "x.jsonl"
+    _write_file(path, [HEADER, b"{garbage", good])
+    with pytest.raises(EventFileError, match=r"x\.jsonl:2: not a JSON event line"):
+        pyinstrument_ai.load(path)
+    assert [e["name"] for e in pyinstrument_ai.load(path, strict=False)] == ["ok"]
+
+
+def test_reader_rejects_a_file_without_header_and_missing_paths(tmp_path):
+    path = tmp_path / "y.jsonl"
+    _write_file(path, [orjson.dumps({"name": "x", "t_mono_ns": 1})])
+    with pytest.raises(EventFileError, match=r"y\.jsonl:1: first line is not a pyinstrument-ai"):
+        pyinstrument_ai.load(path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        pyinstrument_ai.load(tmp_path / "nowhere")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    assert read_file(str(tmp_path / "empty.jsonl")) == (None, [])
+
+
+def test_core_import_stays_light():
+    code = (
+        "import sys, pyinstrument_ai, pyinstrument_ai.runtime, pyinstrument_ai.launcher\n"
+        "pyinstrument_ai.runtime.instrument(out_dir='unused')\n"
+        "heavy = {'torch', 'transformers', 'onnxruntime', 'opentelemetry', 'ts', 'wrapt',\n"
+        "         'numpy', 'importlib.metadata', 'dataclasses', 'typing', 'orjson'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    res = run_py(["-c", code])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "[]\n"
+
+
+def test_privacy_default_off_and_opt_in(tmp_path):
+    with pyinstrument_ai.recording(targets=()):
+        assert runtime.active().recorder.capture_content is False
+    with pyinstrument_ai.recording(targets=(), capture_content=True):
+        assert runtime.active().recorder.capture_content is True
+    res = run_py(["-m", "instrument", "--capture-content", "--", "python", "-c",
+                  "import os; print(os.environ['PYINSTRUMENT_AI_CAPTURE_CONTENT'])"])
+    assert res.stdout == "1\n"
