@@ -58,9 +58,9 @@ def _no_instrumentation_left_behind():
 
 @pytest.fixture
 def toy_registered():
-    from pyinstrument_ai import targets
-
     import toylib_target
+
+    from pyinstrument_ai import targets
 
     targets.register("toy", toylib_target)
     yield toylib_target

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import builtins
 import os
-import signal
 import sys
 import types
+
+from pyinstrument_ai import config as cfg
+from pyinstrument_ai._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-from pyinstrument_ai import config as cfg
-from pyinstrument_ai._version import __version__
 
 USAGE = """\
 usage: python -m instrument [OPTIONS] script.py [ARGS...]
@@ -364,6 +363,8 @@ def _uncaught(exc: BaseException) -> NoReturn:
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
+        import signal
+
         try:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
