@@ -17,7 +17,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-
     from pyinstrument_ai.config import Config, ConfigError
     from pyinstrument_ai.reader import EventFileError, load
     from pyinstrument_ai.runtime import active, instrument, recording, uninstrument

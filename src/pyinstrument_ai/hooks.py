@@ -15,8 +15,8 @@ inside a guard: an exception in our hook must not make the user's ``import`` fai
 
 from __future__ import annotations
 
+import _thread  # not threading: its import is start-up time we need not spend
 import sys
-import threading
 
 from pyinstrument_ai._guard import guard
 
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     Callback = Callable[[ModuleType], None]
 
 _callbacks: dict[str, list[Callback]] = {}
-_lock = threading.RLock()
-_busy = threading.local()
+_lock = _thread.RLock()
+_busy = _thread._local()
 
 
 class _PostImportLoader:

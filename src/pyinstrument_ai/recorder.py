@@ -9,7 +9,8 @@ neither lost nor taken twice. Serialization happens later, in batches, off the h
 
 from __future__ import annotations
 
-import threading
+# _thread, not threading: same get_ident, without threading's import at interpreter start
+import _thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ Record = tuple
 
 
 def _make_record(
-    append: Callable[[Record], None], get_ident: Callable[[], int] = threading.get_ident
+    append: Callable[[Record], None], get_ident: Callable[[], int] = _thread.get_ident
 ) -> Callable[..., None]:
     # A closure over the bound ``append`` skips an attribute lookup and a method binding
     # per event: it is the cheapest shape a Python-level record call can take.

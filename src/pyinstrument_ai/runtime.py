@@ -13,9 +13,9 @@ from __future__ import annotations
 # The C module behind `signal`: same functions and constants, without `signal`'s import of
 # enum (~6 ms at every auto-loaded start). SIG_DFL is the int 0 here, equal to signal.SIG_DFL.
 import _signal as signal
+import _thread  # not threading (start-up cost): locks and thread ids are all we need
 import atexit
 import os
-import threading
 from contextlib import contextmanager
 from functools import partial
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _session: Session | None = None
-_lock = threading.RLock()
+_lock = _thread.RLock()
 _sigterm_installed = False
 
 
@@ -76,7 +76,6 @@ def instrument(
             except Exception as exc:
                 _log.warn(f"target {name}: cannot load {spec!r}: {exc}", key=f"load:{name}")
         _session = session
-        session.start()
         if background:
             _install_sigterm()
         hooks.when_imported("multiprocessing.util", _hook_multiprocessing)
@@ -181,7 +180,7 @@ def _before_fork() -> None:
     # inherit that lock held forever and deadlock on its first flush.
     global _held_for_fork
     s = _session
-    if s is not None and s.flushing_in != threading.get_ident():
+    if s is not None and not s.busy_in(_thread.get_ident()):
         if s._lock.acquire(timeout=5):
             _held_for_fork = s
 
@@ -196,7 +195,7 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _lock, _held_for_fork
     _held_for_fork = None
-    _lock = threading.RLock()
+    _lock = _thread.RLock()
     s = _session
     if s is not None:
         _log.reset_for_fork()
@@ -229,10 +228,9 @@ def _mp_after_fork(_token: object) -> None:
 
 def _install_sigterm() -> None:
     global _sigterm_installed
-    if threading.current_thread() is not threading.main_thread():
-        return
     try:
         if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            # raises ValueError outside the main thread: then we rely on the periodic flush
             signal.signal(signal.SIGTERM, _on_sigterm)
             _sigterm_installed = True
     except (ValueError, OSError, AttributeError):
@@ -241,7 +239,7 @@ def _install_sigterm() -> None:
 
 def _restore_sigterm() -> None:
     global _sigterm_installed
-    if not _sigterm_installed or threading.current_thread() is not threading.main_thread():
+    if not _sigterm_installed:
         return
     try:
         if signal.getsignal(signal.SIGTERM) is _on_sigterm:
@@ -253,9 +251,9 @@ def _restore_sigterm() -> None:
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     s = _session
-    if s is not None and s.flushing_in == threading.get_ident():
-        # We interrupted our own flush in this thread (e.g. multiprocessing's exit finalizer):
-        # let it finish writing, then die.
+    if s is not None and s.busy_in(_thread.get_ident()):
+        # We interrupted our own flush or close in this thread (e.g. multiprocessing's exit
+        # finalizer): let it finish writing, then die.
         s.deferred = partial(_on_sigterm, signum, None)
         return
     if s is not None:

@@ -1,16 +1,18 @@
 """One process's recording: recorder -> (background flusher) -> sink, plus the patched targets.
 
 The flusher is a daemon thread that drains the recorder every ``flush_interval`` seconds, so a
-killed process loses at most that tail. At exit (normal, ``sys.exit``, uncaught exception), on
+killed process loses at most that tail. It starts when the first target is patched (events
+come from targets), so a process that never imports a target library starts no thread and
+does not import ``threading`` on our account. At exit (normal, ``sys.exit``, uncaught exception), on
 SIGTERM and in multiprocessing's forked workers (which leave through ``os._exit``), the
 remaining records are flushed by the hooks in :mod:`pyinstrument_ai.runtime`.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
-import threading
 
 from pyinstrument_ai import _log, clock, targets
 from pyinstrument_ai._guard import guard
@@ -44,12 +46,15 @@ class Session:
         #: name -> library version, for the targets that were patched
         self.patched: dict[str, str] = {}
         self.closed = False
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = _thread.allocate_lock()
+        self._stop: Any = None  # threading.Event, once the flusher runs
+        self._thread: Any = None
         #: thread id of a flush in progress (a signal handler must not re-enter it)
         self.flushing_in: int | None = None
-        #: set by a signal handler that interrupted our flush: runs once the flush is done
+        #: thread id of a close in progress
+        self.closing_in: int | None = None
+        self._close_lock = _thread.allocate_lock()
+        #: set by a signal handler that interrupted our flush/close: runs once it is done
         self.deferred: Any = None
 
     # -- header -----------------------------------------------------------------------------
@@ -68,7 +73,7 @@ class Session:
             "hostname": hostname(),
             "argv": list(sys.argv),
             "executable": sys.executable,
-            "python": "%d.%d.%d" % sys.version_info[:3],
+            "python": "{}.{}.{}".format(*sys.version_info[:3]),
             "pyinstrument_ai": __version__,
             "run_id": self.config.run_id,
             "started_mono_ns": self.started_mono_ns,
@@ -79,7 +84,12 @@ class Session:
 
     # -- flushing ---------------------------------------------------------------------------
     def start(self) -> None:
-        if self.background and self._thread is None:
+        """Start the background flusher (once; only for file sessions, not after close)."""
+        if self.background and self._thread is None and not self.closed:
+            import threading
+
+            _register_resume_hook()  # after threading's own at-fork hook: see below
+            self._stop = threading.Event()
             t = threading.Thread(target=self._loop, name="pyinstrument-ai-flush", daemon=True)
             self._thread = t
             t.start()
@@ -96,25 +106,49 @@ class Session:
         if not self._lock.acquire(timeout=timeout):
             return
         try:
-            self.flushing_in = threading.get_ident()
+            self.flushing_in = _thread.get_ident()
             records = self.recorder.drain()
             self.sink.write(records)
         finally:
             self.flushing_in = None
             self._lock.release()
+        if self.closing_in is None:
+            self._run_deferred()
+
+    def close(self, timeout: float = -1) -> None:
+        """Flush and close; safe from any thread and from a signal handler.
+
+        A second caller waits (up to ``timeout``) for a close in progress in another thread,
+        so that a SIGTERM arriving during the exit flush does not end the process before the
+        file is complete.
+        """
+        if not self._close_lock.acquire(timeout=timeout):
+            return
+        try:
+            if self.closed:
+                return
+            self.closed = True
+            self.closing_in = _thread.get_ident()
+            if self._stop is not None:
+                self._stop.set()
+            with guard("final flush"):
+                self.flush(timeout)
+            with guard("closing the sink"):
+                self.sink.close()
+        finally:
+            self.closing_in = None
+            self._close_lock.release()
+        self._run_deferred()
+
+    def busy_in(self, tid: int) -> bool:
+        """Whether thread ``tid`` is inside our flush or close (a signal handler interrupting
+        it must defer its work instead of re-entering)."""
+        return self.flushing_in == tid or self.closing_in == tid
+
+    def _run_deferred(self) -> None:
         deferred, self.deferred = self.deferred, None
         if deferred is not None:
             deferred()
-
-    def close(self, timeout: float = -1) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._stop.set()
-        with guard("final flush"):
-            self.flush(timeout)
-        with guard("closing the sink"):
-            self.sink.close()
 
     def after_fork_child(self) -> None:
         """The child of ``os.fork()`` gets its own file, lock and flusher.
@@ -122,14 +156,20 @@ class Session:
         Buffered records are the parent's (the parent writes them); the parent's descriptor is
         dropped without touching the parent's file.
         """
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._resume_flusher = self._thread is not None
+        self._lock = _thread.allocate_lock()
+        self._close_lock = _thread.allocate_lock()
+        self.flushing_in = self.closing_in = None
+        self._stop = None
         self._thread = None
         self.recorder.discard()
         if isinstance(self.sink, JsonlSink):
             self.sink.abandon()
             self.sink = JsonlSink(self.config.out_dir, self.make_header)
-        if not self.closed:
+
+    def resume_after_fork(self) -> None:
+        if getattr(self, "_resume_flusher", False):
+            self._resume_flusher = False
             self.start()
 
     # -- targets ----------------------------------------------------------------------------
@@ -151,6 +191,7 @@ class Session:
                 key=f"unsupported:{name}",
             )
             return
+        self.start()
         with guard(f"patching target {name}"):
             module.patch(self.recorder)
             self.patched[name] = version or ""
@@ -164,6 +205,31 @@ class Session:
             with guard(f"unpatching target {name}"):
                 self.targets[name].load().unpatch()
             self.patched.pop(name, None)
+
+
+_resume_hook_registered = False
+
+
+def _register_resume_hook() -> None:
+    """Restart the flusher in a forked child from an at-fork hook that runs *after* threading's.
+
+    At-fork child hooks run in registration order, and threading's own hook (registered when
+    threading is imported) forgets every thread but the current one: a thread started before
+    it runs would be left half-dead. Ours is registered here, right after ``import threading``.
+    """
+    global _resume_hook_registered
+    if not _resume_hook_registered and hasattr(os, "register_at_fork"):
+        _resume_hook_registered = True
+        os.register_at_fork(after_in_child=_resume_in_child)
+
+
+def _resume_in_child() -> None:
+    from pyinstrument_ai import runtime
+
+    s = runtime.active()
+    if s is not None:
+        with guard("restarting the flusher after fork"):
+            s.resume_after_fork()
 
 
 def _library_version(module: Any) -> str | None:

@@ -11,8 +11,9 @@ A target module declares::
 
 Built-in targets are declared here (module path, trigger modules, distribution), so a target
 module is imported only once its library is: nothing of ours beyond this file runs at start-up
-for a library the program never imports. Third parties add targets through the entry-point group ``pyinstrument_ai.targets``
-(``name = "package.module"``), or at run time with :func:`register`.
+for a library the program never imports. Third parties add targets through the
+entry-point group ``pyinstrument_ai.targets`` (``name = "package.module"``), or at run time
+with :func:`register`.
 """
 
 from __future__ import annotations
