@@ -50,9 +50,12 @@ def _no_instrumentation_left_behind():
     originals = (toylib.add, toylib.fail)
     yield
     leftover = runtime.active()
+    waiting = hooks.waiting()
     runtime.uninstrument()
     hooks.clear()
     assert leftover is None, "a test left a session active"
+    assert not waiting, f"a test left import hooks waiting: {waiting}"
+    assert hooks._finder not in sys.meta_path
     assert (toylib.add, toylib.fail) == originals, "a test left a wrapper on toylib"
 
 

@@ -230,3 +230,36 @@ def test_periodic_flush_bounds_what_a_killed_process_loses(tmp_path):
         proc.kill()
         proc.stdout.close()
     assert [e["name"] for e in pyinstrument_ai.load(out)] == ["target", "toy.add"]
+
+
+def test_targets_and_disable_select_what_is_patched(tmp_path):
+    script = _write(tmp_path, "uses_toylib")
+    for flags, env, expected in (
+        (["--disable", "toy"], {}, []),
+        (["--targets", "onnxruntime"], {}, []),
+        (["--targets", "toy"], {}, ["target", "toy.add", "toy.fail"]),
+        ([], {"PYINSTRUMENT_AI_DISABLE": "toy"}, []),
+        ([], {"PYINSTRUMENT_AI_TARGETS": "toy"}, ["target", "toy.add", "toy.fail"]),
+    ):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        res = run_py(["-m", "instrument", "--out", str(out), *flags, str(script)], **env)
+        assert res.returncode == 0, res.stderr
+        names = [e["name"] for e in pyinstrument_ai.load(out)] if out.exists() else []
+        assert names == expected, (flags, env)
+
+
+def test_help_version_and_target_list():
+    res = run_py(["-m", "instrument", "--help"])
+    assert res.returncode == 0 and "--flush-interval" in res.stdout
+    res = run_py(["-m", "instrument", "--version"])
+    assert res.returncode == 0 and res.stdout.startswith("pyinstrument-ai ")
+    res = run_py(["-m", "instrument", "--list-targets"])
+    listed = {line.split("\t")[0] for line in res.stdout.splitlines()}
+    assert {"transformers", "onnxruntime", "torchserve", "toy"} <= listed
+    res = run_py(["-m", "instrument"])
+    assert res.returncode == 2 and "expected a script" in res.stderr
+    exe = shutil.which("pyinstrument-ai", path=os.path.dirname(sys.executable))
+    res = subprocess.run([exe, "frobnicate"], capture_output=True, text=True, env=clean_env())
+    assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr
+    res = subprocess.run([exe, "targets"], capture_output=True, text=True, env=clean_env())
+    assert res.returncode == 0 and "transformers" in res.stdout
