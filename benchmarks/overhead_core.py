@@ -113,8 +113,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
-    session = runtime.instrument(out_dir="/tmp/pyinstrument-ai-bench", targets=(),
-                                 flush_interval=0.2)
+    session = runtime.instrument(
+        out_dir="/tmp/pyinstrument-ai-bench", targets=(), flush_interval=0.2
+    )
     record = session.recorder.record
     floor, floor_log = make_floor()
     variants = {

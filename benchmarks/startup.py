@@ -35,7 +35,9 @@ def _venv(path: str, with_package: bool) -> str:
     if with_package:
         site = subprocess.run(
             [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         # what an install puts in site-packages: the package on the path and our .pth hook
         deps = sysconfig.get_paths()["purelib"]  # wrapt/orjson from this environment
@@ -59,7 +61,9 @@ def main() -> None:
         with_pkg = _venv(os.path.join(tmp, "with"), with_package=True)
         bare_site = subprocess.run(
             [bare, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         with open(os.path.join(bare_site, "_same_deps.pth"), "w") as f:
             f.write(sysconfig.get_paths()["purelib"] + "\n")
@@ -70,8 +74,15 @@ def main() -> None:
             "venv without package: python -c pass": [bare, "-c", "pass"],
             "venv with package (auto-load off): python -c pass": [with_pkg, "-c", "pass"],
             "python empty.py": [sys.executable, empty],
-            "python -m instrument empty.py": [sys.executable, "-m", "instrument", "--no-summary",
-                                              "--out", out, empty],
+            "python -m instrument empty.py": [
+                sys.executable,
+                "-m",
+                "instrument",
+                "--no-summary",
+                "--out",
+                out,
+                empty,
+            ],
         }
         for cmd in cmds.values():  # warm the page cache and write .pyc files
             _time(cmd, env)
@@ -85,8 +96,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:55s} {v * 1000:8.2f} ms (median of {args.n})")
-    r1 = med["venv with package (auto-load off): python -c pass"] / med[
-        "venv without package: python -c pass"]
+    r1 = (
+        med["venv with package (auto-load off): python -c pass"]
+        / med["venv without package: python -c pass"]
+    )
     r2 = med["python -m instrument empty.py"] / med["python empty.py"]
     print(f"ratio installed/not installed, python -c pass:   {r1:.3f}x (target <= 1.02)")
     print(f"ratio python -m instrument empty.py / python empty.py: {r2:.2f}x (target <= 2)")

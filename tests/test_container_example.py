@@ -24,9 +24,14 @@ def test_app_runs_instrumented_with_the_env_line(tmp_path: Path):
     # toy target via sitecustomize-free means: import toylib in each process with -c
     inst = run_py([str(app)], cwd=tmp_path, PYINSTRUMENT_AI="1")
     assert (inst.returncode, inst.stdout, inst.stderr) == (
-        plain.returncode, plain.stdout, plain.stderr)
-    code = "import subprocess, sys, toylib; toylib.add(1, 2); " \
-           "subprocess.run([sys.executable, '-c', 'import toylib; toylib.add(3, 4)'])"
+        plain.returncode,
+        plain.stdout,
+        plain.stderr,
+    )
+    code = (
+        "import subprocess, sys, toylib; toylib.add(1, 2); "
+        "subprocess.run([sys.executable, '-c', 'import toylib; toylib.add(3, 4)'])"
+    )
     res = run_py(["-c", code], cwd=tmp_path, PYINSTRUMENT_AI="1")
     assert res.returncode == 0, res.stderr
     assert len(load_headers(tmp_path / "instrument-out")) == 2

@@ -186,8 +186,16 @@ def test_sigterm_flushes_then_ends_as_without_us(tmp_path):
     )
     out = tmp_path / "o"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instrument", "--flush-interval", "30", "--out", str(out),
-         str(script)],
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--flush-interval",
+            "30",
+            "--out",
+            str(out),
+            str(script),
+        ],
         env=clean_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -210,8 +218,16 @@ def test_periodic_flush_bounds_what_a_killed_process_loses(tmp_path):
     )
     out = tmp_path / "o"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instrument", "--flush-interval", "0.2", "--out", str(out),
-         str(script)],
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--flush-interval",
+            "0.2",
+            "--out",
+            str(out),
+            str(script),
+        ],
         env=clean_env(),
         stdout=subprocess.PIPE,
         text=True,

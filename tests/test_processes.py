@@ -36,9 +36,7 @@ def _pid_tree_ok(headers):
 def test_autoload_env_var_follows_subprocesses_into_one_folder(tmp_path):
     (tmp_path / "prog.py").write_text(CHILDREN)
     out = tmp_path / "out"
-    res = run_py(
-        ["prog.py"], cwd=tmp_path, PYINSTRUMENT_AI="1", PYINSTRUMENT_AI_OUT="out"
-    )
+    res = run_py(["prog.py"], cwd=tmp_path, PYINSTRUMENT_AI="1", PYINSTRUMENT_AI_OUT="out")
     assert (res.returncode, res.stdout, res.stderr) == (0, "done\n", "")
     headers = load_headers(out)
     assert len(headers) == 3  # the relative folder was resolved once, for every process beneath
@@ -177,8 +175,9 @@ def test_plain_fork_child_gets_its_own_file(tmp_path):
     )
     (tmp_path / "f.py").write_text(prog)
     out = tmp_path / "o"
-    res = run_py(["-m", "instrument", "--flush-interval", "0.05", "--out", str(out), "f.py"],
-                 cwd=tmp_path)
+    res = run_py(
+        ["-m", "instrument", "--flush-interval", "0.05", "--out", str(out), "f.py"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     events = [e for e in pyinstrument_ai.load(out) if e["name"] == "toy.add"]
     parent_pid = [h for h in load_headers(out) if h["argv"][0] == "f.py"]

@@ -47,8 +47,17 @@ def test_header_fields(tmp_path):
     session.recorder.record("x", now_ns())
     runtime.uninstrument()
     (h,) = load_headers(tmp_path)
-    for key in ("schema", "anchor", "pid", "ppid", "hostname", "argv", "python", "versions",
-                "clock"):
+    for key in (
+        "schema",
+        "anchor",
+        "pid",
+        "ppid",
+        "hostname",
+        "argv",
+        "python",
+        "versions",
+        "clock",
+    ):
         assert key in h
     assert h["pid"] == os.getpid() and h["clock"] == "monotonic_ns"
     wall, mono = anchor()
@@ -98,6 +107,7 @@ def test_write_failure_enospc_warns_once_and_drops(tmp_path, monkeypatch, capsys
 
 def test_unencodable_field_is_written_as_repr(tmp_path):
     session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+
     class Odd:
         def __repr__(self):
             return "<odd>"
@@ -117,8 +127,9 @@ def _write_file(path, lines, trailing_newline=True):
     path.write_bytes(data)
 
 
-HEADER = orjson.dumps({"type": "header", "schema": 1, "pid": 9, "anchor": {"wall_ns": 1000,
-                                                                           "mono_ns": 10}})
+HEADER = orjson.dumps(
+    {"type": "header", "schema": 1, "pid": 9, "anchor": {"wall_ns": 1000, "mono_ns": 10}}
+)
 
 
 def test_reader_aligns_with_the_anchor_and_sorts(tmp_path):
@@ -172,6 +183,15 @@ def test_privacy_default_off_and_opt_in(tmp_path):
         assert runtime.active().recorder.capture_content is False
     with pyinstrument_ai.recording(targets=(), capture_content=True):
         assert runtime.active().recorder.capture_content is True
-    res = run_py(["-m", "instrument", "--capture-content", "--", "python", "-c",
-                  "import os; print(os.environ['PYINSTRUMENT_AI_CAPTURE_CONTENT'])"])
+    res = run_py(
+        [
+            "-m",
+            "instrument",
+            "--capture-content",
+            "--",
+            "python",
+            "-c",
+            "import os; print(os.environ['PYINSTRUMENT_AI_CAPTURE_CONTENT'])",
+        ]
+    )
     assert res.stdout == "1\n"

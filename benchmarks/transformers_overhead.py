@@ -1,0 +1,447 @@
+"""Overhead of the transformers target, A/B interleaved in one process.
+
+    python benchmarks/transformers_overhead.py                 # default: about 4-6 min, 2 cores
+    python benchmarks/transformers_overhead.py --quick         # about 1.5 min
+    python benchmarks/transformers_overhead.py --pairs 200 --small-pairs 20 --mem-tokens 300000
+
+What it measures (wall time of ``generate`` calls, bare vs instrumented, in alternating order
+A B / B A / ... so drift and warm-up hit both sides alike; ratio = median over pairs of B/A):
+
+1. tiny GPT-2 (2 layers, 64 wide), greedy 64-token generations -- the fastest tokens, so the
+   worst case for per-token overhead (target <= 1.02);
+2. a GPT-2-small-sized model (12 x 768, 50,257 vocab, random weights), 16-token generations
+   (``--small-tokens``; <= 1.01);
+3. side by side on one workload (``pipeline("text-generation")`` on the tiny model, 64 tokens,
+   with a ``TextStreamer``-like streamer sink): pyinstrument-ai, OpenLLMetry's
+   ``opentelemetry-instrumentation-transformers``, ``torch.profiler`` and ``viztracer`` where
+   installed -- each one's ratio and whether it yields per-token timestamps;
+4. memory: RSS growth over N generated tokens (default 100,000) with events streamed to JSONL
+   files by the background flusher (target < 10 MB).
+
+The instrumented side is the real thing: ``pyinstrument_ai.instrument()`` with the JSONL sink
+and its background flusher; between A and B the target is patched/unpatched (cheap setattr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:  # not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Sink:
+    """A streamer-shaped sink that does no work (isolates the instrumentation's cost)."""
+
+    def put(self, value: Any) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def ab(
+    run: Callable[[], tuple[float, float, float]],
+    on: Callable[[], None],
+    off: Callable[[], None],
+    pairs: int,
+    warmup: int = 2,
+) -> dict[str, float]:
+    """Interleave bare (A) and instrumented (B) runs; ``run()`` returns (wall, process CPU,
+    calling-thread CPU) seconds.
+
+    ``ratio`` is the median over pairs of B/A wall time (the headline); ``min`` compares the
+    fastest runs; ``cpu`` the process CPU time (all threads: the background flusher counts);
+    ``thread`` the calling thread's CPU time, which other processes on a busy machine barely
+    disturb (with one torch thread the model runs in the calling thread).
+    """
+    for _ in range(warmup):
+        off()
+        run()
+        on()
+        run()
+    a: list[tuple[float, float]] = []
+    b: list[tuple[float, float]] = []
+    for i in range(pairs):
+        for inst in (False, True) if i % 2 == 0 else (True, False):
+            (on if inst else off)()
+            (b if inst else a).append(run())
+    off()
+    ratios = sorted(y[0] / x[0] for x, y in zip(a, b, strict=True))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [ratios[0], 0, ratios[-1]]
+    return {
+        "ratio": statistics.median(ratios),
+        "q1": q[0],
+        "q3": q[-1],
+        "min": min(y[0] for y in b) / min(x[0] for x in a),
+        "cpu": statistics.median(y[1] for y in b) / statistics.median(x[1] for x in a),
+        "thread": statistics.median(y[2] / x[2] for x, y in zip(a, b, strict=True)),
+        "bare_s": statistics.median(x[0] for x in a),
+        "pairs": pairs,
+    }
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, float]:
+    c, th, t = time.process_time(), time.thread_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t, time.process_time() - c, time.thread_time() - th
+
+
+def fmt(name: str, r: dict[str, float], target: float | None = None, extra: str = "") -> str:
+    verdict = ""
+    if target is not None:
+        if r["ratio"] <= target:
+            verdict = "  OK"
+        elif r["thread"] <= target:
+            verdict = f"  wall above {target:.2f} but thread-CPU within: a busy machine?"
+        else:
+            verdict = f"  ABOVE target {target:.2f}"
+    return (
+        f"{name:<44} ratio {r['ratio']:.4f} (IQR {r['q1']:.3f}-{r['q3']:.3f}; "
+        f"min {r['min']:.4f}, cpu {r['cpu']:.4f}, thread-cpu {r['thread']:.4f}; "
+        f"bare {r['bare_s'] * 1e3:.1f} ms, n={r['pairs']}){verdict}{extra}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pairs", type=int, default=100, help="A/B pairs, tiny model")
+    p.add_argument("--small-pairs", type=int, default=20, help="A/B pairs, GPT-2-small size")
+    p.add_argument(
+        "--small-tokens",
+        type=int,
+        default=16,
+        help="new tokens per GPT-2-small-sized generation (short runs, more pairs: finer "
+        "interleaving against a busy machine; the cost per token is the same)",
+    )
+    p.add_argument("--other-pairs", type=int, default=12, help="A/B pairs per other tool")
+    p.add_argument("--tokens", type=int, default=64, help="new tokens per generation")
+    p.add_argument(
+        "--mem-tokens", type=int, default=100_000, help="tokens for the RSS test (0: skip it)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stabler)")
+    p.add_argument("--no-small", action="store_true", help="skip the GPT-2-small-sized model")
+    p.add_argument("--no-others", action="store_true", help="skip the other tools")
+    p.add_argument("--quick", action="store_true", help="fewer pairs, 20,000 tokens for RSS")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.pairs, args.small_pairs, args.other_pairs = 40, 6, 4
+        args.mem_tokens = min(args.mem_tokens, 20_000)
+
+    import torch
+    import transformers
+
+    import pyinstrument_ai
+    from pyinstrument_ai.demo import gpt2_small_random, tiny_gpt2
+    from pyinstrument_ai.targets import transformers as target
+
+    torch.set_num_threads(args.threads)
+    print(
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, torch threads {torch.get_num_threads()}, "
+        f"cpus {os.cpu_count()}"
+    )
+    out_dir = tempfile.mkdtemp(prefix="pyinstrument-ai-bench-")
+    session = pyinstrument_ai.instrument(out_dir=out_dir, targets=["transformers"], summary=False)
+    recorder = session.recorder
+
+    def on() -> None:
+        target.patch(recorder)
+
+    def off() -> None:
+        target.unpatch()
+
+    def generation(model: Any, tok: Any, n: int, **kw: Any) -> Callable[[], float]:
+        inputs = tok("Hello, how are you today?", return_tensors="pt")
+
+        def once() -> None:
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=n, do_sample=False, **kw)
+            assert out.shape[1] - inputs["input_ids"].shape[1] == n
+
+        def run() -> tuple[float, float]:
+            return timed(once)
+
+        return run
+
+    model, tok = tiny_gpt2()
+    results: list[str] = []
+
+    def show(line: str) -> None:
+        print(line, flush=True)
+        results.append(line)
+
+    print("\n== our own cost, measured in isolation (noise-free estimate)")
+    est = micro(model, tok, recorder, on, off, args.tokens)
+    print(
+        f"per decoding step {est['step_ns']:.0f} ns, per put {est['put_ns']:.0f} ns, "
+        f"per generation {est['gen_us']:.0f} µs (start + events of {args.tokens} tokens)"
+    )
+
+    print(f"\n== A/B, {args.tokens}-token greedy generations (events -> {out_dir})")
+    n = args.tokens
+    fixed_ns = (n + 1) * est["step_ns"] + est["gen_us"] * 1e3
+    r = ab(generation(model, tok, n), on, off, args.pairs)
+    show(fmt("tiny GPT-2, no streamer (step times)", r, 1.02, estimate(fixed_ns, r)))
+    r = ab(generation(model, tok, n, streamer=Sink()), on, off, args.pairs)
+    put_ns = fixed_ns + (n + 2) * est["put_ns"]
+    show(fmt("tiny GPT-2, streamer (put times)", r, 1.02, estimate(put_ns, r)))
+    if not args.no_small:
+        big, big_tok = gpt2_small_random()
+        ns = args.small_tokens
+        r = ab(generation(big, big_tok, ns), on, off, args.small_pairs, warmup=1)
+        cost = (ns + 1) * est["step_ns"] + est["gen_us"] * 1e3
+        show(fmt(f"GPT-2-small-sized (124M), {ns} tokens", r, 1.01, estimate(cost, r)))
+        del big
+        gc.collect()
+
+    if not args.no_others:
+        print("\n== side by side: pipeline('text-generation'), tiny GPT-2, 64 tokens")
+        others(model, tok, args, on, off, session, out_dir, show)
+
+    if args.mem_tokens > 0:
+        print(f"\n== memory: {args.mem_tokens:,} generated tokens, instrumented, JSONL streamed")
+        mem(model, tok, args, on, off, session, out_dir, show)
+
+    pyinstrument_ai.uninstrument()
+    print("\n== summary")
+    for line in results:
+        print(line)
+    return 0
+
+
+def estimate(cost_ns: float, r: dict[str, float]) -> str:
+    return f"; est. {1 + cost_ns / (r['bare_s'] * 1e9):.4f}"
+
+
+def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dict[str, float]:
+    """Time our wrappers directly: the extra cost of one decoding-step call and one put, and
+    the fixed cost of a generation (its start, and its generate + token events)."""
+    import timeit
+
+    import torch
+
+    from pyinstrument_ai.targets import transformers as target
+
+    inputs = tok("Hello, how are you today?", return_tensors="pt")
+    dev = torch.device("cpu")
+    sink = Sink()
+    value = torch.zeros(1, dtype=torch.long)
+
+    def step() -> None:
+        model._has_unfinished_sequences(False, False, device=dev)
+
+    def put() -> None:
+        sink.put(value)
+
+    def best(fn: Callable[[], None], k: int = 20000) -> float:
+        return min(timeit.repeat(fn, number=k, repeat=7)) / k * 1e9
+
+    off()
+    bare_step, bare_put = best(step), best(put)
+    on()
+    with torch.inference_mode():
+        out = model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
+    gen = target._Gen(0, model, sink, inputs["input_ids"], 1)
+    token = target._current.set(gen)
+    try:
+        step_ns = best(step) - bare_step
+        gen.nput = 1
+        put_ns = best(put) - bare_put
+    finally:
+        target._current.reset(token)
+    gen.steps = list(range(n + 1))
+    gen.puts = []
+    gen.prompt_len, gen.rows, gen.cfg, gen.out = inputs["input_ids"].shape[1], 1, None, out
+
+    def fixed() -> None:
+        target._start(model, (), dict(inputs))
+        target._finish(recorder, gen, 0, 1, out, None)
+
+    gen_ns = best(fixed, 200)
+    recorder.drain()
+    off()
+    return {"step_ns": step_ns, "put_ns": put_ns, "gen_us": gen_ns / 1e3}
+
+
+def others(
+    model: Any, tok: Any, args: Any, on: Any, off: Any, session: Any, out_dir: str, show: Any
+) -> None:
+    import torch
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=model, tokenizer=tok, device="cpu")
+    n = args.tokens
+
+    def once() -> None:
+        with torch.inference_mode():
+            pipe("Hello, how are you today?", max_new_tokens=n, do_sample=False)
+
+    def run() -> tuple[float, float]:
+        return timed(once)
+
+    # ours: check that it yields one token event per position
+    session.flush()
+    before = _count_token_events(out_dir)
+    r = ab(run, on, off, args.other_pairs)
+    session.flush()
+    got = _count_token_events(out_dir) - before
+    expect = (args.other_pairs + 2) * n
+    show(fmt("pyinstrument-ai", r, extra=f"  per-token: yes ({got}/{expect} token events)"))
+
+    # OpenLLMetry
+    try:
+        from opentelemetry.instrumentation.transformers import TransformersInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+
+        class Drop(SpanExporter):
+            spans = 0
+
+            def export(self, spans: Any) -> SpanExportResult:
+                Drop.spans += len(spans)
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Drop()))
+        inst = TransformersInstrumentor()
+
+        def otel_on() -> None:
+            if not inst.is_instrumented_by_opentelemetry:
+                inst.instrument(tracer_provider=provider)
+
+        def otel_off() -> None:
+            if inst.is_instrumented_by_opentelemetry:
+                inst.uninstrument()
+
+        r = ab(run, otel_on, otel_off, args.other_pairs)
+        provider.force_flush()
+        show(
+            fmt(
+                "OpenLLMetry (opentelemetry-instr.-transformers)",
+                r,
+                extra=f"  per-token: no ({Drop.spans} spans, one per pipeline call)",
+            )
+        )
+    except ImportError as exc:
+        show(f"{'OpenLLMetry':<44} not installed ({exc.name})")
+
+    # torch.profiler: a profiling session around each instrumented call; only the call is timed
+    from torch.profiler import ProfilerActivity, profile
+
+    state: dict[str, Any] = {}
+
+    def prof_on() -> None:
+        state["p"] = profile(activities=[ProfilerActivity.CPU])
+        state["p"].__enter__()
+
+    def prof_off() -> None:
+        p = state.pop("p", None)
+        if p is not None:
+            p.__exit__(None, None, None)
+            state["events"] = len(p.events())
+
+    r = ab(run, prof_on, prof_off, args.other_pairs)
+    show(
+        fmt(
+            "torch.profiler (CPU activities)",
+            r,
+            extra=f"  per-token: no (op-level trace, {state.get('events', 0)} ops per call)",
+        )
+    )
+
+    # viztracer
+    try:
+        from viztracer import VizTracer
+
+        tracer = VizTracer(verbose=0, tracer_entries=2_000_000)
+
+        def viz_on() -> None:
+            tracer.start()
+
+        def viz_off() -> None:
+            if tracer.enable:
+                tracer.stop()
+                tracer.clear()
+
+        r = ab(run, viz_on, viz_off, max(2, args.other_pairs // 2))
+        show(
+            fmt(
+                "viztracer",
+                r,
+                extra="  per-token: indirect (every Python call is traced; tokens must be "
+                "found among them)",
+            )
+        )
+    except ImportError:
+        show(f"{'viztracer':<44} not installed")
+
+
+def _count_token_events(out_dir: str) -> int:
+    n = 0
+    for name in os.listdir(out_dir):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(out_dir, name), "rb") as f:
+                n += sum(1 for line in f if b'"name":"token"' in line)
+    return n
+
+
+def mem(
+    model: Any, tok: Any, args: Any, on: Any, off: Any, session: Any, out_dir: str, show: Any
+) -> None:
+    import torch
+
+    inputs = tok("Hello, how are you today?", return_tensors="pt")
+    per_gen = 250
+    on()
+
+    def gen() -> None:
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=per_gen, do_sample=False)
+
+    for _ in range(8):  # warm-up: allocator, caches, first files
+        gen()
+    session.flush()
+    gc.collect()
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    done = 0
+    while done < args.mem_tokens:
+        gen()
+        done += per_gen
+    session.flush()
+    gc.collect()
+    rss1 = rss_bytes()
+    off()
+    growth = (rss1 - rss0) / 2**20
+    verdict = "OK" if growth < 10 else "ABOVE target 10 MB"
+    show(
+        f"{'memory: RSS growth':<44} {growth:+.1f} MB over {done:,} tokens "
+        f"({time.perf_counter() - t:.0f} s, buffer {session.recorder.pending()} pending)  "
+        f"{verdict}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,486 @@
+"""transformers: every top-level ``generate()`` and a timestamp for every generated token.
+
+What is wrapped (class-level, with wrapt; ``unpatch()`` puts the original objects back):
+
+* ``GenerationMixin.generate`` -- one ``generate`` event per *top-level* call. A context
+  variable holds the generation running in this thread; a nested call (a subclass's
+  ``generate`` calling ``super().generate``, the assistant model of assisted decoding, a
+  deprecated mode re-entering ``generate``) finds it set and passes straight through.
+* ``GenerationMixin._has_unfinished_sequences`` -- the loop condition of every decoding method
+  (``_sample``, ``_beam_search``, ``_assisted_decoding``, ... in 4.40 .. 5.x). It returns once
+  per decoding step, right after the step's host synchronisation (4.x: ``bool()`` of the
+  ``this_peer_finished`` tensor inside it; 5.x: ``bool()`` in ``StopCheck`` just before it), so
+  the time it returns is when that step's tokens exist. Its first call precedes the prefill.
+* the decoding methods (``_sample``, ``_beam_search``, ...) -- once per generation, to read the
+  prompt as the loop sees it, the final ``GenerationConfig`` and the returned ids.
+* ``GenerationMixin._update_model_kwargs_for_generation`` -- only once assisted decoding has
+  been used: its ``num_new_tokens`` says how many tokens each assisted step accepted.
+* ``put`` / ``end`` of the class of each streamer passed to ``generate`` (wrapped on the class
+  in the MRO that defines them, the first time such a streamer is seen). The streamer object
+  itself is untouched: same identity, same calls, same arguments. A put/end is recorded only
+  when that very object is the streamer of the generation running in the calling thread.
+
+Token events are emitted when ``generate`` returns (or raises), from the times collected on the
+way: the put times when the streamer delivered tokens, otherwise the decoding-step times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import types
+from contextvars import ContextVar
+from typing import Any
+
+from pyinstrument_ai._guard import guard
+from pyinstrument_ai.clock import now_ns
+
+NAME = "transformers"
+MODULES = ("transformers.generation.utils",)
+DISTRIBUTION = "transformers"
+SUPPORTED = (">=4.40", "<6")
+
+__all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch", "is_patched"]
+
+# Decoding methods over the supported range (those absent in a version are skipped).
+_DECODING_METHODS = (
+    "_sample",
+    "_greedy_search",
+    "_beam_search",
+    "_beam_sample",
+    "_group_beam_search",
+    "_constrained_beam_search",
+    "_contrastive_search",
+    "_assisted_decoding",
+    "_dola_decoding",
+)
+_SETTINGS = (
+    "max_new_tokens",
+    "max_length",
+    "min_new_tokens",
+    "do_sample",
+    "num_beams",
+    "num_return_sequences",
+    "temperature",
+    "top_k",
+    "top_p",
+)
+# generate(self, inputs, generation_config, logits_processor, stopping_criteria,
+#          prefix_allowed_tokens_fn, synced_gpus, assistant_model, streamer, ...)
+_STREAMER_POS = 7
+_NO_OVERRIDES: dict = {}
+
+
+class _Gen:
+    """State of one top-level generation, reachable only from its own thread's context."""
+
+    __slots__ = (
+        "id",
+        "model",
+        "streamer",
+        "source",
+        "threads",
+        "steps",
+        "accepted",
+        "puts",
+        "nput",
+        "in_put",
+        "mode",
+        "prompt_len",
+        "rows",
+        "cfg",
+        "out",
+        "kwargs",
+    )
+
+    def __init__(self, gid: int, model: Any, streamer: Any, source: Any, threads: int) -> None:
+        self.id = gid
+        self.model = model
+        self.streamer = streamer
+        self.source = source  # the prompt tensor as passed to generate (shape only is read)
+        self.threads = threads
+        self.steps: list[int] = []  # return times of _has_unfinished_sequences
+        self.accepted: list[int] = []  # assisted decoding: tokens accepted per step
+        self.puts: list[tuple[int, int]] = []  # (time, positions) of non-prompt puts
+        self.nput = 0
+        self.in_put = False
+        self.mode: str | None = None
+        self.prompt_len: int | None = None
+        self.rows: int | None = None
+        self.cfg: Any = None
+        self.out: Any = None
+        self.kwargs: dict = {}  # generate's keyword arguments (settings when cfg is unseen)
+
+
+_current: ContextVar[_Gen | None] = ContextVar("pyinstrument_ai.transformers.gen", default=None)
+_gen_ids = itertools.count(1)
+_lock = threading.RLock()
+_patched: list[tuple[type, str, Any]] = []  # (owner class, attribute, original __dict__ entry)
+_streamer_classes: set[type] = set()  # streamer classes already looked at
+_recorder: Any = None
+_torch: Any = None
+
+
+def is_patched() -> bool:
+    return bool(_patched)
+
+
+# --------------------------------------------------------------------------------------------
+# patch / unpatch
+
+
+def patch(recorder: Any) -> None:
+    """Wrap generate, the decoding loop condition and the decoding methods. Idempotent."""
+    global _recorder, _torch
+    with _lock:
+        if _patched:
+            return
+        import torch
+        from transformers.generation.utils import GenerationMixin
+
+        _torch = torch
+        _recorder = recorder
+        _wrap(GenerationMixin, "generate", _make_generate_wrapper(recorder))
+        _wrap(GenerationMixin, "_has_unfinished_sequences", _step_wrapper)
+        for name in _DECODING_METHODS:
+            if name in GenerationMixin.__dict__:
+                _wrap(GenerationMixin, name, _decoding_wrapper)
+
+
+def unpatch() -> None:
+    """Put every original object back where it was (including on streamer classes)."""
+    global _recorder
+    with _lock:
+        while _patched:
+            owner, attr, original = _patched.pop()
+            setattr(owner, attr, original)
+        _streamer_classes.clear()
+        _recorder = None
+
+
+def _wrap(owner: type, attr: str, wrapper: Any) -> None:
+    import wrapt
+
+    original = owner.__dict__[attr]
+    setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
+    _patched.append((owner, attr, original))
+
+
+# --------------------------------------------------------------------------------------------
+# generate
+
+
+def _make_generate_wrapper(recorder: Any) -> Any:
+    def generate(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if _current.get() is not None:  # nested: recorded by the outermost call
+            return wrapped(*args, **kwargs)
+        gen = None
+        with guard("transformers.generate"):
+            gen = _start(instance, args, kwargs)
+        if gen is None:
+            return wrapped(*args, **kwargs)
+        token = _current.set(gen)
+        result = error = None
+        t0 = now_ns()
+        try:
+            result = wrapped(*args, **kwargs)
+            return result
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            t1 = now_ns()
+            try:
+                _current.reset(token)
+            except Exception:  # a foreign context: never leave this thread "inside" generate
+                _current.set(None)
+            with guard("transformers.generate"):
+                _finish(recorder, gen, t0, t1, result, error)
+            error = None  # no reference cycle through the traceback
+
+    return generate
+
+
+def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
+    streamer = kwargs.get("streamer")
+    if streamer is None and len(args) > _STREAMER_POS:
+        streamer = args[_STREAMER_POS]
+    if streamer is not None:
+        _ensure_streamer_wrapped(type(streamer))
+    source = kwargs.get("input_ids")
+    if source is None:
+        source = kwargs.get("inputs")
+    if source is None and args:
+        source = args[0]
+    if source is None:
+        source = kwargs.get("inputs_embeds")
+    gen = _Gen(next(_gen_ids), model, streamer, source, _torch.get_num_threads())
+    gen.kwargs = kwargs
+    return gen
+
+
+def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    # The hot path of the no-streamer case: one call per decoding step.
+    more = wrapped(*args, **kwargs)
+    gen = _current.get()
+    if gen is not None and gen.model is instance:
+        gen.steps.append(now_ns())
+    return more
+
+
+def _watch_accepted_tokens() -> None:
+    """Wrap ``_update_model_kwargs_for_generation`` the first time assisted decoding runs: it
+    is called once per step in every mode, so programs that never use assisted decoding do not
+    pay for it."""
+    with _lock:
+        if not _patched or any(a == "_update_model_kwargs_for_generation" for _, a, _ in _patched):
+            return
+        from transformers.generation.utils import GenerationMixin
+
+        _wrap(GenerationMixin, "_update_model_kwargs_for_generation", _accepted_wrapper)
+
+
+def _accepted_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    # Assisted decoding adds n_matches + 1 tokens per step and says so here (4.46+); other
+    # modes add one token per step and pass through after one context-variable read.
+    gen = _current.get()
+    if gen is not None and gen.mode == "assisted_decoding" and gen.model is instance:
+        with guard("transformers.assisted"):
+            n = kwargs.get("num_new_tokens")
+            if n is not None:
+                gen.accepted.append(int(n))
+    return wrapped(*args, **kwargs)
+
+
+def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    gen = _current.get()
+    if gen is None or gen.model is not instance or gen.mode is not None:
+        return wrapped(*args, **kwargs)
+    with guard("transformers.decoding"):
+        gen.mode = wrapped.__name__.lstrip("_")
+        if gen.mode == "assisted_decoding":
+            _watch_accepted_tokens()
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        gen.rows, gen.prompt_len = int(input_ids.shape[0]), int(input_ids.shape[-1])
+        gen.cfg = kwargs.get("generation_config")
+    result = wrapped(*args, **kwargs)
+    gen.out = result
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# streamers
+
+
+def _ensure_streamer_wrapped(cls: type) -> None:
+    if cls in _streamer_classes:
+        return
+    import wrapt
+
+    with _lock:
+        if cls in _streamer_classes or not _patched:
+            return
+        _streamer_classes.add(cls)
+        for attr, wrapper in (("put", _put_wrapper), ("end", _end_wrapper)):
+            owner = next((k for k in cls.__mro__ if attr in k.__dict__), None)
+            if owner is None or owner is object:
+                continue  # put/end set on the instance (duck typing): steps give the times
+            if any(o is owner and a == attr for o, a, _ in _patched):
+                continue
+            original = owner.__dict__[attr]
+            if not isinstance(original, (types.FunctionType, wrapt.FunctionWrapper)):
+                continue  # staticmethod, builtin, ...: leave it alone
+            with guard("transformers.streamer"):
+                setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
+                _patched.append((owner, attr, original))
+
+
+def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    gen = _current.get()
+    if gen is None or gen.streamer is not instance or gen.in_put:
+        return wrapped(*args, **kwargs)
+    t = now_ns()  # the tokens are on the host: put() receives a .cpu() copy
+    gen.in_put = True  # a subclass's put calling super().put is one put
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        dur = now_ns() - t
+        gen.in_put = False
+        with guard("transformers.put"):
+            _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
+
+
+def _on_put(gen: _Gen, t: int, dur: int, value: Any) -> None:
+    prompt = gen.nput == 0
+    gen.nput += 1
+    numel = int(value.numel())
+    if not prompt:
+        # (batch,) for one decoding step; (1, n) when assisted decoding accepts n tokens at once
+        gen.puts.append((t, int(value.shape[-1]) if value.dim() >= 2 else 1))
+    fields = {"gen": gen.id, "numel": numel, "prompt": prompt}
+    rec = _recorder
+    if rec is None:
+        return
+    if rec.capture_content:
+        fields["ids"] = value.tolist()
+    rec.record("put", t, dur, fields)
+
+
+def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    gen = _current.get()
+    if gen is None or gen.streamer is not instance or gen.in_put:
+        return wrapped(*args, **kwargs)
+    t = now_ns()
+    gen.in_put = True
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        dur = now_ns() - t
+        gen.in_put = False
+        rec = _recorder
+        if rec is not None:
+            with guard("transformers.end"):
+                rec.record("end", t, dur, {"gen": gen.id})
+
+
+# --------------------------------------------------------------------------------------------
+# at the end of a generation: the generate event and its token events
+
+
+def _finish(
+    recorder: Any, gen: _Gen, t0: int, t1: int, result: Any, error: BaseException | None
+) -> None:
+    model = gen.model
+    config = getattr(model, "config", None)
+    cfg, overrides = gen.cfg, _NO_OVERRIDES
+    if cfg is None:
+        # the decoding method did not receive the final GenerationConfig (4.40 .. 4.41 pass
+        # its values one by one): the model's config, overridden by generate's arguments
+        overrides = gen.kwargs
+        cfg = overrides.get("generation_config") or getattr(model, "generation_config", None)
+    fields: dict[str, Any] = {
+        "gen": gen.id,
+        "model": type(model).__name__,
+        "name_or_path": getattr(model, "name_or_path", None)
+        or getattr(config, "_name_or_path", None)
+        or None,
+        "mode": gen.mode,
+        "streamer": type(gen.streamer).__name__ if gen.streamer is not None else None,
+        "threads": gen.threads,
+    }
+    with guard("transformers.generate.device"):
+        # PreTrainedModel.device/.dtype walk the modules twice; one parameter says the same
+        param = next(model.parameters(), None)
+        if param is not None and param.dtype.is_floating_point:
+            fields["device"] = str(param.device)
+            fields["dtype"] = str(param.dtype).removeprefix("torch.")
+        else:
+            fields["device"] = str(model.device)
+            fields["dtype"] = str(model.dtype).removeprefix("torch.")
+    for name in _SETTINGS:
+        value = overrides[name] if name in overrides else getattr(cfg, name, None)
+        fields[name] = value if value is None or isinstance(value, (int, float, bool)) else None
+    if not fields["do_sample"]:  # not in effect: do not suggest they shaped the output
+        fields["temperature"] = fields["top_k"] = fields["top_p"] = None
+
+    source = gen.source
+    src_shape = tuple(source.shape) if hasattr(source, "shape") else None
+    if src_shape is not None and len(src_shape) >= 2:
+        fields["batch"] = int(src_shape[0])
+    elif gen.rows is not None:
+        expand = max(fields.get("num_beams") or 1, fields.get("num_return_sequences") or 1)
+        fields["batch"] = gen.rows // expand
+    else:
+        fields["batch"] = None
+
+    # prompt tokens: what the decoding loop starts from (decoder-only), the encoder input
+    # (encoder-decoder), or the embeddings' length (decoder-only fed inputs_embeds)
+    is_enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+    if (is_enc_dec or not gen.prompt_len) and src_shape is not None and len(src_shape) >= 2:
+        fields["prompt_tokens"] = int(src_shape[1])
+    else:
+        fields["prompt_tokens"] = gen.prompt_len
+    if overrides.get("max_new_tokens") is not None and "max_length" not in overrides:
+        if gen.prompt_len is not None:  # what generate derives from max_new_tokens
+            fields["max_length"] = gen.prompt_len + overrides["max_new_tokens"]
+
+    # new tokens, counted from the returned ids
+    out = gen.out if gen.out is not None else result
+    seqs = getattr(out, "sequences", out)
+    new_tokens: list[int] | None = None
+    per_position: list[int] | None = None
+    positions = 0
+    new = None
+    if hasattr(seqs, "shape") and len(seqs.shape) == 2 and gen.prompt_len is not None:
+        new = seqs[:, gen.prompt_len :]
+        rows, positions = int(new.shape[0]), int(new.shape[1])
+        eos = overrides.get("eos_token_id", getattr(cfg, "eos_token_id", None))
+        new_tokens, per_position = _count_new(new, eos, rows, positions)
+    fields["new_tokens"] = new_tokens
+    fields["tokens"] = sum(new_tokens) if new_tokens is not None else None
+    if error is not None:
+        fields["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
+
+    # token times: puts when the streamer delivered tokens, else decoding steps (minus the
+    # loop condition's first call, which precedes the prefill)
+    if gen.puts:
+        times = [t for t, n in gen.puts for _ in range(n)]
+        fields["token_times"] = "put"
+    else:
+        times = gen.steps[1:]
+        if gen.accepted and len(gen.accepted) <= len(times):
+            times = [t for t, n in zip(times, gen.accepted, strict=False) for _ in range(n)]
+        fields["token_times"] = "step" if times else None
+    if not positions and error is not None:
+        positions = len(times)  # ids never came back: one token per observed step/put
+    if recorder.capture_content and new is not None:
+        with guard("transformers.generate.content"):
+            fields["prompt_ids"] = seqs[:, : gen.prompt_len].tolist()
+            fields["output_ids"] = new.tolist()
+
+    record = recorder.record
+    record("generate", t0, t1 - t0, fields)
+    if not times:
+        return
+    gid, last = gen.id, len(times) - 1
+    rows = len(new_tokens) if new_tokens else 1
+    for i in range(positions):
+        # more positions than times only when ids came back but steps were not all seen; a
+        # step makes >= 1 token, so the last time seen is an upper bound for the rest
+        record(
+            "token",
+            times[i] if i < last else times[last],
+            None,
+            {"gen": gid, "index": i, "seqs": per_position[i] if per_position else rows}
+            if i
+            else {
+                "gen": gid,
+                "index": 0,
+                "seqs": per_position[0] if per_position else rows,
+                "prefill": True,
+            },
+        )
+
+
+def _count_new(new: Any, eos: Any, rows: int, positions: int) -> tuple[list[int], list[int] | None]:
+    """New tokens per sequence, and sequences per position (None: all of them), counted from
+    the ids: a sequence's tokens end at its first EOS (what follows is padding)."""
+    if eos is None or positions == 0 or rows == 1:
+        # one sequence stops at its EOS, so its EOS (if any) is its last token
+        return [positions] * rows, None
+    eos_ids = [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+    torch = _torch
+    # on the ids' device: only one length per row comes back to the host
+    hit = torch.isin(new, torch.tensor(eos_ids, dtype=new.dtype, device=new.device))
+    first = hit.to(torch.int8).argmax(dim=1)  # index of the first EOS (0 if none)
+    lengths = torch.where(hit.any(dim=1), first + 1, positions).tolist()
+    if min(lengths) == positions:
+        return lengths, None
+    ends = [0] * (positions + 1)  # ends[k]: sequences with exactly k new tokens
+    for n in lengths:
+        ends[n] += 1
+    per_position, alive = [], rows
+    for i in range(positions):
+        alive -= ends[i]
+        per_position.append(alive)
+    return lengths, per_position

@@ -1,0 +1,605 @@
+"""The transformers target on a real (tiny, random-weight) GPT-2: read-only and complete.
+
+Everything runs real ``generate()`` calls; nothing is mocked. The model is built in code
+(pyinstrument_ai.demo), so no download happens and the suite stays fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import _tiny  # noqa: E402
+from _tiny import check_token_events, encode, generate, named  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2LMHeadModel,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TextIteratorStreamer,
+    TextStreamer,
+)
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+from transformers.generation.utils import GenerationMixin  # noqa: E402
+
+import pyinstrument_ai  # noqa: E402
+from pyinstrument_ai.targets import transformers as target  # noqa: E402
+from pyinstrument_ai.targets import version_ok  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny.tiny()
+
+
+def recording(**kw):
+    return pyinstrument_ai.recording(targets=["transformers"], **kw)
+
+
+def same(a, b) -> bool:
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+# -- contract ---------------------------------------------------------------------------------
+
+
+def test_declares_the_contract_and_supports_the_installed_version():
+    assert target.NAME == "transformers"
+    assert target.MODULES == ("transformers.generation.utils",)
+    assert target.DISTRIBUTION == "transformers"
+    installed = importlib.metadata.version("transformers")
+    assert version_ok(installed, target.SUPPORTED), installed
+    for v in ("4.40.0", "4.46.3", "4.57.6", "5.0.0", "5.23.0"):
+        assert version_ok(v, target.SUPPORTED)
+    for v in ("4.39.3", "6.0.0"):
+        assert not version_ok(v, target.SUPPORTED)
+
+
+# -- read-only: same ids, same streamer calls -------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])
+def test_same_output_ids_and_one_token_event_per_position(tiny, batch, sample):
+    model, tok = tiny
+    inputs = encode(tok, batch)
+    # (generate() sets min_new_tokens: every sequence has exactly 10 new tokens; early stops
+    # are covered below)
+    kw = dict(do_sample=sample, seed=1234 if sample else None, max_new_tokens=10)
+    if sample:
+        kw["top_k"] = 20
+    bare = generate(model, inputs, **kw)
+    with recording() as rec:
+        seen = generate(model, inputs, **kw)
+    assert same(bare, seen)
+
+    (g,) = named(rec.events, "generate")
+    prompt_len = inputs["input_ids"].shape[1]
+    assert g["batch"] == batch
+    assert g["prompt_tokens"] == prompt_len
+    assert g["new_tokens"] == [seen.shape[1] - prompt_len] * batch
+    assert g["tokens"] == sum(g["new_tokens"])
+    assert g["max_new_tokens"] == 10
+    assert g["do_sample"] is sample and g["num_beams"] == 1
+    assert (g["top_k"] == 20) is sample
+    assert g["mode"] == "sample" or (g["mode"] == "greedy_search" and not sample)  # 4.40/4.41
+    assert g["model"] == "GPT2LMHeadModel"
+    assert g["name_or_path"] == model.config.name_or_path
+    assert g["device"] == "cpu" and g["dtype"] == "float32"
+    assert g["threads"] == torch.get_num_threads()
+    assert g["streamer"] is None and g["token_times"] == "step"
+    assert "error" not in g
+    check_token_events(rec.events)
+
+
+def test_beam_search_counts_positions_from_the_returned_ids(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 3)
+    bare = generate(model, inputs, num_beams=2, num_return_sequences=2, max_new_tokens=6)
+    with recording() as rec:
+        seen = generate(model, inputs, num_beams=2, num_return_sequences=2, max_new_tokens=6)
+    assert same(bare, seen)
+    (g,) = named(rec.events, "generate")
+    assert g["mode"] == "beam_search" and g["num_beams"] == 2
+    assert g["batch"] == 3 and len(g["new_tokens"]) == 6
+    check_token_events(rec.events)
+
+
+class ForceEos(LogitsProcessor):
+    """Make row ``row`` (or every row) emit EOS at new-token position ``at``."""
+
+    def __init__(self, prompt_len: int, at: int, eos: int, row: int | None = None):
+        self.prompt_len, self.at, self.eos, self.row = prompt_len, at, eos, row
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.prompt_len == self.at:
+            rows = slice(None) if self.row is None else slice(self.row, self.row + 1)
+            scores[rows, :] = -float("inf")
+            scores[rows, self.eos] = 0.0
+        return scores
+
+
+def test_sequences_that_stop_early_are_counted_per_position(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 3)
+    plen = inputs["input_ids"].shape[1]
+    procs = LogitsProcessorList([ForceEos(plen, 3, tok.eos_token_id, row=1)])
+    kw = dict(logits_processor=procs, max_new_tokens=8)  # (no natural EOS before 8)
+    bare = generate(model, inputs, **kw)
+    with recording() as rec:
+        seen = generate(model, inputs, **kw)
+    assert same(bare, seen)
+    (g,) = named(rec.events, "generate")
+    assert g["new_tokens"][1] == 4 and max(g["new_tokens"]) == 8
+    toks = sorted(named(rec.events, "token"), key=lambda e: e["index"])
+    assert [e["seqs"] for e in toks] == [3, 3, 3, 3, 2, 2, 2, 2]
+    check_token_events(rec.events)
+
+
+def test_generation_that_ends_at_eos_has_fewer_token_events(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    plen = inputs["input_ids"].shape[1]
+    procs = LogitsProcessorList([ForceEos(plen, 4, tok.eos_token_id)])
+    with recording() as rec:
+        out = generate(model, inputs, logits_processor=procs, max_new_tokens=20)
+    assert out.shape[1] - plen == 5
+    (g,) = named(rec.events, "generate")
+    assert g["new_tokens"] == [5] and len(named(rec.events, "token")) == 5
+    check_token_events(rec.events)
+
+
+def test_text_streamer_prints_the_same_text(tiny, capsys):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    generate(model, inputs, streamer=TextStreamer(tok), max_new_tokens=16)
+    bare = capsys.readouterr()
+    with recording() as rec:
+        out = generate(model, inputs, streamer=TextStreamer(tok), max_new_tokens=16)
+    seen = capsys.readouterr()
+    assert seen.out == bare.out and bare.out.strip()
+    (g,) = named(rec.events, "generate")
+    assert g["streamer"] == "TextStreamer" and g["token_times"] == "put"
+    puts = named(rec.events, "put")
+    assert [p["prompt"] for p in puts] == [True] + [False] * (len(puts) - 1)
+    assert puts[0]["numel"] == inputs["input_ids"].numel()
+    assert all(p["numel"] == 1 and p["dur_ns"] >= 0 for p in puts[1:])
+    assert len(named(rec.events, "end")) == 1
+    new = out.shape[1] - inputs["input_ids"].shape[1]
+    assert len(puts) - 1 == new == len(named(rec.events, "token"))
+    # with a streamer, a token's time is the time of the put that delivered it
+    put_times = [p["t_mono_ns"] for p in puts[1:]]
+    tok_times = [
+        e["t_mono_ns"] for e in sorted(named(rec.events, "token"), key=lambda e: e["index"])
+    ]
+    assert tok_times == put_times
+    check_token_events(rec.events)
+
+
+class Keep(BaseStreamer):
+    """Remembers every call and the very objects it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(("put", value))
+
+    def end(self):
+        self.calls.append(("end", None))
+
+
+class Duck:
+    """Not a BaseStreamer: generate only needs put/end."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(("put", value))
+
+    def end(self):
+        self.calls.append(("end", None))
+
+
+def _same_calls(a, b) -> bool:
+    if [k for k, _ in a] != [k for k, _ in b]:
+        return False
+    return all(
+        (x is None and y is None) or (type(x) is type(y) and same(x, y))
+        for (_, x), (_, y) in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("cls", [Keep, Duck])
+def test_streamer_gets_the_same_calls_and_keeps_its_identity(tiny, cls):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    bare = cls()
+    generate(model, inputs, streamer=bare, max_new_tokens=8)
+    s = cls()
+    seen_inside = []
+
+    class Spy(LogitsProcessor):  # runs inside generate, while everything is patched
+        def __call__(self, input_ids, scores):
+            seen_inside.append((type(s) is cls, isinstance(s, cls)))
+            return scores
+
+    with recording() as rec:
+        generate(
+            model,
+            inputs,
+            streamer=s,
+            max_new_tokens=8,
+            logits_processor=LogitsProcessorList([Spy()]),
+        )
+    assert _same_calls(bare.calls, s.calls)
+    assert seen_inside and all(a and b for a, b in seen_inside)
+    assert isinstance(s, BaseStreamer) is (cls is Keep)
+    (g,) = named(rec.events, "generate")
+    assert g["streamer"] == cls.__name__ and g["token_times"] == "put"
+    assert len(named(rec.events, "put")) == len(s.calls) - 1
+    check_token_events(rec.events)
+
+
+def test_streamer_with_put_on_the_instance_falls_back_to_step_times(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    calls = []
+    s = types.SimpleNamespace(put=lambda v: calls.append(v), end=lambda: calls.append(None))
+    with recording() as rec:
+        out = generate(model, inputs, streamer=s, max_new_tokens=6)
+    assert len(calls) == 1 + 6 + 1 and same(calls[0], inputs["input_ids"])
+    (g,) = named(rec.events, "generate")
+    assert g["token_times"] == "step" and not named(rec.events, "put")
+    assert out.shape[1] - inputs["input_ids"].shape[1] == 6
+    check_token_events(rec.events)
+
+
+def test_a_subclass_streamer_calling_super_put_is_one_put(tiny, capsys):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+
+    class Counting(TextStreamer):
+        n = 0
+
+        def put(self, value):
+            Counting.n += 1
+            super().put(value)
+
+    with recording() as rec:
+        # a plain TextStreamer first, so TextStreamer.put is wrapped too
+        generate(model, inputs, streamer=TextStreamer(tok), max_new_tokens=4)
+        generate(model, inputs, streamer=Counting(tok), max_new_tokens=4)
+    capsys.readouterr()
+    gens = named(rec.events, "generate")
+    assert len(named(rec.events, "put", gens[1]["gen"])) == Counting.n == 5
+    check_token_events(rec.events)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_exception_from_a_users_streamer_propagates_unchanged(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    err = Boom("streamer broke")
+
+    class Breaks(BaseStreamer):
+        n = 0
+
+        def put(self, value):
+            self.n += 1
+            if self.n == 3:
+                raise err
+
+        def end(self):
+            pass
+
+    with recording() as rec:
+        with pytest.raises(Boom) as info:
+            generate(model, inputs, streamer=Breaks(), max_new_tokens=8)
+        # the thread is not left "inside" a generation: the next call is recorded normally
+        generate(model, inputs, max_new_tokens=3)
+    assert info.value is err and str(info.value) == "streamer broke"
+    g1, g2 = named(rec.events, "generate")
+    assert g1["error"].endswith("Boom") and g1["tokens"] is None
+    assert "error" not in g2 and g2["tokens"] == 3
+    assert len(named(rec.events, "put", g1["gen"])) == 3
+    assert len(named(rec.events, "token", g1["gen"])) == 2  # two tokens were delivered
+    assert len(named(rec.events, "token", g2["gen"])) == 3
+
+
+def test_a_bug_in_our_code_never_reaches_the_program(tiny, monkeypatch):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    bare = generate(model, inputs, max_new_tokens=5, streamer=Keep())
+
+    def broken(*a, **k):
+        raise RuntimeError("instrumentation bug")
+
+    from pyinstrument_ai import _guard, _log
+
+    monkeypatch.setattr(_guard, "errors", {})  # keep the process-wide counters clean
+    monkeypatch.setattr(_log, "_said", set())
+    monkeypatch.setattr(target, "_finish", broken)
+    monkeypatch.setattr(target, "_on_put", broken)
+    s = Keep()
+    with recording() as rec:
+        out = generate(model, inputs, max_new_tokens=5, streamer=s)
+    assert same(out, bare) and len(s.calls) == 7
+    assert not named(rec.events, "generate")
+    assert _guard.errors == {"transformers.generate": 1, "transformers.put": 6}
+
+
+def test_return_dict_in_generate_counts_from_sequences(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 3)
+    kw = dict(max_new_tokens=5, return_dict_in_generate=True, output_scores=True)
+    bare = generate(model, inputs, **kw)
+    with recording() as rec:
+        seen = generate(model, inputs, **kw)
+    assert same(bare.sequences, seen.sequences) and len(seen.scores) == 5
+    (g,) = named(rec.events, "generate")
+    assert g["new_tokens"] == [5, 5, 5]
+    check_token_events(rec.events)
+
+
+def test_async_text_iterator_streamer(tiny):
+    Async = getattr(transformers, "AsyncTextIteratorStreamer", None)
+    if Async is None:
+        pytest.skip("AsyncTextIteratorStreamer is not in this transformers version")
+    import asyncio
+
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    want = tok.decode(generate(model, inputs, max_new_tokens=8)[0, inputs["input_ids"].shape[1] :])
+
+    async def main():
+        s = Async(tok, skip_prompt=True)
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            None, lambda: generate(model, inputs, max_new_tokens=8, streamer=s)
+        )
+        text = "".join([chunk async for chunk in s])
+        await job
+        return text
+
+    with recording() as rec:
+        text = asyncio.run(main())
+    assert text == want
+    (g,) = named(rec.events, "generate")
+    assert g["streamer"] == Async.__name__ and g["token_times"] == "put"
+    assert len(named(rec.events, "put")) == 9 and len(named(rec.events, "end")) == 1
+    check_token_events(rec.events)
+
+
+# -- what counts as one generation ------------------------------------------------------------
+
+
+class OverridingGPT2(GPT2LMHeadModel):
+    def generate(self, *args, **kwargs):  # the common "wrap and call super()" pattern
+        kwargs.setdefault("max_new_tokens", 7)
+        kwargs.setdefault("min_new_tokens", 7)
+        return super().generate(*args, **kwargs)
+
+
+def test_subclass_that_overrides_generate_is_recorded_once(tiny):
+    model, tok = tiny
+    sub = OverridingGPT2(model.config)
+    sub.load_state_dict(model.state_dict())
+    sub.eval()
+    sub.generation_config = model.generation_config
+    inputs = encode(tok, 1)
+    with recording() as rec:
+        with torch.no_grad():
+            out = sub.generate(**inputs)
+    (g,) = named(rec.events, "generate")
+    assert g["model"] == "OverridingGPT2" and g["new_tokens"] == [7]
+    assert same(out, generate(model, inputs, max_new_tokens=7))
+    check_token_events(rec.events)
+
+
+def test_assisted_decoding_is_one_generation_and_shares_put_times(tiny):
+    model, tok = tiny
+    from pyinstrument_ai.demo import tiny_gpt2
+
+    assistant, _ = tiny_gpt2(seed=1)
+    inputs = encode(tok, 1)
+    bare = generate(model, inputs, assistant_model=assistant, max_new_tokens=12)
+    s = Keep()
+    with recording() as rec:
+        out = generate(model, inputs, assistant_model=assistant, max_new_tokens=12)
+        generate(model, inputs, assistant_model=model, max_new_tokens=12, streamer=s)
+    assert same(bare, out)
+    g1, g2 = named(rec.events, "generate")  # the assistant's own generate is not counted
+    assert g1["mode"] == g2["mode"] == "assisted_decoding"
+    # without a streamer: one time per assisted step, shared by the tokens it accepted
+    t1 = [e["t_mono_ns"] for e in named(rec.events, "token", g1["gen"])]
+    assert g1["token_times"] == "step" and len(set(t1)) < len(t1) == 12
+    multi = [p for p in named(rec.events, "put", g2["gen"]) if not p["prompt"] and p["numel"] > 1]
+    assert multi  # the model is its own perfect assistant: several tokens per put
+    toks = named(rec.events, "token", g2["gen"])
+    assert len({e["t_mono_ns"] for e in toks}) == len(named(rec.events, "put", g2["gen"])) - 1
+    check_token_events(rec.events)
+
+
+def test_pipeline_text_generation_is_one_generation(tiny):
+    model, tok = tiny
+    pipe = transformers.pipeline("text-generation", model=model, tokenizer=tok, device="cpu")
+    with recording() as rec:
+        pipe("Hello", max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    (g,) = named(rec.events, "generate")
+    assert g["tokens"] == 5
+    check_token_events(rec.events)
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+def test_concurrent_text_iterator_streamers_are_attributed_to_their_generation(tiny):
+    model, tok = tiny
+    lengths = [6, 10, 14]
+    prompts = _tiny.PROMPTS
+
+    def expected(i):
+        inputs = encode_one(tok, prompts[i])
+        out = generate(model, inputs, max_new_tokens=lengths[i])
+        return tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    want = [expected(i) for i in range(3)]
+    texts = [None] * 3
+    barrier = threading.Barrier(3)
+
+    def client(i):
+        s = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        kw = dict(encode_one(tok, prompts[i]), max_new_tokens=lengths[i], streamer=s)
+        kw["min_new_tokens"] = lengths[i]
+
+        def run():
+            barrier.wait()
+            with torch.no_grad():
+                model.generate(**kw)
+
+        t = threading.Thread(target=run)
+        t.start()
+        texts[i] = "".join(s)
+        t.join()
+
+    with recording() as rec:
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+    assert texts == want
+    gens = named(rec.events, "generate")
+    assert sorted(g["tokens"] for g in gens) == lengths
+    assert len({g["gen"] for g in gens}) == 3 and len({g["tid"] for g in gens}) == 3
+    # the generations really ran at the same time (else attribution would be trivial)
+    spans = sorted((g["t_mono_ns"], g["t_mono_ns"] + g["dur_ns"]) for g in gens)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False))
+    for g in gens:
+        assert g["token_times"] == "put" and g["streamer"] == "TextIteratorStreamer"
+        for e in named(rec.events, "put", g["gen"]) + named(rec.events, "end", g["gen"]):
+            assert e["tid"] == g["tid"]
+        assert len(named(rec.events, "put", g["gen"])) == g["tokens"] + 1
+    check_token_events(rec.events)
+
+
+def encode_one(tok, prompt):
+    return dict(tok([prompt], return_tensors="pt"))
+
+
+# -- privacy, unpatch -------------------------------------------------------------------------
+
+
+def test_no_token_ids_unless_capture_content(tiny):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    with recording() as rec:
+        generate(model, inputs, max_new_tokens=4, streamer=Keep())
+    for e in rec.events:
+        assert not {"ids", "prompt_ids", "output_ids", "text"} & set(e), e
+    with recording(capture_content=True) as rec:
+        out = generate(model, inputs, max_new_tokens=4, streamer=Keep())
+    (g,) = named(rec.events, "generate")
+    plen = inputs["input_ids"].shape[1]
+    assert g["output_ids"] == out[:, plen:].tolist()
+    assert g["prompt_ids"] == inputs["input_ids"].tolist()
+    assert named(rec.events, "put")[0]["ids"] == inputs["input_ids"].tolist()
+
+
+def test_unpatch_restores_the_original_objects_exactly(tiny, capsys):
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    names = ["generate", "_has_unfinished_sequences"]
+    names += [n for n in target._DECODING_METHODS if n in GenerationMixin.__dict__]
+    lazy = "_update_model_kwargs_for_generation"  # wrapped once assisted decoding is used
+    before = {n: GenerationMixin.__dict__[n] for n in names + [lazy]}
+    ts_put, ts_end = TextStreamer.__dict__["put"], TextStreamer.__dict__["end"]
+    keep_put = Keep.__dict__["put"]
+    with recording():
+        assert target.is_patched()
+        assert all(GenerationMixin.__dict__[n] is not before[n] for n in names)
+        assert GenerationMixin.__dict__[lazy] is before[lazy]
+        generate(model, inputs, max_new_tokens=3, streamer=TextIteratorStreamer(tok))
+        generate(model, inputs, max_new_tokens=3, streamer=Keep(), assistant_model=model)
+        assert TextStreamer.__dict__["put"] is not ts_put
+        assert GenerationMixin.__dict__[lazy] is not before[lazy]
+    capsys.readouterr()
+    assert not target.is_patched()
+    assert all(GenerationMixin.__dict__[n] is before[n] for n in names + [lazy])
+    assert TextStreamer.__dict__["put"] is ts_put and TextStreamer.__dict__["end"] is ts_end
+    assert Keep.__dict__["put"] is keep_put
+    assert "put" not in TextIteratorStreamer.__dict__
+    # patch twice == once; unpatch twice is harmless
+    from pyinstrument_ai.recorder import Recorder
+
+    r = Recorder()
+    target.patch(r)
+    first = GenerationMixin.__dict__["generate"]
+    target.patch(r)
+    assert GenerationMixin.__dict__["generate"] is first
+    target.unpatch()
+    target.unpatch()
+    assert GenerationMixin.__dict__["generate"] is before["generate"]
+
+
+# -- end to end through the launcher ----------------------------------------------------------
+
+
+def test_chat_example_end_to_end_through_the_launcher(tmp_path, tiny, capsys):
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import chat
+    finally:
+        sys.path.pop(0)
+    chat.main(["--max-new-tokens", "8"])  # the same program, not instrumented, in-process
+    bare = capsys.readouterr().out
+
+    out = tmp_path / "out"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    for k in [k for k in env if k.startswith("PYINSTRUMENT_AI")]:
+        del env[k]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--out",
+            str(out),
+            "--targets",
+            "transformers",
+            str(REPO / "examples" / "chat.py"),
+            "--max-new-tokens",
+            "8",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == bare  # TextStreamer output unchanged
+    assert "2 generations" in proc.stderr and str(out) in proc.stderr
+    events = pyinstrument_ai.load(str(out))
+    gens = named(events, "generate")
+    assert len(gens) == 2 and all(g["streamer"] == "TextStreamer" for g in gens)
+    assert sum(g["tokens"] for g in gens) == len(named(events, "token"))
+    assert len(named(events, "end")) == 2
+    check_token_events(events)
