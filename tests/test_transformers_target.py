@@ -14,12 +14,12 @@ import threading
 import types
 from pathlib import Path
 
+import _tiny  # noqa: E402
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-import _tiny  # noqa: E402
+# hard imports, not importorskip: a missing test dependency must fail the run, not skip it
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from _tiny import check_token_events, encode, generate, named  # noqa: E402
 from transformers import (  # noqa: E402
     GPT2LMHeadModel,

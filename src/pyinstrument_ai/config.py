@@ -45,7 +45,13 @@ class Config:
     """
 
     __slots__ = (
-        "out_dir", "targets", "disable", "capture_content", "flush_interval", "summary", "run_id"
+        "out_dir",
+        "targets",
+        "disable",
+        "capture_content",
+        "flush_interval",
+        "summary",
+        "run_id",
     )
 
     def __init__(

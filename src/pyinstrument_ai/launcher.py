@@ -49,8 +49,13 @@ options:
   -h, --help              show this help and exit
 """
 
-_VALUE_OPTS = {"-o": "out", "--out": "out", "--targets": "targets", "--disable": "disable",
-               "--flush-interval": "flush_interval"}
+_VALUE_OPTS = {
+    "-o": "out",
+    "--out": "out",
+    "--targets": "targets",
+    "--disable": "disable",
+    "--flush-interval": "flush_interval",
+}
 _FLAG_OPTS = {"--capture-content": "capture_content", "--no-summary": "no_summary"}
 
 
@@ -200,8 +205,28 @@ def main(argv: list[str] | None = None) -> None:
     config = config.replace(run_id=config.run_id or os.urandom(6).hex())
     os.environ.update(child_environment(config, dict(os.environ)))
     if inv.mode == "command":
+        _warn_dropped_variables(inv.target, inv.args)
         _exec_command(inv.target, inv.args)
     _run_in_process(inv, config)
+
+
+def _warn_dropped_variables(command: str, args: list[str]) -> None:
+    """TorchServe's frontend drops the variables its config's ``blacklist_env_vars`` matches;
+    a worker without ours runs uninstrumented. Say so before starting, naming them."""
+    if os.path.basename(command) != "torchserve":
+        return
+    try:
+        from pyinstrument_ai.targets.torchserve import dropped_env_vars
+
+        dropped = dropped_env_vars([command, *args])
+    except Exception:
+        return
+    if dropped:
+        sys.stderr.write(
+            "python -m instrument: warning: TorchServe's blacklist_env_vars drops "
+            f"{', '.join(dropped)}: its workers will run without instrumentation "
+            "(see docs/targets/torchserve.md)\n"
+        )
 
 
 def _exec_command(command: str, args: list[str]) -> NoReturn:

@@ -35,9 +35,7 @@ def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            files.extend(
-                os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".jsonl")
-            )
+            files.extend(os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".jsonl"))
         elif os.path.exists(p):
             files.append(p)
         else:

@@ -1,6 +1,7 @@
 """The hot path: stamp and append. Nothing else happens here.
 
-A record is the tuple ``(name, t_ns, dur_ns, tid, fields)``. Targets call
+A record is the tuple ``(name, t_ns, dur_ns, tid, fields)``. The core never modifies a
+``fields`` dict it is given (targets may hand the same dict to many records). Targets call
 ``recorder.record(name, t_ns, dur_ns, fields)``; it appends to a list, which is atomic under the
 GIL, so any number of threads can record without a lock. The flusher takes records off the
 front with ``buf[:n]`` + ``del buf[:n]`` (each atomic), so a record appended meanwhile is

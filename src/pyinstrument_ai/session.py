@@ -47,7 +47,8 @@ class Session:
         self.patched: dict[str, str] = {}
         self.closed = False
         self._lock = _thread.allocate_lock()
-        self._stop: Any = None  # threading.Event, once the flusher runs
+        self._wake: Any = None  # threading.Event, once the flusher runs
+        self._soon_delay = 0.0
         self._thread: Any = None
         #: thread id of a flush in progress (a signal handler must not re-enter it)
         self.flushing_in: int | None = None
@@ -89,16 +90,37 @@ class Session:
             import threading
 
             _register_resume_hook()  # after threading's own at-fork hook: see below
-            self._stop = threading.Event()
+            self._wake = threading.Event()
             t = threading.Thread(target=self._loop, name="pyinstrument-ai-flush", daemon=True)
             self._thread = t
             t.start()
 
     def _loop(self) -> None:
-        stop, interval = self._stop, self.config.flush_interval
-        while not stop.wait(interval):
+        import time
+
+        wake, interval = self._wake, self.config.flush_interval
+        while True:
+            woken = wake.wait(interval)
+            if self.closed:
+                return
+            if woken:
+                # a request_flush(): let what finishes meanwhile join this flush, then clear
+                # (a record made after the clear sets it again: nothing waits a whole interval)
+                time.sleep(self._soon_delay)
+                wake.clear()
             with guard("periodic flush"):
                 self.flush()
+
+    def request_flush(self, delay_s: float = 0.05) -> None:
+        """Ask the flusher to write ``delay_s`` from now, off the caller's path.
+
+        For processes that are killed rather than exited (TorchServe's workers get SIGKILL):
+        the cost to the caller is an ``is_set()`` read, plus one ``set()`` per window. A no-op
+        in sessions without a background flusher (``recording()``)."""
+        wake = self._wake
+        if wake is not None and not wake.is_set():
+            self._soon_delay = delay_s
+            wake.set()
 
     def flush(self, timeout: float = -1) -> None:
         """Hand every buffered record to the sink. ``timeout`` bounds the wait for the lock
@@ -129,8 +151,8 @@ class Session:
                 return
             self.closed = True
             self.closing_in = _thread.get_ident()
-            if self._stop is not None:
-                self._stop.set()
+            if self._wake is not None:
+                self._wake.set()  # ends the flusher's loop (it sees `closed`)
             with guard("final flush"):
                 self.flush(timeout)
             with guard("closing the sink"):
@@ -160,7 +182,7 @@ class Session:
         self._lock = _thread.allocate_lock()
         self._close_lock = _thread.allocate_lock()
         self.flushing_in = self.closing_in = None
-        self._stop = None
+        self._wake = None
         self._thread = None
         self.recorder.discard()
         if isinstance(self.sink, JsonlSink):

@@ -26,7 +26,9 @@ ENTRY_POINT_GROUP = "pyinstrument_ai.targets"
 #: name -> (module path, MODULES, DISTRIBUTION); tests check these match the modules
 BUILTIN_DECLARED: dict[str, tuple[str, tuple[str, ...], str]] = {
     "transformers": (
-        "pyinstrument_ai.targets.transformers", ("transformers.generation.utils",), "transformers"
+        "pyinstrument_ai.targets.transformers",
+        ("transformers.generation.utils",),
+        "transformers",
     ),
     "onnxruntime": ("pyinstrument_ai.targets.onnxruntime", ("onnxruntime",), "onnxruntime"),
     "torchserve": ("pyinstrument_ai.targets.torchserve", ("ts.service",), "torchserve"),
@@ -55,6 +57,7 @@ class TargetInfo:
         if self._module is None:
             self._module = load(self.spec)
         return self._module
+
 
 _registered: dict[str, str | ModuleType] = {}
 _entry_points: dict[str, str] | None = None
