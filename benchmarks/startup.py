@@ -29,20 +29,31 @@ def _time(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
+def _site(py: str) -> str:
+    return subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 def _venv(path: str, with_package: bool) -> str:
+    """A fresh venv that sees this environment's wrapt/orjson through one .pth line; with
+    ``with_package``, our package is installed in it as a wheel would put it: the package
+    folders in site-packages and the auto-load ``.pth`` hook beside them."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
     py = os.path.join(path, "bin", "python")
+    site = _site(py)
+    with open(os.path.join(site, "_same_deps.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
     if with_package:
-        site = subprocess.run(
-            [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        # what an install puts in site-packages: the package on the path and our .pth hook
-        deps = sysconfig.get_paths()["purelib"]  # wrapt/orjson from this environment
-        with open(os.path.join(site, "_pyinstrument_ai_src.pth"), "w") as f:
-            f.write(os.path.join(ROOT, "src") + "\n" + deps + "\n")
+        for pkg in ("pyinstrument_ai", "instrument"):
+            shutil.copytree(
+                os.path.join(ROOT, "src", pkg),
+                os.path.join(site, pkg),
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         shutil.copy(os.path.join(ROOT, "src", "pyinstrument_ai_autoload.pth"), site)
     return py
 
@@ -56,17 +67,7 @@ def main() -> None:
     env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory() as tmp:
         bare = _venv(os.path.join(tmp, "bare"), with_package=False)
-        # the "with" venv also needs the deps' folder on its path; give the bare one the same
-        # extra folder so the only difference is our package and its hook
         with_pkg = _venv(os.path.join(tmp, "with"), with_package=True)
-        bare_site = subprocess.run(
-            [bare, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        with open(os.path.join(bare_site, "_same_deps.pth"), "w") as f:
-            f.write(sysconfig.get_paths()["purelib"] + "\n")
         empty = os.path.join(tmp, "empty.py")
         open(empty, "w").close()
         out = os.path.join(tmp, "out")
