@@ -279,3 +279,88 @@ def test_help_version_and_target_list():
     assert res.returncode == 2 and "unknown command 'frobnicate'" in res.stderr
     res = subprocess.run([exe, "targets"], capture_output=True, text=True, env=clean_env())
     assert res.returncode == 0 and "transformers" in res.stdout
+
+
+def test_directory_zip_pyc_and_safe_path_run_as_with_python(tmp_path):
+    import py_compile
+    import zipfile
+
+    app = tmp_path / "appdir"
+    app.mkdir()
+    (app / "__main__.py").write_text(
+        "import sys\nprint('main', __name__, sys.argv, sys.path[0] == __file__.rsplit('/', 1)[0])\n"
+    )
+    with zipfile.ZipFile(tmp_path / "app.zip", "w") as z:
+        z.writestr("__main__.py", "import sys\nprint('zip main', sys.argv[1:])\n")
+    (tmp_path / "mod1.py").write_text("import sys\nprint('pyc ok', sys.argv[1:])\n")
+    py_compile.compile(str(tmp_path / "mod1.py"), cfile=str(tmp_path / "mod1.pyc"))
+    (tmp_path / "p0.py").write_text("import sys\nprint(sys.path[0])\n")
+    for args, flags in (
+        (["appdir", "a"], []),
+        (["app.zip", "b"], []),
+        (["mod1.pyc", "x"], []),
+        (["p0.py"], ["-P"]),  # safe-path mode: sys.path[0] is not the script's folder
+    ):
+        plain = run_py([*flags, *args], cwd=tmp_path)
+        inst = run_py([*flags, "-m", "instrument", "--out", "o", *args], cwd=tmp_path)
+        assert (inst.returncode, inst.stdout, inst.stderr) == (
+            plain.returncode,
+            plain.stdout,
+            plain.stderr,
+        ), args
+        assert plain.returncode == 0, plain.stderr
+
+
+def test_keyboard_interrupt_waits_for_threads_then_atexit(tmp_path):
+    (tmp_path / "kbi.py").write_text(
+        textwrap.dedent(
+            """
+            import atexit, threading, time
+            atexit.register(lambda: print("atexit ran", flush=True))
+            def work():
+                time.sleep(0.3)
+                print("worker done", flush=True)
+            threading.Thread(target=work).start()
+            raise KeyboardInterrupt
+            """
+        )
+    )
+    plain = run_py(["kbi.py"], cwd=tmp_path)
+    inst = run_py(["-m", "instrument", "kbi.py"], cwd=tmp_path)
+    assert plain.stdout == "worker done\natexit ran\n"
+    assert (inst.returncode, inst.stdout, inst.stderr) == (
+        plain.returncode,
+        plain.stdout,
+        plain.stderr,
+    )
+
+
+def test_sigterm_handler_only_in_processes_that_record(tmp_path):
+    (tmp_path / "h.py").write_text(
+        "import signal, sys\n"
+        "print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+        "if len(sys.argv) > 1:\n"
+        "    import toylib\n"
+        "    print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n"
+    )
+    plain = run_py(["h.py"], cwd=tmp_path)
+    inst = run_py(["-m", "instrument", "h.py"], cwd=tmp_path)
+    assert inst.stdout == plain.stdout == "True\n"
+    # once a target is patched, SIGTERM gets our flush-then-die handler
+    inst = run_py(["-m", "instrument", "--out", "o", "h.py", "record"], cwd=tmp_path)
+    assert inst.stdout == "True\nFalse\n"
+
+
+def test_child_pythonpath_keeps_the_users_entries_exactly():
+    from pyinstrument_ai.config import Config
+    from pyinstrument_ai.launcher import bootstrap_dir, child_environment
+
+    boot = bootstrap_dir()
+    for given, expected in (
+        ("", boot),
+        ("/x::/y:", boot + ":/x::/y:"),
+        (":", boot + "::"),
+        (boot + ":/x", None),  # already there: left alone
+    ):
+        env = child_environment(Config(), {"PYTHONPATH": given} if given else {})
+        assert env.get("PYTHONPATH") == expected, given

@@ -175,3 +175,18 @@ def test_recording_refuses_to_nest(toy_registered):
         with pytest.raises(RuntimeError, match="already recording"):
             with pyinstrument_ai.recording(targets=["toy"]):
                 pass
+
+
+def test_hook_survives_a_module_that_replaces_itself(tmp_path, monkeypatch):
+    (tmp_path / "selfreplacing.py").write_text("import sys\nsys.modules[__name__] = 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    hooks.when_imported("selfreplacing", seen.append)
+    try:
+        import selfreplacing
+
+        assert selfreplacing == 42
+    finally:
+        sys.modules.pop("selfreplacing", None)
+    assert seen == [42]
+    assert hooks.waiting() == {}

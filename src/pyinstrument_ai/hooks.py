@@ -48,7 +48,8 @@ class _PostImportLoader:
         if spec is not None and spec.loader is self:
             spec.loader = self.loader
         self.loader.exec_module(module)  # type: ignore[attr-defined]
-        _fire(sys.modules.get(self.name, module))
+        # by the name we were asked for: a module may replace itself in sys.modules
+        _fire(self.name, sys.modules.get(self.name, module))
 
     def __getattr__(self, item: str) -> object:  # e.g. get_source, is_package, get_code
         return getattr(self.loader, item)
@@ -92,8 +93,7 @@ def _ensure_finder() -> None:
         sys.meta_path.insert(0, _finder)
 
 
-def _fire(module: ModuleType) -> None:
-    name = module.__name__
+def _fire(name: str, module: ModuleType) -> None:
     with _lock:
         callbacks = _callbacks.pop(name, [])
     for cb in callbacks:

@@ -173,9 +173,10 @@ def child_environment(config: cfg.Config, environ: dict[str, str]) -> dict[str, 
     env = cfg.to_env(config)
     boot = bootstrap_dir()
     pp = environ.get("PYTHONPATH", "")
-    parts = [p for p in pp.split(os.pathsep) if p]
-    if boot not in parts:
-        env["PYTHONPATH"] = os.pathsep.join([boot, *parts])
+    # Prepend only: the user's value stays as it was, empty entries included (an empty entry
+    # puts the working directory on a child's sys.path).
+    if boot not in pp.split(os.pathsep):
+        env["PYTHONPATH"] = boot + os.pathsep + pp if pp else boot
     return env
 
 
@@ -283,24 +284,39 @@ def _run_script(path: str, args: list[str]) -> None:
         )
         sys.exit(2)
     sys.argv[:] = [path, *args]
-    sys.path[0] = os.path.dirname(os.path.realpath(path))
+    _set_path0(os.path.dirname(os.path.realpath(path)))
     main_module = types.ModuleType("__main__")
-    from importlib.machinery import SourceFileLoader
+    from importlib.machinery import SourceFileLoader, SourcelessFileLoader
+    from importlib.util import MAGIC_NUMBER
 
+    compiled = source[:4] == MAGIC_NUMBER  # `python file.pyc` runs bytecode
+    loader = (SourcelessFileLoader if compiled else SourceFileLoader)("__main__", abspath)
     main_module.__dict__.update(
         __file__=abspath,
         __builtins__=builtins,
-        __loader__=SourceFileLoader("__main__", abspath),
+        __loader__=loader,
         __cached__=None,
         __spec__=None,
         __package__=None,
     )
     sys.modules["__main__"] = main_module
     try:
-        code = compile(source, abspath, "exec", dont_inherit=True)
+        if compiled:
+            import marshal
+
+            code = marshal.loads(source[16:])  # after the 16-byte pyc header
+        else:
+            code = compile(source, abspath, "exec", dont_inherit=True)
     except SyntaxError as exc:
         _uncaught(exc)
     _exec(code, main_module.__dict__)
+
+
+def _set_path0(folder: str) -> None:
+    # Python puts the script's folder first on sys.path, except in safe-path mode (-P, -I,
+    # PYTHONSAFEPATH), where sys.path[0] is a real entry (e.g. the stdlib zip) to keep.
+    if not getattr(sys.flags, "safe_path", False):
+        sys.path[0] = folder
 
 
 def _is_zip(path: str) -> bool:
@@ -318,12 +334,21 @@ def _run_directory_or_zip(path: str, abspath: str, args: list[str]) -> None:
     import runpy
 
     sys.argv[:] = [path, *args]
-    sys.path[0] = path
+    if getattr(sys.flags, "safe_path", False):
+        sys.path.insert(0, abspath)  # Python adds the folder/zip even in safe-path mode
+    else:
+        sys.path[0] = abspath
+    # Like runpy._get_main_module_details: the lookup of "__main__" must not see the
+    # launcher's own __main__ module (its __spec__ is None, which makes the lookup fail).
+    ours = sys.modules.pop("__main__", None)
     try:
         mod_name, spec, code = runpy._get_module_details("__main__")  # type: ignore[attr-defined]
     except ImportError:
         sys.stderr.write(f"{_prog()}: can't find '__main__' module in {abspath!r}\n")
         sys.exit(1)
+    finally:
+        if ours is not None and "__main__" not in sys.modules:
+            sys.modules["__main__"] = ours
     main_module = types.ModuleType("__main__")
     sys.modules["__main__"] = main_module
     _exec_runpy(code, main_module, spec)
@@ -385,6 +410,10 @@ def _uncaught(exc: BaseException) -> NoReturn:
         # so the parent sees "killed by SIGINT" (exit status 130 in a shell).
         import atexit
 
+        # the interpreter's order at exit: wait for non-daemon threads, then atexit
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()

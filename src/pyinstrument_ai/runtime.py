@@ -5,7 +5,7 @@ once, when this module is first imported, and always consult the active session:
 flush, an after-fork hook (the child writes its own file) and a multiprocessing finalizer
 (forked workers leave through ``os._exit``, which skips ``atexit``). SIGTERM gets a handler that
 flushes and then re-delivers the signal with the default action, but only where the program
-left SIGTERM at its default.
+left SIGTERM at its default, and only once a target is patched (a process that records).
 """
 
 from __future__ import annotations
@@ -76,8 +76,6 @@ def instrument(
             except Exception as exc:
                 _log.warn(f"target {name}: cannot load {spec!r}: {exc}", key=f"load:{name}")
         _session = session
-        if background:
-            _install_sigterm()
         hooks.when_imported("multiprocessing.util", _hook_multiprocessing)
         for name, info in session.targets.items():
             for modname in info.modules:
@@ -88,6 +86,11 @@ def instrument(
 def _on_import(session: Session, name: str, _imported: ModuleType) -> None:
     if session is _session:
         session.patch_target(name)
+        if session.background and name in session.patched:
+            # Only a process that records gets our SIGTERM handler: a Python-level handler
+            # runs between bytecodes, so it would delay SIGTERM during a long C call in every
+            # auto-loaded process, recording or not.
+            _install_sigterm()
 
 
 def uninstrument() -> Session | None:
