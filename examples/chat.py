@@ -14,19 +14,6 @@ import argparse
 import sys
 
 
-def load(model_dir: str | None, seed: int):
-    if model_dir is None:
-        from pyinstrument_ai.demo import tiny_gpt2
-
-        return tiny_gpt2(seed=seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    model.eval()
-    return model, tok
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", metavar="DIR", help="local Hugging Face model folder")
@@ -43,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import TextStreamer
 
-    model, tok = load(args.model, args.seed)
+    from pyinstrument_ai.demo import load_model
+
+    model, tok = load_model(args.model, args.seed)
     prompts = args.prompt or ["Hello, how are you today?", "Tell me about tokens."]
     streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     torch.manual_seed(args.seed)

@@ -27,19 +27,6 @@ PROMPTS = [
 ]
 
 
-def load(model_dir: str | None, seed: int):
-    if model_dir is None:
-        from pyinstrument_ai.demo import tiny_gpt2
-
-        return tiny_gpt2(seed=seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
-    model.eval()
-    return model, tok
-
-
 def handle(model, tok, request_id: int, prompt: str, max_new_tokens: int) -> dict:
     """One request: generate in a worker thread, stream the text back chunk by chunk."""
     import torch
@@ -84,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    model, tok = load(args.model, args.seed)
+    from pyinstrument_ai.demo import load_model
+
+    model, tok = load_model(args.model, args.seed)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.clients)]
     with ThreadPoolExecutor(max_workers=args.clients, thread_name_prefix="client") as pool:
         futures = [

@@ -131,3 +131,16 @@ def gpt2_small_random(seed: int = 0) -> tuple[Any, Any]:
         50257, n_layer=12, n_embd=768, n_head=12, seed=seed, eos_token_id=tok.eos_token_id
     )
     return model, tok
+
+
+def load_model(model_dir: str | None = None, seed: int = 0) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for the examples: the tiny random GPT-2, or a local Hugging Face
+    model folder (``local_files_only``: nothing is downloaded)."""
+    if model_dir is None:
+        return tiny_gpt2(seed=seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    model.eval()
+    return model, tok
