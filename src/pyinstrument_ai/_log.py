@@ -17,30 +17,25 @@ def _debug_on() -> bool:
     return os.environ.get("PYINSTRUMENT_AI_DEBUG", "") not in ("", "0", "false", "no", "off")
 
 
-def warn(message: str, key: str | None = None) -> None:
-    """Write ``pyinstrument-ai: warning: <message>`` once per ``key`` (default: the message)."""
-    key = message if key is None else key
+def _once(line: str, key: str) -> None:
     if key in _said:
         return
     _said.add(key)
     try:
-        sys.stderr.write(f"{PREFIX}: warning: {message}\n")
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
     except Exception:  # a closed or broken stderr must not break the host either
         pass
 
 
+def warn(message: str, key: str | None = None) -> None:
+    """Write ``pyinstrument-ai: warning: <message>`` once per ``key`` (default: the message)."""
+    _once(f"{PREFIX}: warning: {message}", message if key is None else key)
+
+
 def info(message: str, key: str | None = None) -> None:
     """Like :func:`warn` for facts (e.g. a skipped target), shown once per key."""
-    key = message if key is None else key
-    if key in _said:
-        return
-    _said.add(key)
-    try:
-        sys.stderr.write(f"{PREFIX}: {message}\n")
-        sys.stderr.flush()
-    except Exception:
-        pass
+    _once(f"{PREFIX}: {message}", message if key is None else key)
 
 
 def debug(message: str) -> None:

@@ -434,7 +434,7 @@ def _print_summary(config: cfg.Config) -> None:
         session = runtime.active()
         if session is not None:
             session.flush(timeout=5)
-        from pyinstrument_ai.reader import load_headers, read_file
+        from pyinstrument_ai.reader import find_files, read_file
 
         try:
             from pyinstrument_ai.summary import render_summary
@@ -443,9 +443,10 @@ def _print_summary(config: cfg.Config) -> None:
         if not os.path.isdir(config.out_dir):
             return
         events: list[dict[str, Any]] = []
-        for h in load_headers(config.out_dir):
-            if h.get("run_id") == config.run_id:
-                events.extend(read_file(h["path"], strict=False)[1])
+        for path in find_files([config.out_dir]):
+            header, file_events = read_file(path, strict=False)  # each file read once
+            if header is not None and header.get("run_id") == config.run_id:
+                events.extend(file_events)
         if not any(e["name"] == "generate" for e in events):
             return  # the summary is about generations; say nothing (stderr unchanged) otherwise
         events.sort(key=lambda e: e["t_ns"])

@@ -63,11 +63,7 @@ def instrument(
 
             config = from_env()
         if overrides:
-            if isinstance(overrides.get("targets"), list):
-                overrides["targets"] = tuple(overrides["targets"])
-            if isinstance(overrides.get("disable"), list):
-                overrides["disable"] = tuple(overrides["disable"])
-            config = config.replace(**overrides)
+            config = config.replace(**overrides)  # Config turns lists into tuples itself
         chosen = targets.select(config.targets, config.disable)
         session = Session(config, sink=sink, background=background)
         for name, spec in chosen:

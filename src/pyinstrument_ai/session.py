@@ -3,9 +3,9 @@
 The flusher is a daemon thread that drains the recorder every ``flush_interval`` seconds, so a
 killed process loses at most that tail. It starts when the first target is patched (events
 come from targets), so a process that never imports a target library starts no thread and
-does not import ``threading`` on our account. At exit (normal, ``sys.exit``, uncaught exception), on
-SIGTERM and in multiprocessing's forked workers (which leave through ``os._exit``), the
-remaining records are flushed by the hooks in :mod:`pyinstrument_ai.runtime`.
+does not import ``threading`` on our account. At exit (normal, ``sys.exit``, uncaught
+exception), on SIGTERM and in multiprocessing's forked workers (which leave through
+``os._exit``), the remaining records are flushed by the hooks in :mod:`pyinstrument_ai.runtime`.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Session:
         self._wake: Any = None  # threading.Event, once the flusher runs
         self._soon_delay = 0.0
         self._thread: Any = None
+        self._resume_flusher = False  # set in a forked child whose parent had a flusher
         #: thread id of a flush in progress (a signal handler must not re-enter it)
         self.flushing_in: int | None = None
         #: thread id of a close in progress
@@ -190,7 +191,7 @@ class Session:
             self.sink = JsonlSink(self.config.out_dir, self.make_header)
 
     def resume_after_fork(self) -> None:
-        if getattr(self, "_resume_flusher", False):
+        if self._resume_flusher:
             self._resume_flusher = False
             self.start()
 
