@@ -79,3 +79,38 @@ def matmul_chain(size: int = 256, layers: int = 8, seed: int = 0) -> bytes:
         initializer=inits,
     )
     return _model(graph)
+
+
+def identity() -> bytes:
+    """y = x, x float32 [1]: one node, the cheapest session to create (~0.4 ms), so the worst
+    case for the relative cost of recording a session's creation."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return _model(graph)
+
+
+def big_constant(megabytes: int, seed: int = 0) -> bytes:
+    """y = x + w[0], with w a float32 initializer of ``megabytes`` MiB: a model whose bytes are
+    big (the size of its serialization), however little it computes."""
+    n = megabytes * (1 << 20) // 4
+    w = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["w", "zero"], ["w0"], axis=0),
+            helper.make_node("Add", ["x", "w0"], ["y"]),
+        ],
+        "big_constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[
+            numpy_helper.from_array(w, name="w"),
+            numpy_helper.from_array(np.array([0], np.int64), name="zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()  # (the checker refuses nothing here, but takes seconds)

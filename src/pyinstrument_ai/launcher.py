@@ -398,11 +398,21 @@ def _is_ours(filename: str) -> bool:
 
 
 def _uncaught(exc: BaseException) -> NoReturn:
-    """Report an uncaught exception exactly as the interpreter would, minus our frames."""
+    """Report an uncaught exception exactly as the interpreter would, minus our frames: the
+    launcher's own (leading) ones, and our wrappers' anywhere in the chain. Wrappers take
+    their frame out themselves on Python >= 3.11 (``_tb.hide``); ``strip`` is what does it on
+    3.10, and catches any entry left behind."""
     tb = exc.__traceback__
     while tb is not None and _is_ours(tb.tb_frame.f_code.co_filename):
         tb = tb.tb_next
     exc.__traceback__ = tb
+    try:
+        from pyinstrument_ai._tb import strip
+
+        strip(exc)
+        tb = exc.__traceback__
+    except Exception:  # never let our tidying stand between the program and its traceback
+        pass
     sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, tb
     sys.excepthook(type(exc), exc, tb)
     if isinstance(exc, KeyboardInterrupt):

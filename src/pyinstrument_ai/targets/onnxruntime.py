@@ -39,9 +39,11 @@ import functools
 import hashlib
 import inspect
 import itertools
+import os
 from typing import Any
 
 from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
@@ -216,8 +218,13 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     fields_of = _fields
 
     def run(self, output_names, input_feed, run_options=None):
+        __tracebackhide__ = True  # pytest; tracebacks elsewhere: hide() below (see _tb)
         if not on[0]:
-            return wrapped(self, output_names, input_feed, run_options)
+            try:
+                return wrapped(self, output_names, input_feed, run_options)
+            except BaseException as e:
+                hide(e)
+                raise
         t0 = now()
         try:
             out = wrapped(self, output_names, input_feed, run_options)
@@ -227,6 +234,7 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                 record(name, t0, t1 - t0, _error_fields(self, "run", input_feed, e))
             except Exception as ours:
                 report("onnxruntime.run", ours)
+            hide(e)
             raise
         t1 = now()
         # try/except rather than ``with guard(...)``: same policy (our failure is reported once
@@ -274,8 +282,13 @@ def _make_run_with_ort_values(recorder: Any, wrapped: Any, on: list[bool]) -> An
     api = "run_with_ort_values"
 
     def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
+        __tracebackhide__ = True
         if not on[0]:
-            return wrapped(self, output_names, input_dict_ort_values, run_options)
+            try:
+                return wrapped(self, output_names, input_dict_ort_values, run_options)
+            except BaseException as e:
+                hide(e)
+                raise
         t0 = now_ns()
         try:
             out = wrapped(self, output_names, input_dict_ort_values, run_options)
@@ -285,6 +298,7 @@ def _make_run_with_ort_values(recorder: Any, wrapped: Any, on: list[bool]) -> An
                 record(RUN, t0, t1 - t0, _error_fields(self, api, input_dict_ort_values, e))
             except Exception as ours:
                 report("onnxruntime.run_with_ort_values", ours)
+            hide(e)
             raise
         t1 = now_ns()
         try:
@@ -300,14 +314,20 @@ def _make_run_with_iobinding(recorder: Any, wrapped: Any, on: list[bool]) -> Any
     record = recorder.record
 
     def run_with_iobinding(self, iobinding, run_options=None):
+        __tracebackhide__ = True
         if not on[0]:
-            return wrapped(self, iobinding, run_options)
+            try:
+                return wrapped(self, iobinding, run_options)
+            except BaseException as e:
+                hide(e)
+                raise
         t0 = now_ns()
         err = None
         try:
             return wrapped(self, iobinding, run_options)
         except BaseException as e:
             err = type(e).__name__
+            hide(e)
             raise
         finally:
             t1 = now_ns()
@@ -335,8 +355,13 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     record = recorder.record
 
     def run_async(self, output_names, input_feed, callback, user_data, run_options=None):
+        __tracebackhide__ = True
         if not on[0]:
-            return wrapped(self, output_names, input_feed, callback, user_data, run_options)
+            try:
+                return wrapped(self, output_names, input_feed, callback, user_data, run_options)
+            except BaseException as e:
+                hide(e)
+                raise
         t0 = now_ns()
         fields = None
         with guard("onnxruntime.run_async"):
@@ -344,6 +369,7 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             fields = _fields(self, "run_async", input_feed, None)
 
         def on_done(results, data, err):
+            __tracebackhide__ = True
             t1 = now_ns()
             if fields is not None:
                 with guard("onnxruntime.run_async.callback"):
@@ -353,7 +379,11 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                     else:
                         f["output_count"] = len(results) if results is not None else None
                     record(RUN, t0, t1 - t0, f)
-            return callback(results, data, err)
+            try:
+                return callback(results, data, err)
+            except BaseException as e:  # the user's callback failed (on ORT's thread)
+                hide(e)
+                raise
 
         try:
             return wrapped(self, output_names, input_feed, on_done, user_data, run_options)
@@ -365,20 +395,111 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                     f = dict(fields)  # the cached dict is shared: never mutate it
                     f["error"] = type(e).__name__
                     record(RUN, t0, t1 - t0, f)
+            hide(e)
             raise
 
     return run_async
 
 
-def _session_fields(sess: Any, sid: int, path_or_bytes: Any, kwargs: dict) -> dict:
+# A model given as bytes is identified by a SHA-256 that reads a bounded amount of it: the
+# whole model up to _FULL_HASH_MAX (``model_sha256``, what ``sha256sum`` prints for the file),
+# else the size and _SAMPLES evenly spaced chunks of _SAMPLE bytes, first and last included
+# (``model_sample_sha256``). Hashing runs at ~0.5-2 GB/s: a full hash of a multi-GB model
+# would add seconds to start-up; 1 MiB costs ~1 ms whatever the size.
+_FULL_HASH_MAX = 1 << 20
+_SAMPLES = 16
+_SAMPLE = (1 << 20) // _SAMPLES
+
+
+def _model_identity(data: Any) -> dict[str, Any]:
+    view = memoryview(data).cast("B")  # no copy; slices of it are views too
+    n = view.nbytes
+    if n <= _FULL_HASH_MAX:
+        return {"model_sha256": hashlib.sha256(view).hexdigest(), "model_bytes": n}
+    h = hashlib.sha256(n.to_bytes(8, "little"))
+    last = n - _SAMPLE
+    for i in range(_SAMPLES):
+        off = last * i // (_SAMPLES - 1)
+        h.update(view[off : off + _SAMPLE])
+    return {"model_sample_sha256": h.hexdigest(), "model_bytes": n}
+
+
+_CONFIG_ENTRIES = (
+    ("intra_op_allow_spinning", "session.intra_op.allow_spinning"),
+    ("inter_op_allow_spinning", "session.inter_op.allow_spinning"),
+)
+# Option fields of sessions created with ORT's default options, by provider list: the same
+# for every such session, and expensive to read (see _options_fields).
+_default_options: dict[tuple, dict[str, Any]] = {}
+
+
+def _enum_name(v: Any) -> str | None:
+    if v is None:
+        return None
+    # str() of a pybind11 enum is "ExecutionMode.ORT_SEQUENTIAL"; its .name property costs
+    # several µs (a Python-level lookup inside pybind11)
+    return str(v).rpartition(".")[2] or None
+
+
+def _read_options(so: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "intra_op_num_threads": getattr(so, "intra_op_num_threads", None),
+        "inter_op_num_threads": getattr(so, "inter_op_num_threads", None),
+        "execution_mode": _enum_name(getattr(so, "execution_mode", None)),
+        "graph_optimization_level": _enum_name(getattr(so, "graph_optimization_level", None)),
+        "use_per_session_threads": getattr(so, "use_per_session_threads", None),
+    }
+    for field, entry in _CONFIG_ENTRIES:
+        try:
+            fields[field] = so.get_session_config_entry(entry)
+        except Exception:  # not set: ORT's default applies ("1", spinning on)
+            fields[field] = None
+    return fields
+
+
+def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> dict[str, Any]:
+    """The session's options as fields.
+
+    Reading them costs ~40 µs, most of it ``get_session_config_entry``, which for an unset key
+    (the usual case) fails by a C++ exception turned into a Python one (~20-200 µs each,
+    measured): more than ORT takes to create a session for a small model. A session created
+    without ``sess_options`` (and without ORT_LOAD_CONFIG_FROM_MODEL / read_config_from_model,
+    which can set entries from the model) gets ORT's default options, the same each time: read
+    once from the first such session, per provider list, and reused.
+    """
+    so = None
+    try:
+        so = sess.get_session_options()  # the session's own copy (the caller's before bind)
+    except Exception:
+        so = kwargs.get("sess_options")
+    if so is None:
+        return {}
+    default = (
+        not failed
+        and kwargs.get("sess_options") is None
+        and kwargs.get("provider_options") is None
+        and all(type(p) is str for p in kwargs.get("providers") or ())  # no per-EP options
+        and getattr(sess, "_read_config_from_model", True) is False
+    )
+    if not default:
+        return _read_options(so)
+    key = tuple(providers) if isinstance(providers, (list, tuple)) else None
+    fields = _default_options.get(key)  # type: ignore[arg-type]
+    if fields is None:
+        fields = _read_options(so)
+        if key is not None:
+            _default_options[key] = fields
+    return fields
+
+
+def _session_fields(
+    sess: Any, sid: int, path_or_bytes: Any, kwargs: dict, failed: bool = False
+) -> dict:
     fields: dict[str, Any] = {"session_id": sid}
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        fields["model_sha256"] = hashlib.sha256(path_or_bytes).hexdigest()
-        fields["model_bytes"] = len(path_or_bytes)
+        fields.update(_model_identity(path_or_bytes))
     else:
         try:
-            import os
-
             fields["model_path"] = os.fspath(path_or_bytes)
         except TypeError:
             fields["model_path"] = repr(path_or_bytes)
@@ -388,27 +509,7 @@ def _session_fields(sess: Any, sid: int, path_or_bytes: Any, kwargs: dict) -> di
     except Exception:
         providers = kwargs.get("providers")
     fields["providers"] = providers
-    so = None
-    try:
-        so = sess.get_session_options()
-    except Exception:
-        so = kwargs.get("sess_options")
-    if so is not None:
-        fields["intra_op_num_threads"] = getattr(so, "intra_op_num_threads", None)
-        fields["inter_op_num_threads"] = getattr(so, "inter_op_num_threads", None)
-        em = getattr(so, "execution_mode", None)
-        fields["execution_mode"] = getattr(em, "name", None) or (str(em) if em else None)
-        gl = getattr(so, "graph_optimization_level", None)
-        fields["graph_optimization_level"] = getattr(gl, "name", None) or (str(gl) if gl else None)
-        fields["use_per_session_threads"] = getattr(so, "use_per_session_threads", None)
-        for field, entry in (
-            ("intra_op_allow_spinning", "session.intra_op.allow_spinning"),
-            ("inter_op_allow_spinning", "session.inter_op.allow_spinning"),
-        ):
-            try:
-                fields[field] = so.get_session_config_entry(entry)
-            except Exception:  # not set: ORT's default applies ("1", spinning on)
-                fields[field] = None
+    fields.update(_options_fields(sess, kwargs, providers, failed))
     return fields
 
 
@@ -416,8 +517,13 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     record = recorder.record
 
     def __init__(self, path_or_bytes, *args, **kwargs):
+        __tracebackhide__ = True
         if not on[0]:
-            return wrapped(self, path_or_bytes, *args, **kwargs)
+            try:
+                return wrapped(self, path_or_bytes, *args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         sid = next(_ids)
         with guard("onnxruntime.session"):
             self.__dict__[_STATE] = [sid, {}, None]
@@ -427,6 +533,7 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             return wrapped(self, path_or_bytes, *args, **kwargs)
         except BaseException as e:
             err = type(e).__name__
+            hide(e)
             raise
         finally:
             t1 = now_ns()
@@ -436,7 +543,7 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                     kw.setdefault("sess_options", args[0])
                 if len(args) > 1:
                     kw.setdefault("providers", args[1])
-                fields = _session_fields(self, sid, path_or_bytes, kw)
+                fields = _session_fields(self, sid, path_or_bytes, kw, err is not None)
                 if err:
                     fields["error"] = err
                 record(SESSION, t0, t1 - t0, fields)

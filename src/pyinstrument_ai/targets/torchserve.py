@@ -62,6 +62,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch", "dropped_env_vars"]
@@ -131,12 +132,22 @@ def _describe_entry(ep: Any) -> tuple[str, str | None, Any]:
 
 def _make_stage(stage: str, fn: Any, record: Any) -> Any:
     def stage_wrapper(*args: Any, **kwargs: Any) -> Any:
+        # hide(e) before each re-raise: the handler's exception leaves with the traceback it
+        # would have without us (pyinstrument_ai._tb); __tracebackhide__ is pytest's marker.
+        __tracebackhide__ = True
         cur = getattr(_tls, "batch", None)
         if cur is None:  # called outside a batch (initialize, user code): not ours to time
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         t = now_ns()
         try:
             return fn(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
         finally:
             t1 = now_ns()
             try:
@@ -245,6 +256,7 @@ def _instrument_service(service: Any, record: Any) -> tuple | None:
     info = (getattr(context, "model_name", None), _model_version(context), handler, envelope)
 
     def entry_point(data: Any, context: Any) -> Any:
+        __tracebackhide__ = True
         cur = getattr(_tls, "batch", None)
         t = now_ns()
         try:
@@ -252,6 +264,7 @@ def _instrument_service(service: Any, record: Any) -> tuple | None:
         except BaseException as e:
             if cur is not None:
                 cur.error = type(e).__name__
+            hide(e)
             raise
         finally:
             if cur is not None:
@@ -313,8 +326,13 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
     record = recorder.record
 
     def predict(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         if not on[0]:
-            return original(self, batch, *args, **kwargs)
+            try:
+                return original(self, batch, *args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         # try/except + report() is the guard policy without a context manager per batch.
         cur = prev = info = None
         try:
@@ -333,6 +351,7 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
             return original(self, batch, *args, **kwargs)
         except BaseException as e:
             error = type(e).__name__
+            hide(e)
             raise
         finally:
             t1 = now_ns()
@@ -380,12 +399,20 @@ def _make_send(recorder: Any, original: Any, on: list[bool]) -> Any:
     record = recorder.record
 
     def send_intermediate_predict_response(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         if not on[0]:
-            return original(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         cur = getattr(_tls, "batch", None)
         t = now_ns()
         try:
             return original(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
         finally:
             t1 = now_ns()
             with guard("torchserve.intermediate"):

@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from pyinstrument_ai._guard import guard
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 
 NAME = "transformers"
@@ -172,13 +173,25 @@ def _wrap(owner: type, attr: str, wrapper: Any) -> None:
 
 def _make_generate_wrapper(recorder: Any) -> Any:
     def generate(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        # Every wrapper here re-raises with hide(e) first: the host's exception leaves with the
+        # traceback it would have without us (see pyinstrument_ai._tb); __tracebackhide__ is
+        # pytest's marker for the same, and what _tb.strip() looks for.
+        __tracebackhide__ = True
         if _current.get() is not None:  # nested: recorded by the outermost call
-            return wrapped(*args, **kwargs)
+            try:
+                return wrapped(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         gen = None
         with guard("transformers.generate"):
             gen = _start(instance, args, kwargs)
         if gen is None:
-            return wrapped(*args, **kwargs)
+            try:
+                return wrapped(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
         token = _current.set(gen)
         result = error = None
         t0 = now_ns()
@@ -187,6 +200,7 @@ def _make_generate_wrapper(recorder: Any) -> Any:
             return result
         except BaseException as exc:
             error = exc
+            hide(exc)
             raise
         finally:
             t1 = now_ns()
@@ -220,8 +234,13 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
 
 
 def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    # The hot path of the no-streamer case: one call per decoding step.
-    more = wrapped(*args, **kwargs)
+    # The hot path of the no-streamer case: one call per decoding step (try: free on 3.11+).
+    __tracebackhide__ = True
+    try:
+        more = wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
     gen = _current.get()
     if gen is not None and gen.model is instance:
         gen.steps.append(now_ns())
@@ -243,19 +262,29 @@ def _watch_accepted_tokens() -> None:
 def _accepted_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
     # Assisted decoding adds n_matches + 1 tokens per step and says so here (4.46+); other
     # modes add one token per step and pass through after one context-variable read.
+    __tracebackhide__ = True
     gen = _current.get()
     if gen is not None and gen.mode == "assisted_decoding" and gen.model is instance:
         with guard("transformers.assisted"):
             n = kwargs.get("num_new_tokens")
             if n is not None:
                 gen.accepted.append(int(n))
-    return wrapped(*args, **kwargs)
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
 
 
 def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    __tracebackhide__ = True
     gen = _current.get()
     if gen is None or gen.model is not instance or gen.mode is not None:
-        return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
     with guard("transformers.decoding"):
         gen.mode = wrapped.__name__.lstrip("_")
         if gen.mode == "assisted_decoding":
@@ -263,7 +292,11 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
         input_ids = args[0] if args else kwargs.get("input_ids")
         gen.rows, gen.prompt_len = int(input_ids.shape[0]), int(input_ids.shape[-1])
         gen.cfg = kwargs.get("generation_config")
-    result = wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
     gen.out = result
     return result
 
@@ -296,13 +329,21 @@ def _ensure_streamer_wrapped(cls: type) -> None:
 
 
 def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    __tracebackhide__ = True
     gen = _current.get()
     if gen is None or gen.streamer is not instance or gen.in_put:
-        return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
     t = now_ns()  # the tokens are on the host: put() receives a .cpu() copy
     gen.in_put = True  # a subclass's put calling super().put is one put
     try:
         return wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
     finally:
         dur = now_ns() - t
         gen.in_put = False
@@ -327,13 +368,21 @@ def _on_put(gen: _Gen, t: int, dur: int, value: Any) -> None:
 
 
 def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    __tracebackhide__ = True
     gen = _current.get()
     if gen is None or gen.streamer is not instance or gen.in_put:
-        return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
     t = now_ns()
     gen.in_put = True
     try:
         return wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
     finally:
         dur = now_ns() - t
         gen.in_put = False

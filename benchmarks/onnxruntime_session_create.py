@@ -1,0 +1,189 @@
+"""Added cost of the onnxruntime target per ``InferenceSession`` created.
+
+1. A one-node model (Identity, ~0.4 ms to create: the worst case for relative overhead),
+   created with ORT's default options and with an explicit ``SessionOptions``. Short rounds
+   alternate (rotating order) between the plain constructor, a reference wrapper (a bare
+   closure: two clock reads + one ``record`` with no fields, the floor any Python-level
+   wrapper pays) and the patched constructor; per-session medians, best rounds and the spread
+   (interquartile range) are printed.
+2. A model given as ~100 MiB of bytes: creation time plain vs instrumented (the model is
+   identified from a bounded sample of its bytes, not a full hash).
+3. The cost of formatting the traceback of a failed ``run`` (what pytest or a logger pays per
+   failure): plain vs instrumented.
+
+Events go to a real ``Recorder``, drained between rounds outside the timed region. Prints
+numbers from this one run; asserts nothing.
+
+    python benchmarks/onnxruntime_session_create.py [--rounds 21] [--calls 200] [--big-mb 100]
+
+Targets from issue 14: one-node model added cost <= 5% (<= 20 µs); big models bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_inference_collection as oic
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import _onnx_models  # noqa: E402
+
+from pyinstrument_ai.clock import now_ns  # noqa: E402
+from pyinstrument_ai.recorder import Recorder  # noqa: E402
+from pyinstrument_ai.targets import onnxruntime as target  # noqa: E402
+
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def _stats(v: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+    return statistics.median(v), min(v), q[2] - q[0]
+
+
+def _round(model: bytes, so: ort.SessionOptions | None, calls: int) -> float:
+    t0 = time.perf_counter_ns()
+    for _ in range(calls):
+        ort.InferenceSession(model, so, providers=PROVIDERS)
+    return (time.perf_counter_ns() - t0) / calls
+
+
+def creation(label: str, model: bytes, so: ort.SessionOptions | None, calls: int, rounds: int):
+    rec = Recorder()
+    record = rec.record
+    original = oic.InferenceSession.__init__
+
+    def bare(self, path_or_bytes, *args, **kwargs):
+        t0 = now_ns()
+        try:
+            return original(self, path_or_bytes, *args, **kwargs)
+        finally:
+            t1 = now_ns()
+            record("bare", t0, t1 - t0, None)
+
+    _round(model, so, max(1, calls // 5))  # warm up
+    modes = ["plain", "bare closure", "instrumented"]
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for i in range(rounds):
+        for mode in modes[i % 3 :] + modes[: i % 3]:
+            if mode == "bare closure":
+                oic.InferenceSession.__init__ = bare
+            elif mode == "instrumented":
+                target.patch(rec)
+            try:
+                times[mode].append(_round(model, so, calls))
+            finally:
+                target.unpatch()
+                oic.InferenceSession.__init__ = original
+            n = len(rec.drain())
+            assert n == (0 if mode == "plain" else calls), (mode, n, calls)
+    p = statistics.median(times["plain"])
+    print(label)
+    for m in modes:
+        med, best, iqr = _stats(times[m])
+        print(
+            f"  {m:<13} median {med / 1000:8.1f} µs  best {best / 1000:8.1f} µs  "
+            f"IQR {iqr / 1000:6.1f} µs   added {(med - p) / 1000:+6.1f} µs   ratio {med / p:.3f}"
+        )
+
+
+def big_model(megabytes: int, rounds: int) -> None:
+    model = _onnx_models.big_constant(megabytes)
+    rec = Recorder()
+    times: dict[str, list[float]] = {"plain": [], "instrumented": []}
+    for i in range(rounds):
+        for mode in ("plain", "instrumented") if i % 2 == 0 else ("instrumented", "plain"):
+            if mode == "instrumented":
+                target.patch(rec)
+            try:
+                gc.collect()
+                t0 = time.perf_counter_ns()
+                sess = ort.InferenceSession(model, providers=PROVIDERS)
+                times[mode].append(time.perf_counter_ns() - t0)
+                del sess
+            finally:
+                target.unpatch()
+            rec.drain()
+    print(f"model given as bytes, {len(model) / (1 << 20):.0f} MiB ({rounds} rounds)")
+    p = statistics.median(times["plain"])
+    for m, v in times.items():
+        med, best, iqr = _stats(v)
+        print(
+            f"  {m:<13} median {med / 1e6:8.1f} ms  best {best / 1e6:8.1f} ms  "
+            f"IQR {iqr / 1e6:6.1f} ms   added {(med - p) / 1e6:+6.1f} ms"
+        )
+    t0 = time.perf_counter_ns()
+    target._model_identity(model)
+    print(f"  identifying it (bounded sample hash): {(time.perf_counter_ns() - t0) / 1e6:.2f} ms")
+    import hashlib
+
+    t0 = time.perf_counter_ns()
+    hashlib.sha256(model).hexdigest()
+    print(f"  a full SHA-256 would take:            {(time.perf_counter_ns() - t0) / 1e6:.2f} ms")
+
+
+def traceback_cost(rounds: int, calls: int) -> None:
+    model = _onnx_models.identity()
+    bad = {"wrong": np.zeros(1, np.float32)}
+    rec = Recorder()
+
+    def one_round() -> float:
+        sess = ort.InferenceSession(model, providers=PROVIDERS)
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            try:
+                sess.run(None, bad)
+            except ValueError as e:
+                traceback.format_exception(e)
+        return (time.perf_counter_ns() - t0) / calls
+
+    times: dict[str, list[float]] = {"plain": [], "instrumented": []}
+    for i in range(rounds):
+        for mode in ("plain", "instrumented") if i % 2 == 0 else ("instrumented", "plain"):
+            if mode == "instrumented":
+                target.patch(rec)
+            try:
+                times[mode].append(one_round())
+            finally:
+                target.unpatch()
+            rec.drain()
+    print("failed run + traceback.format_exception (what a report or a logger pays)")
+    p = statistics.median(times["plain"])
+    for m, v in times.items():
+        med, best, iqr = _stats(v)
+        print(
+            f"  {m:<13} median {med / 1000:8.1f} µs  best {best / 1000:8.1f} µs  "
+            f"IQR {iqr / 1000:6.1f} µs   ratio {med / p:.3f}"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--big-mb", type=int, default=100)
+    ap.add_argument("--big-rounds", type=int, default=6)
+    args = ap.parse_args()
+    print(
+        f"onnxruntime {ort.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
+        f"{args.rounds} rounds of {args.calls} sessions"
+    )
+    model = _onnx_models.identity()
+    creation("one-node model, default options", model, None, args.calls, args.rounds)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    creation("one-node model, explicit SessionOptions", model, so, args.calls, args.rounds)
+    big_model(args.big_mb, args.big_rounds)
+    traceback_cost(args.rounds, max(1, args.calls // 2))
+
+
+if __name__ == "__main__":
+    main()
