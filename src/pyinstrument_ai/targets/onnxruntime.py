@@ -412,6 +412,8 @@ _SAMPLE = (1 << 20) // _SAMPLES
 
 
 def _model_identity(data: Any) -> dict[str, Any]:
+    if type(data) is bytes and len(data) <= _FULL_HASH_MAX:  # what ORT accepts; the usual case
+        return {"model_sha256": hashlib.sha256(data).hexdigest(), "model_bytes": len(data)}
     view = memoryview(data).cast("B")  # no copy; slices of it are views too
     n = view.nbytes
     if n <= _FULL_HASH_MAX:
@@ -474,20 +476,23 @@ def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> di
         so = kwargs.get("sess_options")
     if so is None:
         return {}
-    default = (
-        not failed
-        and kwargs.get("sess_options") is None
-        and kwargs.get("provider_options") is None
-        and all(type(p) is str for p in kwargs.get("providers") or ())  # no per-EP options
-        and getattr(sess, "_read_config_from_model", True) is False
-    )
-    if not default:
+    if (
+        failed
+        or kwargs.get("sess_options") is not None
+        or kwargs.get("provider_options") is not None
+        or getattr(sess, "_read_config_from_model", True) is not False
+        or type(providers) is not list
+    ):
         return _read_options(so)
-    key = tuple(providers) if isinstance(providers, (list, tuple)) else None
-    fields = _default_options.get(key)  # type: ignore[arg-type]
+    # keyed by the providers the session ended up with and those asked for, as given
+    key = (*providers, None, *(kwargs.get("providers") or ()))
+    try:
+        fields = _default_options.get(key)
+    except TypeError:  # (name, options dict) pairs: provider options, read each time
+        return _read_options(so)
     if fields is None:
         fields = _read_options(so)
-        if key is not None:
+        if len(_default_options) < _CACHE_MAX:
             _default_options[key] = fields
     return fields
 
