@@ -3,7 +3,8 @@
 Events
 ------
 ``onnxruntime.session`` (one per ``InferenceSession`` created, ``dur_ns`` = load time)
-    session_id, model_path | (model_sha256, model_bytes), providers, intra_op_num_threads,
+    session_id, model_path | (model_bytes, model_sha256 up to 1 MiB | model_sample_sha256
+    above: see _model_identity), providers, intra_op_num_threads,
     inter_op_num_threads, execution_mode, graph_optimization_level,
     intra_op_allow_spinning, inter_op_allow_spinning (the config entries
     ``session.{intra,inter}_op.allow_spinning``; ``None`` = not set, ORT's default "1"),
