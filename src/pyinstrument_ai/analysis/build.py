@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
-from pyinstrument_ai.analysis.generations import build_generation
+from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
 from pyinstrument_ai.analysis.work import OrtRun, Prediction
 
@@ -89,6 +89,15 @@ class Builder:
         self._pid_run[header.get("pid")] = header.get("run_id")
         return self.filters.keeps_header(header)
 
+    def token_columns(self, key: tuple[Any, Any, Any]) -> tuple[array, array, dict]:
+        """The columns of one generation's tokens: indexes, times (epoch ns), and
+        ``{index: seqs}`` for positions where fewer or more than one sequence advanced. The
+        reader's fast path appends to them directly (a token line is most lines)."""
+        cols = self._tokens.get(key)
+        if cols is None:
+            cols = self._tokens[key] = (array("q"), array("q"), {})
+        return cols
+
     def add(self, e: dict[str, Any], host: Any = None) -> None:
         """One event (a dict with ``name``, ``t_ns``, ``pid``)."""
         self.events += 1
@@ -97,13 +106,13 @@ class Builder:
         if host is None:
             host = self._pid_host.get(pid)
         if name == "token":
-            key = (host, pid, e.get("gen"))
-            slot = self._tokens.get(key)
-            if slot is None:
-                slot = self._tokens[key] = (array("q"), array("q"), array("q"))
-            slot[0].append(e.get("index", -1))
-            slot[1].append(e["t_ns"])
-            slot[2].append(e.get("seqs") or 1)
+            cols = self.token_columns((host, pid, e.get("gen")))
+            index = e.get("index", -1)
+            cols[0].append(index)
+            cols[1].append(e["t_ns"])
+            seqs = e.get("seqs", 1)
+            if seqs != 1:
+                cols[2][index] = seqs
             return
         f = self.filters
         if f.pids is not None and pid not in f.pids:
@@ -128,14 +137,11 @@ class Builder:
 
     def finish(self) -> Analysis:
         gens = []
+        no_tokens: tuple[array, array, dict] = (array("q"), array("q"), {})
         for e, host, run_id in self._gens:
-            key = (host, e.get("pid"), e.get("gen"))
-            slot = self._tokens.get(key)
-            toks = list(zip(slot[0], slot[1], strict=True)) if slot else None
-            seqs = None
-            if slot and any(s != slot[2][0] for s in slot[2]):
-                seqs = [s for _, s in sorted(zip(slot[0], slot[2], strict=True))]
-            gens.append(build_generation(e, toks, seqs, host=host, run_id=run_id))
+            idx, times, seqs = self._tokens.get((host, e.get("pid"), e.get("gen")), no_tokens)
+            per_pos = [seqs.get(i, 1) for i in range(len(idx))] if seqs else None
+            gens.append(generation_from_columns(e, idx, times, per_pos, host=host, run_id=run_id))
         gens.sort(key=lambda g: g.start_ns)
         # sessions' model paths name their runs (a path is what users know a model by)
         for r in self._runs:

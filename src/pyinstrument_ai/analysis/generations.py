@@ -152,23 +152,42 @@ def build_generation(
     """A :class:`Generation` from its ``generate`` event and its tokens as ``(index, t_ns)``.
 
     ``event`` needs ``t_ns`` (or ``t_mono_ns``: then token times must be on the same clock)
-    and ``dur_ns``. Token positions are ordered by index; a missing index keeps its neighbours
-    apart (no gap is counted across it).
+    and ``dur_ns``. Token positions are ordered by index; a hole in the indexes (a lost line)
+    ends the timed positions there, so no gap is ever measured across a missing token.
     """
+    toks = token_times or []
+    return generation_from_columns(
+        event,
+        array("q", (i for i, _ in toks)),
+        array("q", (t for _, t in toks)),
+        token_seqs,
+        host=host,
+        run_id=run_id,
+    )
+
+
+def generation_from_columns(
+    event: dict[str, Any],
+    indexes: array,
+    times: array,
+    token_seqs: list[int] | None = None,
+    host: str | None = None,
+    run_id: str | None = None,
+) -> Generation:
+    """:func:`build_generation` over columns (the reader's compact form)."""
     start = event.get("t_ns", event.get("t_mono_ns"))
     if not isinstance(start, int):
         raise ValueError(f"generate event without an integer timestamp: {event!r:.200}")
     dur = event.get("dur_ns") or 0
-    toks = sorted(token_times) if token_times else []
-    times = array("q", (t for _, t in toks))
-    if toks and toks[0][0] != 0:
-        times = array("q")  # position 0 not seen: no TTFT or ITL from a partial list
-    elif toks and toks[-1][0] != len(toks) - 1:
-        # a hole in the indexes: keep the leading run of consecutive positions only
-        n = next(i for i, (idx, _) in enumerate(toks) if idx != i)
-        times = times[:n]
+    positions = len(indexes)
+    if positions and indexes != array("q", range(positions)):
+        # out of order or with holes: order by index, keep the leading consecutive run
+        pairs = sorted(zip(indexes, times, strict=True))
+        n = 0
+        while n < len(pairs) and pairs[n][0] == n:
+            n += 1
+        times = array("q", (t for _, t in pairs[:n]))
     tokens = event.get("tokens")
-    positions = len(toks)
     if not isinstance(tokens, int):
         tokens = positions
     return Generation(
