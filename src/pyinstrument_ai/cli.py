@@ -13,6 +13,7 @@ USAGE = """\
 usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]
        pyinstrument-ai report [PATH...] [--json | --csv DIR] [--slo BOUNDS] [filters]
        pyinstrument-ai compare PATH PATH [PATH...]
+       pyinstrument-ai doctor [PATH...] [--json]
        pyinstrument-ai targets
        pyinstrument-ai --version
 
@@ -20,6 +21,7 @@ commands:
   run       run a program with instrumentation (same as `python -m instrument`)
   report    latency tables, throughput, Little's law and goodput of recorded files
   compare   recorded runs side by side, with ratios and configuration differences
+  doctor    known CPU-inference pitfalls (threads, quota throttling, hyperthreads, fork)
   targets   list the known targets
 
 `pyinstrument-ai COMMAND --help` describes each command's options.
@@ -30,6 +32,7 @@ commands:
 _COMMANDS = {
     "report": "pyinstrument_ai.commands.report",
     "compare": "pyinstrument_ai.commands.compare",
+    "doctor": "pyinstrument_ai.commands.doctor",
 }
 
 
