@@ -125,6 +125,7 @@ class Request:
         "nbytes",
         "chunks",
         "finished",
+        "route",
     )
 
     def __init__(
@@ -149,6 +150,7 @@ class Request:
         self.nbytes = 0
         self.chunks = 0
         self.finished = False
+        self.route: str | None = None  # the route template, when the framework said
 
     def chunk(self, t: int, n: int) -> None:
         if n:
@@ -170,7 +172,7 @@ class Request:
                 "request_id_source": self.source,
                 "server": self.server,
                 "method": self.method,
-                "route": route if isinstance(route, str) else None,
+                "route": route if isinstance(route, str) else self.route,
                 "status": self.status,
                 "headers_ns": self.headers_t - t0 if self.headers_t is not None else None,
                 "first_chunk_ns": self.first_t - t0 if self.first_t is not None else None,

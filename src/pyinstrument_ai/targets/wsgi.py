@@ -34,6 +34,7 @@ __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
 
 NAME = "wsgi"
 MODULES = ("flask.app", "wsgiref.handlers")
+_FLASK_CTX = "flask.ctx"
 DISTRIBUTION = "flask"
 SUPPORTED = (">=2.0", "<4")
 
@@ -42,6 +43,7 @@ _lock = threading.RLock()
 _recorder: Any = None
 _patched: list[tuple[Any, str, Any, Any]] = []
 _in_request: ContextVar[Any] = ContextVar("pyinstrument_ai.wsgi.environ", default=None)
+_req_var: ContextVar[Request | None] = ContextVar("pyinstrument_ai.wsgi.request", default=None)
 _tag_var = request_context._current
 
 
@@ -75,6 +77,10 @@ def _on_import(module: Any) -> None:
             return
         if module.__name__ == "flask.app":
             _replace(module.Flask, "__call__", _make_flask_call)
+            # flask.app imports flask.ctx: this is no import on the host's behalf
+            from flask import ctx
+
+            _replace(ctx.RequestContext, "match_request", _make_match_request)
         else:
             _replace(module.BaseHandler, "run", _make_handler_run)
 
@@ -100,6 +106,22 @@ def _make_flask_call(original: Any) -> Any:
         return _serve(original, self, environ, start_response)
 
     return __call__
+
+
+def _make_match_request(original: Any) -> Any:
+    # Flask forgets the matched rule when the request context is popped, before the server
+    # closes the body: read it as soon as Flask has matched it.
+    def match_request(self: Any) -> None:
+        try:
+            return original(self)
+        finally:
+            req = _req_var.get()
+            if req is not None:
+                with guard("wsgi.route"):
+                    rule = getattr(self.request, "url_rule", None)
+                    req.route = getattr(rule, "rule", None)
+
+    return match_request
 
 
 def _make_handler_run(original: Any) -> Any:
@@ -154,6 +176,7 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
 
     tag_token = _tag_var.set(req.tag)
     env_token = _in_request.set(environ)
+    req_token = _req_var.set(req)
     try:
         if unbound is not None:
             result = unbound(app, environ, watched_start_response)
@@ -163,6 +186,7 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
         req.finish(record, now_ns(), _route(environ), exc)
         raise
     finally:
+        _req_var.reset(req_token)
         _in_request.reset(env_token)
         _tag_var.reset(tag_token)
     try:
