@@ -61,8 +61,15 @@ async def _one(client: httpx.AsyncClient, path: str, rid: str) -> dict:
                 first = time.monotonic_ns()
             body += chunk
         end = time.monotonic_ns()
-    return {"rid": rid, "path": path, "status": r.status_code, "sent": sent, "first": first,
-            "end": end, "bytes": len(body)}
+    return {
+        "rid": rid,
+        "path": path,
+        "status": r.status_code,
+        "sent": sent,
+        "first": first,
+        "end": end,
+        "bytes": len(body),
+    }
 
 
 async def _drive(port: int, paths: list[str], per_path: int) -> list[dict]:
@@ -123,9 +130,22 @@ def test_uvicorn_fastapi_every_request_matched_to_its_generation(tmp_path):
     port = _free_port()
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instrument", "--out", str(out), "--no-summary",
-         "_web_apps.py", "asgi", str(port)],
-        cwd=HERE, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--out",
+            str(out),
+            "--no-summary",
+            "_web_apps.py",
+            "asgi",
+            str(port),
+        ],
+        cwd=HERE,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_up(proc, port, "/ping")
@@ -145,10 +165,32 @@ def test_gunicorn_flask_every_request_matched_to_its_generation(tmp_path):
     port = _free_port()
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instrument", "--out", str(out), "--no-summary", "--",
-         sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", str(CONCURRENCY),
-         "-w", "1", "-b", f"127.0.0.1:{port}", "_web_apps:wsgi_app()"],
-        cwd=HERE, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--out",
+            str(out),
+            "--no-summary",
+            "--",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gthread",
+            "--threads",
+            str(CONCURRENCY),
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "_web_apps:wsgi_app()",
+        ],
+        cwd=HERE,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_up(proc, port, "/items/1")
@@ -158,7 +200,9 @@ def test_gunicorn_flask_every_request_matched_to_its_generation(tmp_path):
     assert "internal error" not in err, err
     events = pyinstrument_ai.load(out)
     # the readiness probe is a request too
-    events = [e for e in events if e["name"] != "http.request" or e["request_id_source"] != "generated"]
+    events = [
+        e for e in events if e["name"] != "http.request" or e["request_id_source"] != "generated"
+    ]
     _check(events, results, {"/stream", "/direct"})
     routes = {e["route"] for e in events if e["name"] == "http.request"}
     assert routes == {"/stream", "/direct", "/items/<int:item_id>"}

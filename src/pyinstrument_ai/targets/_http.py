@@ -93,17 +93,16 @@ def parse_request_start(value: str | None) -> int | None:
     text = value.strip()
     if text[:2] in ("t=", "T="):
         text = text[2:]
-    if not text or len(text) > 32:
+    # digits[.digits] only, in integers: exact to the nanosecond (a float is not, at 1e18)
+    whole, _, frac = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or len(text) > 32:
         return None
-    try:
-        v = float(text)
-    except ValueError:
+    if frac and not (frac.isascii() and frac.isdigit()):
         return None
-    if not v > 0 or v == float("inf"):
-        return None
-    for limit, scale in ((1e10, 1e9), (1e13, 1e6), (1e16, 1e3), (1e19, 1.0)):
+    v = int(whole)
+    for limit, exp in ((10**10, 9), (10**13, 6), (10**16, 3), (10**19, 0)):
         if v < limit:
-            ns = int(v * scale)
+            ns = v * 10**exp + (int((frac + "0" * exp)[:exp]) if exp else 0)
             return ns if ns >= 10**17 else None  # before 1973: not a timestamp
     return None
 
