@@ -158,6 +158,17 @@ def test_uvicorn_fastapi_every_request_matched_to_its_generation(tmp_path):
     _check(events, results, {"/direct", "/thread", "/executor", "/to_thread"})
     routes = {e["route"] for e in events if e["name"] == "http.request"}
     assert "/items/{item_id}" in routes and not any("/items/7" == r for r in routes)
+    # the analysis: per request, the time to first byte splits into wait + model TTFT + delivery
+    from pyinstrument_ai import analysis
+
+    a = analysis.analyze(events)
+    streamed = [r for r in a.requests if r.event["route"] == "/thread"]
+    assert len(streamed) == 5 and all(len(r.generations) == 1 for r in streamed)
+    for r in streamed:
+        assert r.wait_s >= 0 and r.delivery_s >= 0 and r.e2e_s >= r.ttfb_s
+        assert abs(r.ttfb_s - (r.wait_s + r.model_ttft_s + r.delivery_s)) < 1e-6
+    s = a.requests_summary()
+    assert s["with_generation"] == 20 and s["in_flight"]["waiting"] >= 0
 
 
 @pytest.mark.slow
