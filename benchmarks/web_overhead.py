@@ -89,13 +89,13 @@ def main() -> None:
     for k, v in res.items():
         if v:
             print(f"{k:6s} {med[k]:7.1f} µs/request  (min {min(v):.1f} .. max {max(v):.1f})")
-    ratios = [p / o for p, o in zip(res["plain"], res["ours"])]
+    ratios = [p / o for p, o in zip(res["plain"], res["ours"], strict=True)]
     print(
         f"ours:  +{med['ours'] - med['plain']:.1f} µs/request; requests/s ratio "
         f"{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}..{max(ratios):.3f})"
     )
     if otel:
-        r2 = [p / o for p, o in zip(res["plain"], res["otel"])]
+        r2 = [p / o for p, o in zip(res["plain"], res["otel"], strict=True)]
         print(
             f"otel:  +{med['otel'] - med['plain']:.1f} µs/request; requests/s ratio "
             f"{statistics.median(r2):.3f} (rounds {min(r2):.3f}..{max(r2):.3f})"

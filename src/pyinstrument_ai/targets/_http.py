@@ -155,6 +155,7 @@ class Request:
         if n:
             if self.first_t is None:
                 self.first_t = t
+            self.last_t = t  # WSGI: the end of iteration comes after the client has it all
             self.nbytes += n
             self.chunks += 1
 

@@ -241,8 +241,7 @@ class _Body:
             if self._it is None:
                 self._it = iter(self._result)
             chunk = next(self._it)
-        except StopIteration:
-            req.last_t = now_ns()
+        except StopIteration:  # the body's normal end, not an error
             raise
         except BaseException as exc:
             req.finish(self._record, now_ns(), _route(self._environ), exc)
