@@ -295,7 +295,8 @@ def _library_version(module: Any) -> str | None:
         return None
     # The library is imported by now: its __version__ is free, metadata lookup is the fallback.
     top = sys.modules.get(dist.replace("-", "_"))
-    v = getattr(top, "__version__", None)
+    # from the module's namespace: a module-level __getattr__ may warn (Flask 3.1 deprecates it)
+    v = getattr(top, "__dict__", {}).get("__version__")
     if isinstance(v, str):
         return v
     return _library_versions([dist]).get(dist)

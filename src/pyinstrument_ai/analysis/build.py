@@ -77,6 +77,7 @@ class Builder:
         self._runs: list[OrtRun] = []
         self._preds: list[Prediction] = []
         self._samples: list[dict[str, Any]] = []
+        self._http: list[tuple[dict[str, Any], Any]] = []
         self._other: dict[str, int] = {}
         self.events = 0
         self._pid_host: dict[Any, Any] = {}
@@ -129,6 +130,9 @@ class Builder:
         elif name == "torchserve.predict":
             if f.keeps_time(t) and f.keeps_model(e.get("model_name")):
                 self._preds.append(_prediction(e, host))
+        elif name == "http.request":
+            if f.keeps_time(t):
+                self._http.append((e, host))
         elif name == "system.sample":
             if f.keeps_time(t):
                 self._samples.append(e)
@@ -153,7 +157,9 @@ class Builder:
             runs = [r for r in runs if self.filters.keeps_model(r.model)]
         runs.sort(key=lambda r: r.start_ns)
         self._preds.sort(key=lambda p: p.start_ns)
-        return Analysis(
+        from pyinstrument_ai.analysis.requests import build_requests
+
+        result = Analysis(
             headers=self.headers,
             generations=gens,
             ort_runs=runs,
@@ -163,6 +169,8 @@ class Builder:
             other_events=dict(self._other),
             events=self.events,
         )
+        result.requests = build_requests(self._http, gens)
+        return result
 
 
 def _ort_run(e: dict[str, Any], host: Any) -> OrtRun:

@@ -114,6 +114,8 @@ class Analysis:
         #: set by the reader: files read, lines skipped, truncated tails
         self.inputs: dict[str, Any] = {}
         self._itl: array | None = None
+        #: analysis.requests.Request per ``http.request`` event, with its generations
+        self.requests: list[Any] = []
 
     # -- generations -----------------------------------------------------------------------
     @property
@@ -283,6 +285,11 @@ class Analysis:
         d["predictions_per_s"] = d.pop("per_s")
         return d
 
+    def requests_summary(self) -> dict[str, Any]:
+        from pyinstrument_ai.analysis.requests import summary
+
+        return summary(self.requests, self.generations)
+
     # -- across kinds --------------------------------------------------------------------------
     def littles_law(self) -> list[littles_law.LittlesLaw]:
         out = []
@@ -339,6 +346,7 @@ class Analysis:
             "generations": self.generations_summary(),
             "onnxruntime": self.ort_summary(),
             "torchserve": self.torchserve_summary(),
+            "requests": self.requests_summary(),
             "littles_law": [x.to_dict() for x in self.littles_law()],
             "samples": len(self.samples),
             "other_events": self.other_events,
