@@ -5,7 +5,8 @@ Definitions (``docs/metrics.md``), all in seconds:
 - ``e2e_s``: the ``generate`` call's duration.
 - ``ttft_s`` (time to first token): first token (position 0) − ``generate`` start. It includes
   the prefill and what ``generate`` does before it (input checks, cache set-up).
-- ``itl_s`` (inter-token latency): each gap between consecutive token positions ``i → i+1``.
+- ``itl_s`` (inter-token latency): each gap between consecutive token positions ``i → i+1``
+  (a missing position, e.g. a skipped line, drops only the gaps on either side of it).
 - ``tpot_s`` (time per output token): ``(e2e − ttft) / (positions − 1)``, only when
   ``positions > 1``. ``positions`` is the number of decoding positions (= output tokens for one
   sequence; with a batch, every sequence advances one token per position).
@@ -47,6 +48,7 @@ class Generation:
         "positions",
         "seqs",
         "token_t_ns",
+        "token_index",
         "error",
         "request_id",
         "trace_id",
@@ -64,7 +66,7 @@ class Generation:
     @property
     def ttft_s(self) -> float | None:
         t = self.token_t_ns
-        if not t or self.positions == 0:
+        if not t or self.positions == 0 or (self.token_index and self.token_index[0] != 0):
             return None
         return (t[0] - self.start_ns) / 1e9
 
@@ -73,7 +75,10 @@ class Generation:
         t = self.token_t_ns
         if not t:
             return []
-        return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        idx = self.token_index
+        if not idx or idx[-1] - idx[0] == len(idx) - 1:  # no hole
+            return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        return [(t[k + 1] - t[k]) / 1e9 for k in range(len(t) - 1) if idx[k + 1] == idx[k] + 1]
 
     @property
     def tpot_s(self) -> float | None:
@@ -153,7 +158,8 @@ def build_generation(
 
     ``event`` needs ``t_ns`` (or ``t_mono_ns``: then token times must be on the same clock)
     and ``dur_ns``. Token positions are ordered by index; a missing index keeps its neighbours
-    apart (no gap is counted across it).
+    apart (no gap is counted across it); without index 0 there is no TTFT. ``positions`` is
+    the last index + 1 (the target writes indexes ``0 … n−1``).
     """
     start = event.get("t_ns", event.get("t_mono_ns"))
     if not isinstance(start, int):
@@ -161,14 +167,13 @@ def build_generation(
     dur = event.get("dur_ns") or 0
     toks = sorted(token_times) if token_times else []
     times = array("q", (t for _, t in toks))
-    if toks and toks[0][0] != 0:
-        times = array("q")  # position 0 not seen: no TTFT or ITL from a partial list
-    elif toks and toks[-1][0] != len(toks) - 1:
-        # a hole in the indexes: keep the leading run of consecutive positions only
-        n = next(i for i, (idx, _) in enumerate(toks) if idx != i)
-        times = times[:n]
-    tokens = event.get("tokens")
+    index = None
     positions = len(toks)
+    if toks and (toks[0][0] != 0 or toks[-1][0] != len(toks) - 1):
+        # a hole in the indexes (or no position 0): keep which position each time is
+        index = array("q", (i for i, _ in toks))
+        positions = max(positions, toks[-1][0] + 1)
+    tokens = event.get("tokens")
     if not isinstance(tokens, int):
         tokens = positions
     return Generation(
@@ -191,6 +196,7 @@ def build_generation(
         positions=positions,
         seqs=token_seqs,
         token_t_ns=times,
+        token_index=index,
         error=event.get("error"),
         request_id=event.get("request_id"),
         trace_id=event.get("trace_id"),

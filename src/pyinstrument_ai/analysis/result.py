@@ -69,7 +69,9 @@ def _pool_itl(gens: Sequence[Generation]) -> array:
     out = array("d")
     for g in gens:
         t = g.token_t_ns
-        if len(t) > 1:
+        if g.token_index is not None:
+            out.extend(g.itl_s)  # a hole in the indexes: only gaps between neighbours
+        elif len(t) > 1:
             out.extend((b - a) / 1e9 for a, b in zip(t, t[1:]))  # noqa: B905
     return out
 
@@ -345,7 +347,7 @@ class Analysis:
                     "host": g.host,
                     "pid": g.pid,
                     "gen": g.gen,
-                    "index": i,
+                    "index": i if g.token_index is None else g.token_index[i],
                     "t_ns": t,
                     "since_start_s": (t - g.start_ns) / 1e9,
                 }
