@@ -30,9 +30,9 @@ from pyinstrument_ai.analysis.littles_law import check as littles_law
 from pyinstrument_ai.reader import analyze_paths
 
 try:
-    from tests._events import MS, S, WALL0, gen_events, header, shift, write_epoch
+    from tests._events import MS, WALL0, S, gen_events, header, shift, write_epoch
 except ImportError:  # plain `pytest`: tests/ itself is on sys.path
-    from _events import MS, S, WALL0, gen_events, header, shift, write_epoch  # type: ignore
+    from _events import MS, WALL0, S, gen_events, header, shift, write_epoch  # type: ignore
 
 approx = pytest.approx
 
@@ -203,9 +203,9 @@ def test_littles_law_busy_fraction_with_idle_gaps_and_two_workers():
     busy = {w["pid"]: w["busy_fraction"] for w in r.workers}
 
     def covered(pid):
-        return sum(
-            max(0, min(e, hi) - max(s, lo)) for s, e, w in items if w == ("h", pid)
-        ) / (hi - lo)
+        return sum(max(0, min(e, hi) - max(s, lo)) for s, e, w in items if w == ("h", pid)) / (
+            hi - lo
+        )
 
     assert busy[1] == approx(covered(1)) and busy[1] == approx(0.8, abs=0.02)
     assert busy[2] == approx(covered(2)) and busy[2] == approx(0.5, abs=0.02)

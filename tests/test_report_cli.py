@@ -112,7 +112,9 @@ def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1") -> Path:
         [sess, *runs],
     )  # fmt: skip
     preds = [_predict(303, i, 5000 + 100 * i * k, 100 * k, b) for i, b in enumerate([1, 2, 1, 4])]
-    write_epoch(d / "p303.jsonl", header(303, run_id=run_id, versions={"torchserve": "0.12.0"}), preds)
+    write_epoch(
+        d / "p303.jsonl", header(303, run_id=run_id, versions={"torchserve": "0.12.0"}), preds
+    )
     return d
 
 
@@ -302,7 +304,11 @@ def test_slo_goodput(run1):
 def test_filters(run1, tmp_path):
     assert report_json(run1, "--pid", "101")["onnxruntime"]["runs"] == 0
     d = report_json(run1, "--pid", "202,303")
-    assert (d["generations"]["count"], d["onnxruntime"]["runs"], d["torchserve"]["predictions"]) == (0, 10, 4)
+    assert (
+        d["generations"]["count"],
+        d["onnxruntime"]["runs"],
+        d["torchserve"]["predictions"],
+    ) == (0, 10, 4)
     assert report_json(run1, "--model", "B")["generations"]["count"] == 1
     d = report_json(run1, "--model", "m.onnx")
     assert (d["onnxruntime"]["runs"], d["generations"]["count"]) == (10, 0)
