@@ -119,6 +119,19 @@ def test_mean_sequences_per_position_of_batched_generations():
     assert s["mean_sequences_per_position"] == approx((2 + 2 + 1 + 1 + 3 + 3) / 6)
 
 
+def test_sequences_per_position_with_several_returned_sequences():
+    # num_return_sequences=2: batch 2 gives 4 sequences, batch 1 gives 2 (still batched work)
+    a_ev = gen_events(1, 1, 0, 100, [10, 20, 30], tokens=12, batch=2, num_return_sequences=2)
+    b_ev = gen_events(1, 2, 200, 100, [10, 20], tokens=4, batch=1, num_return_sequences=2)
+    for e in a_ev[1:]:
+        e["seqs"] = 4
+    for e in b_ev[1:]:
+        e["seqs"] = 2
+    s = analyze(a_ev + b_ev).generations_summary()
+    assert s["batched"] == 2
+    assert s["mean_sequences_per_position"] == approx((4 * 3 + 2 * 2) / 5)
+
+
 # -- many generations: throughput, concurrency, stats ------------------------------------------
 
 

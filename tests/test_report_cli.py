@@ -249,6 +249,10 @@ def test_file_that_is_not_ours(tmp_path):
 def test_newer_schema(tmp_path):
     p = write(tmp_path / "new.jsonl", header(1, schema=2), [])
     _one_error(cli("report", p), str(p), "schema version 2 is newer", "upgrade")
+    h = header(1)
+    del h["schema"]
+    q = write(tmp_path / "noschema.jsonl", h, [])
+    _one_error(cli("report", q), str(q), "no integer schema version")
 
 
 @pytest.mark.parametrize(

@@ -137,7 +137,11 @@ class Builder:
             slot = self._tokens.get(key)
             toks = list(zip(slot[0], slot[1], strict=True)) if slot else None
             seqs = None
-            if slot and any(s != slot[2][0] for s in slot[2]):
+            # kept when it is not simply the batch at every position (sequences that ended,
+            # or num_return_sequences > 1)
+            if slot and (
+                any(s != slot[2][0] for s in slot[2]) or slot[2][0] != (e.get("batch") or 1)
+            ):
                 seqs = [s for _, s in sorted(zip(slot[0], slot[2], strict=True))]
             gens.append(build_generation(e, toks, seqs, host=host, run_id=run_id))
         gens.sort(key=lambda g: g.start_ns)

@@ -159,7 +159,7 @@ class Analysis:
         d.update(tp.to_dict())
         d["requests_per_s"] = d.pop("per_s")
         d["output_tokens_per_s"] = tp.per_s(tokens)
-        batched = [g for g in gens if (g.batch or 1) > 1]
+        batched = [g for g in gens if (g.batch or 1) > 1 or (g.seqs and max(g.seqs) > 1)]
         d["batched"] = len(batched)
         if batched:
             seqs = [s for g in batched for s in (g.seqs or [g.batch] * g.positions)]
