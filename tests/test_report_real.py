@@ -382,9 +382,10 @@ def test_queueing_reference_one_worker_100ms(tmp_path):
             assert law["lambda_per_s"] == approx(1 / client_mean, rel=0.15), (c, figures)
             assert law["lambda_per_s"] >= 0.7 / SERVICE_S, (c, figures)
         else:
-            # a request always waits in the frontend queue: the worker never idles
-            assert law["lambda_per_s"] == approx(1 / SERVICE_S, rel=0.15), (c, figures)
-            assert worker["busy_fraction"] >= 0.85, (c, figures)
+            # a request always waits in the frontend queue: the worker idles only while the
+            # frontend hands it the next one (a few ms; more when the CPU is contended)
+            assert 0.7 / SERVICE_S <= law["lambda_per_s"] <= 1.1 / SERVICE_S, (c, figures)
+            assert worker["busy_fraction"] >= 0.75, (c, figures)
         # the client: c requests always in the system, one in service -> latency ≈ c × W
         assert client_mean == approx(c * law["W_s"], rel=0.35), (c, figures)
     lat = [figures[c][3] for c in (1, 2, 3, 4)]
