@@ -174,7 +174,9 @@ def _check_header(path: str, raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("type") != "header" or "anchor" not in obj:
         raise EventFileError(path, 1, "not a pyinstrument-ai event file (no header line)")
     schema = obj.get("schema")
-    if not isinstance(schema, int) or schema > SCHEMA_SUPPORTED:
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise EventFileError(path, 1, f"header has no integer schema version ({schema!r})")
+    if schema > SCHEMA_SUPPORTED:
         raise EventFileError(
             path,
             1,

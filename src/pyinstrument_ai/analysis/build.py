@@ -86,8 +86,9 @@ class Builder:
     def add_header(self, header: dict[str, Any]) -> bool:
         """Register a file's header; False when the filters drop that process."""
         self.headers.append(header)
-        self._pid_host[header.get("pid")] = header.get("hostname")
-        self._pid_run[header.get("pid")] = header.get("run_id")
+        host = header.get("hostname") or ""  # as the reader passes it to add()
+        self._pid_host[header.get("pid")] = host
+        self._pid_run[(host, header.get("pid"))] = header.get("run_id")
         return self.filters.keeps_header(header)
 
     def token_columns(self, key: tuple[Any, Any, Any]) -> tuple[array, array, dict]:
@@ -118,10 +119,13 @@ class Builder:
         f = self.filters
         if f.pids is not None and pid not in f.pids:
             return
+        run_id = self._pid_run.get((host, pid))
+        if f.run_ids is not None and run_id not in f.run_ids:
+            return
         t = e["t_ns"]
         if name == "generate":
             if f.keeps_time(t) and f.keeps_model(e.get("model"), e.get("name_or_path")):
-                self._gens.append((e, host, self._pid_run.get(pid)))
+                self._gens.append((e, host, run_id))
         elif name == "onnxruntime.run":
             if f.keeps_time(t):
                 self._runs.append(_ort_run(e, host))

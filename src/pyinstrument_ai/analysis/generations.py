@@ -47,6 +47,7 @@ class Generation:
         "positions",
         "seqs",
         "token_t_ns",
+        "token_index",
         "error",
         "request_id",
         "trace_id",
@@ -66,6 +67,8 @@ class Generation:
         t = self.token_t_ns
         if not t or self.positions == 0:
             return None
+        if self.token_index is not None and self.token_index[0] != 0:
+            return None  # position 0 was not recorded
         return (t[0] - self.start_ns) / 1e9
 
     @property
@@ -73,7 +76,11 @@ class Generation:
         t = self.token_t_ns
         if not t:
             return []
-        return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        idx = self.token_index
+        if idx is None:
+            return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        # a hole in the indexes: only gaps between neighbouring positions are gaps
+        return [(t[k + 1] - t[k]) / 1e9 for k in range(len(t) - 1) if idx[k + 1] == idx[k] + 1]
 
     @property
     def tpot_s(self) -> float | None:
@@ -180,13 +187,17 @@ def generation_from_columns(
         raise ValueError(f"generate event without an integer timestamp: {event!r:.200}")
     dur = event.get("dur_ns") or 0
     positions = len(indexes)
+    token_index = None
     if positions and indexes != array("q", range(positions)):
-        # out of order or with holes: order by index, keep the leading consecutive run
-        pairs = sorted(zip(indexes, times, strict=True))
-        n = 0
-        while n < len(pairs) and pairs[n][0] == n:
-            n += 1
-        times = array("q", (t for _, t in pairs[:n]))
+        # out of order, duplicated or with holes: order by index, one time per index
+        pairs = sorted(dict(zip(indexes, times, strict=True)).items())
+        times = array("q", (t for _, t in pairs))
+        ordered = array("q", (i for i, _ in pairs))
+        if ordered != array("q", range(len(ordered))):
+            token_index = ordered
+            positions = ordered[-1] + 1 if ordered[-1] >= 0 else 0
+        else:
+            positions = len(ordered)
     tokens = event.get("tokens")
     if not isinstance(tokens, int):
         tokens = positions
@@ -210,6 +221,7 @@ def generation_from_columns(
         positions=positions,
         seqs=token_seqs,
         token_t_ns=times,
+        token_index=token_index,
         error=event.get("error"),
         request_id=event.get("request_id"),
         trace_id=event.get("trace_id"),

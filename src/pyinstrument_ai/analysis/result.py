@@ -73,16 +73,22 @@ def _pool_itl(gens: Sequence[Generation]) -> Any:
     except ImportError:
         np = None
     if np is not None:
-        arrays = [
-            np.frombuffer(g.token_t_ns, dtype=np.int64) for g in gens if len(g.token_t_ns) > 1
+        parts = [
+            np.diff(np.frombuffer(g.token_t_ns, dtype=np.int64)) / 1e9
+            if g.token_index is None
+            else np.asarray(g.itl_s, dtype=float)
+            for g in gens
+            if len(g.token_t_ns) > 1
         ]
-        if not arrays:
+        if not parts:
             return np.empty(0)
-        return np.concatenate([np.diff(a) for a in arrays]) / 1e9
+        return np.concatenate(parts)
     out = array("d")
     for g in gens:
         t = g.token_t_ns
-        if len(t) > 1:
+        if g.token_index is not None:
+            out.extend(g.itl_s)  # a hole in the indexes: only gaps between neighbours
+        elif len(t) > 1:
             out.extend((b - a) / 1e9 for a, b in zip(t, t[1:]))  # noqa: B905
     return out
 
@@ -172,7 +178,7 @@ class Analysis:
         d.update(tp.to_dict())
         d["requests_per_s"] = d.pop("per_s")
         d["output_tokens_per_s"] = tp.per_s(tokens)
-        batched = [g for g in gens if (g.batch or 1) > 1]
+        batched = [g for g in gens if (g.batch or 1) > 1 or (g.seqs and max(g.seqs) > 1)]
         d["batched"] = len(batched)
         if batched:
             seqs = [s for g in batched for s in (g.seqs or [g.batch] * g.positions)]
@@ -366,7 +372,7 @@ class Analysis:
                     "host": g.host,
                     "pid": g.pid,
                     "gen": g.gen,
-                    "index": i,
+                    "index": i if g.token_index is None else g.token_index[i],
                     "t_ns": t,
                     "since_start_s": (t - g.start_ns) / 1e9,
                 }
