@@ -528,3 +528,52 @@ def test_file_wrapper_result_is_returned_as_is():
     assert body.endswith(b"filedata")
     (e,) = requests_of(rec.events)
     assert e["status"] == 200 and e["chunks"] == 0
+
+
+# -- tracebacks: the app's exception carries no frame of ours (issue 14) -------------------------
+
+
+def _formatted(call):
+    import traceback
+
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001 - the app's own exception, formatted as servers log it
+        return "".join(traceback.format_exception(e))
+    raise AssertionError("the app did not raise")
+
+
+def test_asgi_app_exception_traceback_is_what_it_is_without_us():
+    def go():
+        app = _fastapi_app()
+        transport = httpx.ASGITransport(app=app)
+
+        async def get():
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                await c.get("/boom")
+
+        asyncio.run(get())
+
+    bare = _formatted(go)
+    with web():
+        watched = _formatted(go)
+    assert "pyinstrument_ai" not in watched
+    assert watched == bare
+
+
+def test_wsgi_app_exception_traceback_is_what_it_is_without_us():
+    def go():
+        app = Flask("tb")
+        app.testing = True  # Flask re-raises the view's exception to the caller
+
+        @app.route("/boom")
+        def boom():
+            raise KeyError("boom")
+
+        app.test_client().get("/boom")
+
+    bare = _formatted(go)
+    with web():
+        watched = _formatted(go)
+    assert "pyinstrument_ai" not in watched
+    assert watched == bare

@@ -26,6 +26,7 @@ from typing import Any
 
 from pyinstrument_ai import hooks, request_context
 from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 from pyinstrument_ai.targets._http import Request
 
@@ -117,7 +118,12 @@ class _App:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        return await _serve(self.app, scope, receive, send, None)
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+        try:
+            return await _serve(self.app, scope, receive, send, None)
+        except BaseException as e:
+            hide(e)
+            raise
 
     def __getattr__(self, name: str) -> Any:  # uvicorn and tests may look at the app
         return getattr(self.app, name)
@@ -125,7 +131,12 @@ class _App:
 
 def _make_starlette_call(original: Any) -> Any:
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        return await _serve(self, scope, receive, send, original)
+        __tracebackhide__ = True
+        try:
+            return await _serve(self, scope, receive, send, original)
+        except BaseException as e:
+            hide(e)
+            raise
 
     return __call__
 
@@ -133,6 +144,7 @@ def _make_starlette_call(original: Any) -> Any:
 async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) -> Any:
     """Call the application (``unbound(app, ...)`` for a wrapped method, else ``app(...)``)
     exactly once, with the same scope and receive, and a ``send`` that only watches."""
+    __tracebackhide__ = True
     t0 = now_ns()  # arrival: before anything of ours
     req = None
     record = None
@@ -143,11 +155,16 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
     except Exception as ours:
         report("asgi.request", ours)
     if req is None:
-        if unbound is not None:
-            return await unbound(app, scope, receive, send)
-        return await app(scope, receive, send)
+        try:
+            if unbound is not None:
+                return await unbound(app, scope, receive, send)
+            return await app(scope, receive, send)
+        except BaseException as e:
+            hide(e)
+            raise
 
     async def watched_send(message: Any) -> Any:
+        __tracebackhide__ = True
         t = now_ns()
         try:
             kind = message["type"]
@@ -161,7 +178,11 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
                     req.headers_t = t
         except Exception as ours:  # a malformed message is the server's to reject, not ours
             report("asgi.send", ours)
-        return await send(message)
+        try:
+            return await send(message)
+        except BaseException as e:  # e.g. the client went away: the app's to handle
+            hide(e)
+            raise
 
     tag_token = _set_tag(req.tag)
     scope_token = _in_request.set(scope)
@@ -172,6 +193,7 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
         return await app(scope, receive, watched_send)
     except BaseException as exc:
         error = exc
+        hide(exc)
         raise
     finally:
         t1 = now_ns()

@@ -27,6 +27,7 @@ from typing import Any
 
 from pyinstrument_ai import hooks, request_context
 from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 from pyinstrument_ai.targets._http import Request
 
@@ -103,7 +104,12 @@ def _replace(owner: Any, attr: str, factory: Any) -> None:
 
 def _make_flask_call(original: Any) -> Any:
     def __call__(self: Any, environ: Any, start_response: Any) -> Any:
-        return _serve(original, self, environ, start_response)
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+        try:
+            return _serve(original, self, environ, start_response)
+        except BaseException as e:
+            hide(e)
+            raise
 
     return __call__
 
@@ -112,8 +118,12 @@ def _make_match_request(original: Any) -> Any:
     # Flask forgets the matched rule when the request context is popped, before the server
     # closes the body: read it as soon as Flask has matched it.
     def match_request(self: Any) -> None:
+        __tracebackhide__ = True
         try:
             return original(self)
+        except BaseException as e:
+            hide(e)
+            raise
         finally:
             req = _req_var.get()
             if req is not None:
@@ -126,7 +136,12 @@ def _make_match_request(original: Any) -> Any:
 
 def _make_handler_run(original: Any) -> Any:
     def run(self: Any, application: Any) -> Any:
-        return original(self, _App(application))
+        __tracebackhide__ = True
+        try:
+            return original(self, _App(application))
+        except BaseException as e:
+            hide(e)
+            raise
 
     return run
 
@@ -140,10 +155,16 @@ class _App:
         self.app = app
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
-        return _serve(None, self.app, environ, start_response)
+        __tracebackhide__ = True
+        try:
+            return _serve(None, self.app, environ, start_response)
+        except BaseException as e:
+            hide(e)
+            raise
 
 
 def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
+    __tracebackhide__ = True
     t0 = now_ns()
     req = record = None
     try:
@@ -161,9 +182,16 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
     except Exception as ours:
         report("wsgi.request", ours)
     if req is None:
-        return unbound(app, environ, start_response) if unbound else app(environ, start_response)
+        try:
+            if unbound is not None:
+                return unbound(app, environ, start_response)
+            return app(environ, start_response)
+        except BaseException as e:
+            hide(e)
+            raise
 
     def watched_start_response(status: Any, headers: Any, *exc_info: Any) -> Any:
+        __tracebackhide__ = True
         t = now_ns()
         try:
             req.status = int(status.split(None, 1)[0])
@@ -171,7 +199,11 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
                 req.headers_t = t
         except Exception:  # not "200 OK": the server will say so; status stays unknown
             req.status = None
-        write = start_response(status, headers, *exc_info)
+        try:
+            write = start_response(status, headers, *exc_info)
+        except BaseException as e:
+            hide(e)
+            raise
         return _watched_write(write, req) if callable(write) else write
 
     tag_token = _tag_var.set(req.tag)
@@ -184,6 +216,7 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
             result = app(environ, watched_start_response)
     except BaseException as exc:
         req.finish(record, now_ns(), _route(environ), exc)
+        hide(exc)
         raise
     finally:
         _req_var.reset(req_token)
@@ -210,11 +243,16 @@ def _route(environ: Any) -> Any:
 
 def _watched_write(write: Any, req: Request) -> Any:
     def watched_write(data: Any) -> Any:
+        __tracebackhide__ = True
         try:
             req.chunk(now_ns(), len(data))
         except Exception as ours:
             report("wsgi.write", ours)
-        return write(data)
+        try:
+            return write(data)
+        except BaseException as e:
+            hide(e)
+            raise
 
     return watched_write
 
@@ -235,16 +273,19 @@ class _Body:
         return self
 
     def __next__(self) -> Any:
+        __tracebackhide__ = True
         req = self._req
         token = _tag_var.set(req.tag)  # the body may be produced on another thread
         try:
             if self._it is None:
                 self._it = iter(self._result)
             chunk = next(self._it)
-        except StopIteration:  # the body's normal end, not an error
+        except StopIteration as stop:  # the body's normal end, not an error
+            hide(stop)
             raise
         except BaseException as exc:
             req.finish(self._record, now_ns(), _route(self._environ), exc)
+            hide(exc)
             raise
         finally:
             _tag_var.reset(token)
@@ -255,10 +296,14 @@ class _Body:
         return chunk
 
     def close(self) -> None:
+        __tracebackhide__ = True
         try:
             close = getattr(self._result, "close", None)
             if close is not None:
                 close()
+        except BaseException as e:
+            hide(e)
+            raise
         finally:
             req = self._req
             req.finish(self._record, now_ns(), _route(self._environ), None)
