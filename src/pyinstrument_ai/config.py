@@ -21,6 +21,12 @@ ENV_FLUSH = "PYINSTRUMENT_AI_FLUSH_INTERVAL"
 ENV_SUMMARY = "PYINSTRUMENT_AI_SUMMARY"
 ENV_RUN_ID = "PYINSTRUMENT_AI_RUN_ID"
 ENV_DEBUG = "PYINSTRUMENT_AI_DEBUG"
+ENV_SINK = "PYINSTRUMENT_AI_SINK"
+ENV_OTEL_TOKEN_EVENTS = "PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS"
+ENV_OTEL_RUN_SPANS = "PYINSTRUMENT_AI_OTEL_RUN_SPANS"
+
+#: where events go: JSONL files, OTLP (OpenTelemetry), or both
+SINKS = ("jsonl", "otlp")
 
 DEFAULT_OUT = "instrument-out"
 
@@ -52,6 +58,9 @@ class Config:
         "flush_interval",
         "summary",
         "run_id",
+        "sink",
+        "otel_token_events",
+        "otel_run_spans",
     )
 
     def __init__(
@@ -63,6 +72,9 @@ class Config:
         flush_interval: float = 1.0,
         summary: bool = True,
         run_id: str | None = None,
+        sink: tuple[str, ...] = ("jsonl",),
+        otel_token_events: bool = False,
+        otel_run_spans: bool = False,
     ) -> None:
         s = object.__setattr__
         s(self, "out_dir", out_dir)
@@ -77,6 +89,13 @@ class Config:
         s(self, "summary", bool(summary))
         #: an id shared by every process of one launcher run (set by the launcher)
         s(self, "run_id", run_id)
+        #: sinks that receive every batch: ``("jsonl",)``, ``("otlp",)`` or both
+        s(self, "sink", tuple(sink))
+        #: OTLP: one span event per token on the generation span (besides the offsets array)
+        s(self, "otel_token_events", bool(otel_token_events))
+        #: OTLP: a span per ONNX Runtime run even outside an application trace (servers make
+        #: thousands per second, so it is opt-in)
+        s(self, "otel_run_spans", bool(otel_run_spans))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; use .replace()")
@@ -134,6 +153,13 @@ def parse_out(source: str, value: str) -> str:
     return value
 
 
+def parse_sink(source: str, value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names or any(n not in SINKS for n in names):
+        raise ConfigError(source, value, "expected jsonl, otlp or jsonl,otlp")
+    return names
+
+
 def is_on(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the auto-load variable asks for instrumentation (ConfigError if unreadable)."""
     environ = os.environ if environ is None else environ
@@ -158,6 +184,12 @@ def from_env(environ: Mapping[str, str] | None = None, base: Config | None = Non
         c["summary"] = parse_bool(ENV_SUMMARY, env[ENV_SUMMARY])
     if env.get(ENV_RUN_ID):
         c["run_id"] = env[ENV_RUN_ID]
+    if env.get(ENV_SINK, "").strip():
+        c["sink"] = parse_sink(ENV_SINK, env[ENV_SINK])
+    if ENV_OTEL_TOKEN_EVENTS in env:
+        c["otel_token_events"] = parse_bool(ENV_OTEL_TOKEN_EVENTS, env[ENV_OTEL_TOKEN_EVENTS])
+    if ENV_OTEL_RUN_SPANS in env:
+        c["otel_run_spans"] = parse_bool(ENV_OTEL_RUN_SPANS, env[ENV_OTEL_RUN_SPANS])
     return (base or Config()).replace(**c)
 
 
@@ -173,4 +205,7 @@ def to_env(config: Config) -> dict[str, str]:
     env[ENV_TARGETS] = ",".join(config.targets) if config.targets is not None else ""
     if config.run_id:
         env[ENV_RUN_ID] = config.run_id
+    env[ENV_SINK] = ",".join(config.sink)
+    env[ENV_OTEL_TOKEN_EVENTS] = "1" if config.otel_token_events else "0"
+    env[ENV_OTEL_RUN_SPANS] = "1" if config.otel_run_spans else "0"
     return env

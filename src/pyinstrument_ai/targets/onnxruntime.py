@@ -41,6 +41,7 @@ import inspect
 import itertools
 from typing import Any
 
+from pyinstrument_ai import tagging
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai.clock import now_ns
 
@@ -214,17 +215,22 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     name = RUN
     state_attr = _STATE
     fields_of = _fields
+    current = tagging.current
 
     def run(self, output_names, input_feed, run_options=None):
         if not on[0]:
             return wrapped(self, output_names, input_feed, run_options)
+        extra = current()
         t0 = now()
         try:
             out = wrapped(self, output_names, input_feed, run_options)
         except BaseException as e:
             t1 = now()
             try:
-                record(name, t0, t1 - t0, _error_fields(self, "run", input_feed, e))
+                f = _error_fields(self, "run", input_feed, e)  # a new dict: ours to extend
+                if extra:
+                    f.update(extra)
+                record(name, t0, t1 - t0, f)
             except Exception as ours:
                 report("onnxruntime.run", ours)
             raise
@@ -261,6 +267,8 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                             st[2] = (k, shape, dtype, n_out, fields)
             if fields is None:
                 fields = fields_of(self, "run", input_feed, len(out))
+            if extra:
+                fields = {**fields, **extra}  # the cached dict is shared: never mutate it
             record(name, t0, t1 - t0, fields)
         except Exception as ours:
             report("onnxruntime.run", ours)
@@ -276,19 +284,22 @@ def _make_run_with_ort_values(recorder: Any, wrapped: Any, on: list[bool]) -> An
     def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
         if not on[0]:
             return wrapped(self, output_names, input_dict_ort_values, run_options)
+        extra = tagging.current()
         t0 = now_ns()
         try:
             out = wrapped(self, output_names, input_dict_ort_values, run_options)
         except BaseException as e:
             t1 = now_ns()
             try:
-                record(RUN, t0, t1 - t0, _error_fields(self, api, input_dict_ort_values, e))
+                f = _error_fields(self, api, input_dict_ort_values, e)
+                record(RUN, t0, t1 - t0, {**f, **extra} if extra else f)
             except Exception as ours:
                 report("onnxruntime.run_with_ort_values", ours)
             raise
         t1 = now_ns()
         try:
-            record(RUN, t0, t1 - t0, _fields(self, api, input_dict_ort_values, len(out)))
+            f = _fields(self, api, input_dict_ort_values, len(out))
+            record(RUN, t0, t1 - t0, {**f, **extra} if extra else f)
         except Exception as ours:
             report("onnxruntime.run_with_ort_values", ours)
         return out
@@ -302,6 +313,7 @@ def _make_run_with_iobinding(recorder: Any, wrapped: Any, on: list[bool]) -> Any
     def run_with_iobinding(self, iobinding, run_options=None):
         if not on[0]:
             return wrapped(self, iobinding, run_options)
+        extra = tagging.current()
         t0 = now_ns()
         err = None
         try:
@@ -326,6 +338,8 @@ def _make_run_with_iobinding(recorder: Any, wrapped: Any, on: list[bool]) -> Any
                 }
                 if err:
                     fields["error"] = err
+                if extra:
+                    fields.update(extra)
                 record(RUN, t0, t1 - t0, fields)
 
     return run_with_iobinding
@@ -342,6 +356,9 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
         with guard("onnxruntime.run_async"):
             # Described now, on the caller's thread, while input_feed is surely unchanged.
             fields = _fields(self, "run_async", input_feed, None)
+            extra = tagging.current()
+            if extra:
+                fields = {**fields, **extra}
 
         def on_done(results, data, err):
             t1 = now_ns()

@@ -61,6 +61,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyinstrument_ai import tagging
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai.clock import now_ns
 
@@ -317,6 +318,7 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
             return original(self, batch, *args, **kwargs)
         # try/except + report() is the guard policy without a context manager per batch.
         cur = prev = info = None
+        extra = tagging.current()
         try:
             info = _instrument_service(self, record)
             if info is not None:
@@ -360,6 +362,8 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
                         fields["first_response_ns"] = cur.sends[0] - t0
                     if error or cur.error:
                         fields["error"] = error or cur.error
+                    if extra:
+                        fields.update(extra)
                     record(PREDICT, t0, t1 - t0, fields)
                     _request_flush()
                 except Exception as ours:

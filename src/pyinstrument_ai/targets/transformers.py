@@ -32,6 +32,7 @@ import types
 from contextvars import ContextVar
 from typing import Any
 
+from pyinstrument_ai import tagging
 from pyinstrument_ai._guard import guard
 from pyinstrument_ai.clock import now_ns
 
@@ -181,6 +182,7 @@ def _make_generate_wrapper(recorder: Any) -> Any:
             return wrapped(*args, **kwargs)
         token = _current.set(gen)
         result = error = None
+        extra = tagging.current()
         t0 = now_ns()
         try:
             result = wrapped(*args, **kwargs)
@@ -195,7 +197,7 @@ def _make_generate_wrapper(recorder: Any) -> Any:
             except Exception:  # a foreign context: never leave this thread "inside" generate
                 _current.set(None)
             with guard("transformers.generate"):
-                _finish(recorder, gen, t0, t1, result, error)
+                _finish(recorder, gen, t0, t1, result, error, extra)
             error = None  # no reference cycle through the traceback
 
     return generate
@@ -348,7 +350,13 @@ def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _finish(
-    recorder: Any, gen: _Gen, t0: int, t1: int, result: Any, error: BaseException | None
+    recorder: Any,
+    gen: _Gen,
+    t0: int,
+    t1: int,
+    result: Any,
+    error: BaseException | None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     model = gen.model
     config = getattr(model, "config", None)
@@ -438,6 +446,8 @@ def _finish(
             fields["prompt_ids"] = seqs[:, : gen.prompt_len].tolist()
             fields["output_ids"] = new.tolist()
 
+    if extra:
+        fields.update(extra)
     record = recorder.record
     record("generate", t0, t1 - t0, fields)
     if not times:
