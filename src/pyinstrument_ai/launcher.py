@@ -224,8 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     if "otlp" in config.sink:
         missing = _missing_otel()
         if missing:
-            _fail(f"--sink otlp needs OpenTelemetry ({missing} is not installed): "
-                  'pip install "pyinstrument-ai[otel]"')
+            _fail(
+                f"--sink otlp needs OpenTelemetry ({missing} is not installed): "
+                'pip install "pyinstrument-ai[otel]"'
+            )
     config = config.replace(run_id=config.run_id or os.urandom(6).hex())
     os.environ.update(child_environment(config, dict(os.environ)))
     if inv.mode == "command":

@@ -116,7 +116,7 @@ def generation_metrics(gen: dict[str, Any], token_times: list[int]) -> dict[str,
     }
     if token_times:
         out["ttft_s"] = (token_times[0] - t0) / 1e9
-        out["gaps_s"] = [(b - a) / 1e9 for a, b in zip(token_times, token_times[1:])]
+        out["gaps_s"] = [(b - a) / 1e9 for a, b in zip(token_times, token_times[1:], strict=False)]
         if len(token_times) > 1:
             out["tpot_s"] = (token_times[-1] - token_times[0]) / 1e9 / (len(token_times) - 1)
     return out
@@ -610,8 +610,9 @@ def _own_tracer_provider(resource: Any, stats: _Stats) -> Any:
     # gets them out soon after each batch: a TorchServe worker is SIGKILLed at --stop.
     delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
     tp.add_span_processor(
-        BatchSpanProcessor(_CountingSpanExporter(OTLPSpanExporter(), stats),
-                           schedule_delay_millis=delay)  # fmt: skip
+        BatchSpanProcessor(
+            _CountingSpanExporter(OTLPSpanExporter(), stats), schedule_delay_millis=delay
+        )  # fmt: skip
     )
     return tp
 
