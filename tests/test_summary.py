@@ -1,8 +1,9 @@
-"""The at-exit summary: pure Python over loaded events (no model needed)."""
+"""The at-exit summary: a rendering of the analysis over loaded events (no model needed)."""
 
 from __future__ import annotations
 
-from pyinstrument_ai.summary import generation_stats, percentile, render_summary
+from pyinstrument_ai.analysis import analyze, percentile
+from pyinstrument_ai.summary import render_summary
 
 MS = 1_000_000
 
@@ -29,12 +30,13 @@ def test_stats_per_generation_and_across_processes():
     ev = _gen(1, 1, 0, 100 * MS, 4, [10 * MS, 20 * MS, 30 * MS, 40 * MS])
     ev += _gen(2, 1, 50 * MS, 100 * MS, 2, [70 * MS, 75 * MS])  # same gen id, other pid
     ev += _gen(1, 2, 200 * MS, 10 * MS, None, [], error="builtins.ValueError")
-    st = generation_stats(ev)
-    assert st["generations"] == 3 and st["failed"] == 1
-    assert st["tokens"] == 6
-    assert sorted(st["ttft_ns"]) == [10 * MS, 20 * MS]
-    assert sorted(st["itl_ns"]) == [5 * MS, 10 * MS, 10 * MS, 10 * MS]
-    assert st["span_ns"] == 210 * MS
+    a = analyze(ev)
+    s = a.generations_summary()
+    assert s["count"] == 3 and s["failed"] == 1
+    assert s["output_tokens"] == 6
+    assert sorted(a.values("ttft_s")) == [0.01, 0.02]
+    assert sorted(round(x, 9) for x in a.itl_s) == [0.005, 0.01, 0.01, 0.01]
+    assert s["window_s"] == 0.21
 
 
 def test_render_mentions_the_numbers_and_the_folder(tmp_path):

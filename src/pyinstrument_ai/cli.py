@@ -11,13 +11,26 @@ from pyinstrument_ai._version import __version__
 
 USAGE = """\
 usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]
+       pyinstrument-ai report [PATH...] [--json | --csv DIR] [--slo BOUNDS] [filters]
+       pyinstrument-ai compare PATH PATH [PATH...]
        pyinstrument-ai targets
        pyinstrument-ai --version
 
 commands:
   run       run a program with instrumentation (same as `python -m instrument`)
+  report    latency tables, throughput, Little's law and goodput of recorded files
+  compare   recorded runs side by side, with ratios and configuration differences
   targets   list the known targets
+
+`pyinstrument-ai COMMAND --help` describes each command's options.
 """
+
+
+#: sub-command -> module with ``main(argv)`` (imported only when used)
+_COMMANDS = {
+    "report": "pyinstrument_ai.commands.report",
+    "compare": "pyinstrument_ai.commands.compare",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +46,11 @@ def main(argv: list[str] | None = None) -> None:
         from pyinstrument_ai.launcher import main as launch
 
         launch(rest)
+        return
+    if cmd in _COMMANDS:
+        import importlib
+
+        importlib.import_module(_COMMANDS[cmd]).main(rest)
         return
     if cmd == "targets":
         from pyinstrument_ai.launcher import main as launch

@@ -12,7 +12,7 @@ anywhere else is an error naming the file and line (``strict=False`` skips it wi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -26,16 +26,23 @@ class EventFileError(ValueError):
     def __init__(self, path: str, line: int, why: str) -> None:
         self.path = path
         self.line = line
-        super().__init__(f"{path}:{line}: {why}")
+        super().__init__(f"{path}:{line}: {why}" if line else f"{path}: {why}")
 
 
-def find_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Expand folders to their ``*.jsonl`` files (sorted); files are taken as given."""
+def find_files(paths: Iterable[str | os.PathLike[str]], *, require: bool = False) -> list[str]:
+    """Expand folders to their ``*.jsonl`` files (sorted); files are taken as given.
+
+    With ``require``, a folder without event files is an error naming it (``report`` on an
+    empty folder must not print an empty report as if nothing had happened).
+    """
     files: list[str] = []
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            files.extend(os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".jsonl"))
+            found = [os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".jsonl")]
+            if require and not found:
+                raise EventFileError(p, 0, "no *.jsonl event files in this folder")
+            files.extend(found)
         elif os.path.exists(p):
             files.append(p)
         else:
@@ -121,3 +128,180 @@ def events_from_records(header: dict[str, Any], records: list[Any]) -> list[dict
     events = [_align(header, to_dict(r, pid), "<memory>") for r in records]
     events.sort(key=lambda e: e["t_ns"])
     return events
+
+
+# -- streaming: files -> analysis without holding every event ---------------------------------
+
+
+class ScanStats:
+    """What reading the inputs met: files, lines, skipped lines, truncated tails."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.lines = 0
+        self.bytes = 0
+        #: (path, line, why) of malformed lines skipped with ``strict=False``
+        self.skipped: list[tuple[str, int, str]] = []
+        #: paths whose last line was cut (a process killed mid-write)
+        self.truncated: list[str] = []
+        self.empty: list[str] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "lines": self.lines,
+            "bytes": self.bytes,
+            "skipped_lines": len(self.skipped),
+            "truncated_files": list(self.truncated),
+            "empty_files": list(self.empty),
+        }
+
+
+def read_header(path: str) -> dict[str, Any] | None:
+    """The header of one file (first line), checked; None for an empty file."""
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.strip():
+        return None
+    return _check_header(path, first)
+
+
+def _check_header(path: str, raw: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(raw)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict) or obj.get("type") != "header" or "anchor" not in obj:
+        raise EventFileError(path, 1, "not a pyinstrument-ai event file (no header line)")
+    schema = obj.get("schema")
+    if not isinstance(schema, int) or schema > SCHEMA_SUPPORTED:
+        raise EventFileError(
+            path,
+            1,
+            f"schema version {schema!r} is newer than this pyinstrument-ai reads "
+            f"({SCHEMA_SUPPORTED}); upgrade pyinstrument-ai",
+        )
+    return obj
+
+
+#: the newest event-file schema this reader understands (session.SCHEMA_VERSION writes it)
+SCHEMA_SUPPORTED = 1
+
+
+def iter_file(
+    path: str,
+    stats: ScanStats | None = None,
+    strict: bool = True,
+    progress: Any = None,
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Yield ``(header, event)`` for every event of one file, aligned (``t_ns``), in file order.
+
+    ``progress(n_bytes)`` is called now and then with the bytes read since its last call.
+    """
+    stats = stats if stats is not None else ScanStats()
+    stats.files += 1
+    loads = orjson.loads
+    with open(path, "rb") as f:
+        first = f.readline()
+        if not first.strip():
+            stats.empty.append(path)
+            return
+        header = _check_header(path, first)
+        anchor = header["anchor"]
+        offset = anchor["wall_ns"] - anchor["mono_ns"]
+        pid = header.get("pid")
+        lineno = 1
+        pending = len(first)
+        for raw in f:
+            lineno += 1
+            pending += len(raw)
+            if pending > 1 << 22 and progress is not None:
+                progress(pending)
+                stats.bytes += pending
+                pending = 0
+            try:
+                e = loads(raw)
+                t = e["t_mono_ns"]
+                if type(t) is not int:
+                    raise ValueError("t_mono_ns is not an integer")
+            except (ValueError, TypeError, KeyError) as exc:
+                if not raw.endswith(b"\n"):  # only the last line can lack its newline
+                    stats.truncated.append(path)  # the tail of a killed process
+                    break
+                if not raw.strip():
+                    continue
+                why = f"not an event line ({type(exc).__name__}: {exc})"
+                if strict:
+                    raise EventFileError(path, lineno, why) from None
+                stats.skipped.append((path, lineno, why))
+                continue
+            e["t_ns"] = t + offset
+            if "pid" not in e:
+                e["pid"] = pid
+            yield header, e
+        stats.lines += lineno
+        stats.bytes += pending
+        if progress is not None:
+            progress(pending)
+
+
+def analyze_paths(
+    *paths: str | os.PathLike[str],
+    filters: Any = None,
+    strict: bool = True,
+    progress: Any = None,
+) -> Any:
+    """Stream every event of ``paths`` through :class:`pyinstrument_ai.analysis.Builder`.
+
+    Memory grows with the number of generations and calls, not with the number of lines: token
+    events are kept as compact arrays. ``progress`` is ``(total_bytes) -> update(n)`` or None.
+    Raises :class:`EventFileError` (bad file, bad line with ``strict``, no files) and
+    ``FileNotFoundError``.
+    """
+    from pyinstrument_ai.analysis import Builder
+
+    files = find_files(paths or ("instrument-out",), require=True)
+    if not files:
+        raise EventFileError(", ".join(map(os.fspath, paths)), 0, "no event files given")
+    builder = Builder(filters)
+    stats = ScanStats()
+    headers = []
+    for path in files:
+        h = read_header(path)
+        if h is not None:
+            headers.append((path, h))
+    _apply_relative_times(builder.filters, [h for _, h in headers])
+    update = progress(sum(os.path.getsize(p) for p in files)) if progress else None
+    keep = {p: builder.add_header({**h, "path": p}) for p, h in headers}
+    add = builder.add
+    for path in files:
+        if not keep.get(path, True):
+            stats.files += 1
+            if update is not None:
+                update(os.path.getsize(path))
+            continue
+        host = None
+        for header, e in iter_file(path, stats, strict=strict, progress=update):
+            if host is None:
+                host = header.get("hostname") or ""
+            add(e, host)
+    result = builder.finish()
+    result.inputs = stats.to_dict()
+    result.inputs["skipped"] = [f"{p}:{n}: {why}" for p, n, why in stats.skipped[:20]]
+    return result
+
+
+def _apply_relative_times(filters: Any, headers: list[dict[str, Any]]) -> None:
+    """``--since 10s`` is relative to the run's start: the earliest session start of all files."""
+    if filters is None:
+        return
+    rel = getattr(filters, "relative", None)
+    if not rel or not headers:
+        return
+    start = min(
+        h["anchor"]["wall_ns"]
+        + (h.get("started_mono_ns", h["anchor"]["mono_ns"]) - h["anchor"]["mono_ns"])
+        for h in headers
+    )
+    for attr, seconds in rel.items():
+        setattr(filters, attr, start + int(seconds * 1e9))

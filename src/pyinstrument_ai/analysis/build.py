@@ -1,0 +1,214 @@
+"""Events -> :class:`~pyinstrument_ai.analysis.result.Analysis`, one event at a time.
+
+The builder keeps only what the metrics need, in compact form (token times in ``array('q')``
+per generation), so a reader can stream millions of events through it without holding their
+dicts. Events must carry ``t_ns`` (epoch ns, as the reader and ``recording()`` give them).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+from pyinstrument_ai.analysis.generations import build_generation
+from pyinstrument_ai.analysis.result import Analysis
+from pyinstrument_ai.analysis.work import OrtRun, Prediction
+
+__all__ = ["Builder", "Filters", "analyze"]
+
+
+class Filters:
+    """What to keep. ``None`` keeps everything; times are epoch ns (start of the work)."""
+
+    __slots__ = ("pids", "run_ids", "since_ns", "until_ns", "models", "relative")
+
+    def __init__(
+        self,
+        pids: set[int] | None = None,
+        run_ids: set[str] | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        models: set[str] | None = None,
+        relative: dict[str, float] | None = None,
+    ) -> None:
+        self.pids = pids
+        self.run_ids = run_ids
+        self.since_ns = since_ns
+        self.until_ns = until_ns
+        self.models = models
+        #: ``{"since_ns": seconds}``: times relative to the run's start, which only the reader
+        #: knows (the earliest session start in the files' headers); it resolves them
+        self.relative = relative
+
+    def keeps_header(self, header: dict[str, Any]) -> bool:
+        if self.pids is not None and header.get("pid") not in self.pids:
+            return False
+        if self.run_ids is not None and header.get("run_id") not in self.run_ids:
+            return False
+        return True
+
+    def keeps_time(self, t_ns: int) -> bool:
+        if self.since_ns is not None and t_ns < self.since_ns:
+            return False
+        if self.until_ns is not None and t_ns > self.until_ns:
+            return False
+        return True
+
+    def keeps_model(self, *names: Any) -> bool:
+        if self.models is None:
+            return True
+        return any(n in self.models for n in names if n)
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, k) is not None for k in self.__slots__ if k != "relative")
+
+
+class Builder:
+    """Feed headers and events; :meth:`finish` returns the analysis."""
+
+    def __init__(self, filters: Filters | None = None) -> None:
+        self.filters = filters or Filters()
+        self.headers: list[dict[str, Any]] = []
+        self._gens: list[tuple[dict[str, Any], str | None, str | None]] = []
+        # (host, pid, gen) -> (indexes, times, seqs)
+        self._tokens: dict[tuple[Any, Any, Any], tuple[array, array, array]] = {}
+        self._sessions: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+        self._runs: list[OrtRun] = []
+        self._preds: list[Prediction] = []
+        self._samples: list[dict[str, Any]] = []
+        self._other: dict[str, int] = {}
+        self.events = 0
+        self._pid_host: dict[Any, Any] = {}
+        self._pid_run: dict[Any, Any] = {}
+
+    def add_header(self, header: dict[str, Any]) -> bool:
+        """Register a file's header; False when the filters drop that process."""
+        self.headers.append(header)
+        self._pid_host[header.get("pid")] = header.get("hostname")
+        self._pid_run[header.get("pid")] = header.get("run_id")
+        return self.filters.keeps_header(header)
+
+    def add(self, e: dict[str, Any], host: Any = None) -> None:
+        """One event (a dict with ``name``, ``t_ns``, ``pid``)."""
+        self.events += 1
+        name = e.get("name")
+        pid = e.get("pid")
+        if host is None:
+            host = self._pid_host.get(pid)
+        if name == "token":
+            key = (host, pid, e.get("gen"))
+            slot = self._tokens.get(key)
+            if slot is None:
+                slot = self._tokens[key] = (array("q"), array("q"), array("q"))
+            slot[0].append(e.get("index", -1))
+            slot[1].append(e["t_ns"])
+            slot[2].append(e.get("seqs") or 1)
+            return
+        f = self.filters
+        if f.pids is not None and pid not in f.pids:
+            return
+        t = e["t_ns"]
+        if name == "generate":
+            if f.keeps_time(t) and f.keeps_model(e.get("model"), e.get("name_or_path")):
+                self._gens.append((e, host, self._pid_run.get(pid)))
+        elif name == "onnxruntime.run":
+            if f.keeps_time(t):
+                self._runs.append(_ort_run(e, host))
+        elif name == "onnxruntime.session":
+            self._sessions[(host, pid, e.get("session_id"))] = {**e, "host": host}
+        elif name == "torchserve.predict":
+            if f.keeps_time(t) and f.keeps_model(e.get("model_name")):
+                self._preds.append(_prediction(e, host))
+        elif name == "system.sample":
+            if f.keeps_time(t):
+                self._samples.append(e)
+        else:
+            self._other[name] = self._other.get(name, 0) + 1
+
+    def finish(self) -> Analysis:
+        gens = []
+        for e, host, run_id in self._gens:
+            key = (host, e.get("pid"), e.get("gen"))
+            slot = self._tokens.get(key)
+            toks = list(zip(slot[0], slot[1], strict=True)) if slot else None
+            seqs = None
+            if slot and any(s != slot[2][0] for s in slot[2]):
+                seqs = [s for _, s in sorted(zip(slot[0], slot[2], strict=True))]
+            gens.append(build_generation(e, toks, seqs, host=host, run_id=run_id))
+        gens.sort(key=lambda g: g.start_ns)
+        # sessions' model paths name their runs (a path is what users know a model by)
+        for r in self._runs:
+            s = self._sessions.get((r.host, r.pid, r.session_id))
+            if s is not None:
+                r.model = s.get("model_path") or s.get("model_sha256")
+        runs = self._runs
+        if self.filters.models is not None:
+            runs = [r for r in runs if self.filters.keeps_model(r.model)]
+        runs.sort(key=lambda r: r.start_ns)
+        self._preds.sort(key=lambda p: p.start_ns)
+        return Analysis(
+            headers=self.headers,
+            generations=gens,
+            ort_runs=runs,
+            ort_sessions=list(self._sessions.values()),
+            predictions=self._preds,
+            samples=self._samples,
+            other_events=dict(self._other),
+            events=self.events,
+        )
+
+
+def _ort_run(e: dict[str, Any], host: Any) -> OrtRun:
+    t = e["t_ns"]
+    return OrtRun(
+        host=host,
+        pid=e.get("pid"),
+        tid=e.get("tid"),
+        session_id=e.get("session_id"),
+        api=e.get("api"),
+        start_ns=t,
+        end_ns=t + (e.get("dur_ns") or 0),
+        batch_size=e.get("batch_size"),
+        error=e.get("error"),
+        request_id=e.get("request_id"),
+    )
+
+
+def _prediction(e: dict[str, Any], host: Any) -> Prediction:
+    t = e["t_ns"]
+    return Prediction(
+        host=host,
+        pid=e.get("pid"),
+        model=e.get("model_name"),
+        model_version=e.get("model_version"),
+        seq=e.get("seq"),
+        start_ns=t,
+        end_ns=t + (e.get("dur_ns") or 0),
+        batch_size=e.get("batch_size"),
+        request_ids=e.get("request_ids"),
+        handler_ns=e.get("handler_ns"),
+        preprocess_ns=e.get("preprocess_ns"),
+        inference_ns=e.get("inference_ns"),
+        postprocess_ns=e.get("postprocess_ns"),
+        intermediate_count=e.get("intermediate_count"),
+        first_response_ns=e.get("first_response_ns"),
+        error=e.get("error"),
+        request_id=e.get("request_id"),
+    )
+
+
+def analyze(
+    events: Any, headers: list[dict[str, Any]] | None = None, filters: Filters | None = None
+) -> Analysis:
+    """The analysis of in-memory events (``pyinstrument_ai.load()``, ``recording().events``).
+
+    ``headers`` (``reader.load_headers()``) give hosts, run ids and the run's configuration;
+    without them events are attributed by pid alone.
+    """
+    b = Builder(filters)
+    for h in headers or ():
+        b.add_header(h)
+    for e in events:
+        b.add(e)
+    return b.finish()

@@ -1,0 +1,75 @@
+"""ONNX Runtime runs and TorchServe predictions as plain objects (one per recorded event)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["OrtRun", "Prediction"]
+
+
+class _Plain:
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9  # type: ignore[attr-defined]
+
+    def row(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["duration_s"] = self.duration_s
+        return d
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__[:6])
+        return f"{type(self).__name__}({inner}, duration_s={self.duration_s:.6f})"
+
+
+class OrtRun(_Plain):
+    """One ``onnxruntime.run`` event (any of the run APIs)."""
+
+    __slots__ = (
+        "host",
+        "pid",
+        "tid",
+        "session_id",
+        "model",
+        "api",
+        "start_ns",
+        "end_ns",
+        "batch_size",
+        "error",
+        "request_id",
+    )
+
+
+class Prediction(_Plain):
+    """One ``torchserve.predict`` event: a batch handled by a worker."""
+
+    __slots__ = (
+        "host",
+        "pid",
+        "model",
+        "model_version",
+        "seq",
+        "start_ns",
+        "end_ns",
+        "batch_size",
+        "request_ids",
+        "handler_ns",
+        "preprocess_ns",
+        "inference_ns",
+        "postprocess_ns",
+        "intermediate_count",
+        "first_response_ns",
+        "error",
+        "request_id",
+    )
+
+    @property
+    def first_response_s(self) -> float | None:
+        v = self.first_response_ns
+        return None if v is None else v / 1e9
