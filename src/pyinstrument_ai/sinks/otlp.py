@@ -30,10 +30,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from pyinstrument_ai.analysis.generations import Generation
     from pyinstrument_ai.config import Config
     from pyinstrument_ai.recorder import Record
 
-__all__ = ["OtlpSink", "generation_metrics", "latest_experimental", "trace_ids"]
+__all__ = ["OtlpSink", "latest_experimental", "trace_ids"]
 
 # --------------------------------------------------------------------------- conventions
 
@@ -91,35 +92,6 @@ def latest_experimental(environ: Any = None) -> bool:
     env = os.environ if environ is None else environ
     tokens = {t.strip() for t in env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
     return "gen_ai_latest_experimental" in tokens
-
-
-# --------------------------------------------------------------------------- formulas
-
-
-def generation_metrics(gen: dict[str, Any], token_times: list[int]) -> dict[str, Any]:
-    """Per-generation figures from one ``generate`` event and its token times (by index).
-
-    REPLACE with ``pyinstrument_ai.analysis`` once it lands: the only copy of these formulas in
-    this module, so that the OTLP metrics and ``pyinstrument-ai report`` agree.
-    """
-    t0, dur = gen["t_mono_ns"], gen["dur_ns"]
-    prompt, batch = gen.get("prompt_tokens"), gen.get("batch") or 1
-    out: dict[str, Any] = {
-        "e2e_s": dur / 1e9,
-        # tokens fed to the model: every row of the (padded) prompt batch
-        "input_tokens": prompt * batch if prompt is not None else None,
-        # counted from the returned ids, per sequence, summed (the event's `tokens`)
-        "output_tokens": gen.get("tokens"),
-        "ttft_s": None,
-        "tpot_s": None,
-        "gaps_s": [],
-    }
-    if token_times:
-        out["ttft_s"] = (token_times[0] - t0) / 1e9
-        out["gaps_s"] = [(b - a) / 1e9 for a, b in zip(token_times, token_times[1:], strict=False)]
-        if len(token_times) > 1:
-            out["tpot_s"] = (token_times[-1] - token_times[0]) / 1e9 / (len(token_times) - 1)
-    return out
 
 
 # --------------------------------------------------------------------------- trace join
@@ -249,7 +221,11 @@ class OtlpSink:
         tokens = sorted(tokens, key=lambda r: r[4]["index"])
         times = [r[1] for r in tokens]
         gen = {**f, "t_mono_ns": t, "dur_ns": dur}
-        m = generation_metrics(gen, times)
+        # the metric definitions are analysis's (one definition, shared with `report`); imported
+        # here, on the flusher thread: the package costs start-up time the program would pay
+        from pyinstrument_ai.analysis.generations import build_generation
+
+        m = build_generation(gen, [(r[4]["index"], r[1]) for r in tokens])
         model = f.get("name_or_path") or f.get("model") or "unknown"
         start, end = self._wall(t), self._wall(t + dur)
         common = {
@@ -276,12 +252,12 @@ class OtlpSink:
         if (f.get("num_return_sequences") or 1) != 1:
             attrs["gen_ai.request.choice.count"] = int(f["num_return_sequences"])
         attrs["gen_ai.request.stream"] = f.get("streamer") is not None
-        if m["input_tokens"] is not None:
-            attrs["gen_ai.usage.input_tokens"] = int(m["input_tokens"])
-        if m["output_tokens"] is not None:
-            attrs["gen_ai.usage.output_tokens"] = int(m["output_tokens"])
-        if m["ttft_s"] is not None:
-            attrs["gen_ai.response.time_to_first_chunk"] = m["ttft_s"]
+        if m.input_tokens is not None:
+            attrs["gen_ai.usage.input_tokens"] = int(m.input_tokens)
+        if f.get("tokens") is not None:  # counted from the ids, as the JSONL event has it
+            attrs["gen_ai.usage.output_tokens"] = int(m.tokens)
+        if m.ttft_s is not None:
+            attrs["gen_ai.response.time_to_first_chunk"] = m.ttft_s
         for key, value in (
             ("pyinstrument_ai.gen", f.get("gen")),
             ("pyinstrument_ai.batch_size", f.get("batch")),
@@ -498,11 +474,11 @@ class _Pipeline:
         self.stats.ended += 1
 
     # -- metrics -------------------------------------------------------------------------------
-    def generation_metrics(self, m: dict[str, Any], common: dict[str, Any], error: str | None,
+    def generation_metrics(self, m: Generation, common: dict[str, Any], error: str | None,
                            streamed: bool) -> None:  # fmt: skip
         attrs = dict(common, **{"error.type": error}) if error else common
-        self.h_duration.record(m["e2e_s"], attrs)
-        tin, tout = m["input_tokens"], m["output_tokens"]
+        self.h_duration.record(m.e2e_s, attrs)
+        tin, tout = m.input_tokens, m.tokens
         if self.latest:
             text = dict(attrs, **{"gen_ai.token.modality": "text"})
             if tin is not None:
@@ -518,14 +494,15 @@ class _Pipeline:
                 self.h_tokens.record(tout, dict(attrs, **{"gen_ai.token.type": "output"}))
         if error:
             return  # TTFT/TPOT: "for successful responses"
-        if m["ttft_s"] is not None:
-            self.h_ttft.record(m["ttft_s"], common)
+        ttft, tpot = m.ttft_s, m.tpot_s
+        if ttft is not None:
+            self.h_ttft.record(ttft, common)
             if streamed:
-                self.h_ttfc.record(m["ttft_s"], common)
-        if m["tpot_s"] is not None:
-            self.h_tpot.record(m["tpot_s"], common)
+                self.h_ttfc.record(ttft, common)
+        if tpot is not None:
+            self.h_tpot.record(tpot, common)
         if streamed:
-            for gap in m["gaps_s"]:
+            for gap in m.itl_s:
                 self.h_tpoc.record(gap, common)
 
     def ort_run(self, model: str, sid: Any, api: str | None, dur: int, error: str | None) -> None:
