@@ -48,16 +48,76 @@ PROVIDER = "huggingface.transformers"
 # Bucket boundaries recommended by the GenAI conventions (semantic-conventions-genai,
 # docs/gen-ai/client-inference.md, gen-ai-token-metrics.md, gen-ai-metrics.md). Passed as
 # advisory boundaries on every histogram: the SDK's defaults are for milliseconds.
-DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
-                    40.96, 81.92)  # fmt: skip
-TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                 16777216, 67108864)  # fmt: skip
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0)  # fmt: skip
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 #: ours (ONNX Runtime runs, TorchServe stages): microseconds to seconds
-FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+FAST_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 
 #: metric names: "default" = semantic-conventions v1.41.0 (the last GenAI release in
 #: open-telemetry/semantic-conventions); "latest" = semantic-conventions-genai, emitted when
@@ -211,8 +271,9 @@ class OtlpSink:
         return anchor["wall_ns"] + (t_mono - anchor["mono_ns"])
 
     def _parent(self, fields: dict[str, Any]) -> Any:
-        return self._p.parent(fields.get("trace_id"), fields.get("span_id"),
-                              fields.get("trace_sampled", True))  # fmt: skip
+        return self._p.parent(
+            fields.get("trace_id"), fields.get("span_id"), fields.get("trace_sampled", True)
+        )
 
     # -- transformers ------------------------------------------------------------------------
     def _generation(self, rec: Record, tokens: list[Record]) -> None:
@@ -277,8 +338,11 @@ class OtlpSink:
         if self.config.otel_token_events:
             for r in tokens:
                 tf = r[4]
-                span.add_event("pyinstrument_ai.token", {"index": tf["index"], "seqs": tf["seqs"]},
-                               timestamp=self._wall(r[1]))  # fmt: skip
+                span.add_event(
+                    "pyinstrument_ai.token",
+                    {"index": tf["index"], "seqs": tf["seqs"]},
+                    timestamp=self._wall(r[1]),
+                )
         if times:
             ctx = p.child_context(span)
             first = self._wall(times[0])
@@ -307,12 +371,19 @@ class OtlpSink:
         for _, ct, cdur, _, cf in children:
             if "stage" in cf:
                 stage = cf["stage"]
-                p.end(p.start(stage, self._wall(ct), {"pyinstrument_ai.torchserve.stage": stage},
-                              ctx), self._wall(ct + cdur))  # fmt: skip
+                p.end(
+                    p.start(
+                        stage, self._wall(ct), {"pyinstrument_ai.torchserve.stage": stage}, ctx
+                    ),
+                    self._wall(ct + cdur),
+                )
                 p.torchserve_stage(model, stage, cdur, None)
             else:  # a streamed intermediate response
-                span.add_event("pyinstrument_ai.torchserve.intermediate",
-                               {"index": cf.get("index", -1)}, timestamp=self._wall(ct))  # fmt: skip
+                span.add_event(
+                    "pyinstrument_ai.torchserve.intermediate",
+                    {"index": cf.get("index", -1)},
+                    timestamp=self._wall(ct),
+                )
         p.end(span, self._wall(t + dur), error)
         p.torchserve_stage(model, "predict", dur, error)
 
@@ -422,32 +493,51 @@ class _Pipeline:
         names = NAMES["latest" if latest else "default"]
 
         def hist(name: str, unit: str, desc: str, buckets: tuple[float, ...]) -> Any:
-            return meter.create_histogram(name, unit=unit, description=desc,
-                                          explicit_bucket_boundaries_advisory=list(buckets))  # fmt: skip
+            return meter.create_histogram(
+                name, unit=unit, description=desc, explicit_bucket_boundaries_advisory=list(buckets)
+            )
 
-        self.h_duration = hist(names["duration"], "s", "GenAI operation duration.",
-                               DURATION_BUCKETS)  # fmt: skip
+        self.h_duration = hist(
+            names["duration"], "s", "GenAI operation duration.", DURATION_BUCKETS
+        )
         self.h_ttfc = hist(names["ttfc"], "s", "Time to receive the first chunk.", DURATION_BUCKETS)
-        self.h_tpoc = hist(names["tpoc"], "s", "Time per output chunk after the first one.",
-                           DURATION_BUCKETS)  # fmt: skip
+        self.h_tpoc = hist(
+            names["tpoc"], "s", "Time per output chunk after the first one.", DURATION_BUCKETS
+        )
         self.h_ttft = hist(SERVER_TTFT, "s", "Time to generate first token.", TTFT_BUCKETS)
-        self.h_tpot = hist(SERVER_TPOT, "s", "Time per output token generated after the first.",
-                           TPOT_BUCKETS)  # fmt: skip
+        self.h_tpot = hist(
+            SERVER_TPOT, "s", "Time per output token generated after the first.", TPOT_BUCKETS
+        )
         if latest:
-            self.h_in = hist(names["input_tokens"], "{token}",
-                             "Input tokens per inference operation.", TOKEN_BUCKETS)  # fmt: skip
-            self.h_out = hist(names["output_tokens"], "{token}",
-                              "Output tokens per inference operation.", TOKEN_BUCKETS)  # fmt: skip
-            self.c_in = meter.create_counter(names["usage_input"], unit="{token}",
-                                             description="Input tokens used.")  # fmt: skip
-            self.c_out = meter.create_counter(names["usage_output"], unit="{token}",
-                                              description="Output tokens used.")  # fmt: skip
+            self.h_in = hist(
+                names["input_tokens"],
+                "{token}",
+                "Input tokens per inference operation.",
+                TOKEN_BUCKETS,
+            )
+            self.h_out = hist(
+                names["output_tokens"],
+                "{token}",
+                "Output tokens per inference operation.",
+                TOKEN_BUCKETS,
+            )
+            self.c_in = meter.create_counter(
+                names["usage_input"], unit="{token}", description="Input tokens used."
+            )
+            self.c_out = meter.create_counter(
+                names["usage_output"], unit="{token}", description="Output tokens used."
+            )
         else:
-            self.h_tokens = hist(names["token_usage"], "{token}",
-                                 "Number of input and output tokens used.", TOKEN_BUCKETS)  # fmt: skip
+            self.h_tokens = hist(
+                names["token_usage"],
+                "{token}",
+                "Number of input and output tokens used.",
+                TOKEN_BUCKETS,
+            )
         self.h_ort = hist(ORT_RUN_DURATION, "s", "ONNX Runtime run duration.", FAST_BUCKETS)
-        self.h_ts = hist(TORCHSERVE_DURATION, "s", "TorchServe prediction and stage duration.",
-                         FAST_BUCKETS)  # fmt: skip
+        self.h_ts = hist(
+            TORCHSERVE_DURATION, "s", "TorchServe prediction and stage duration.", FAST_BUCKETS
+        )
 
     # -- spans ---------------------------------------------------------------------------------
     def parent(self, trace_id: str | None, span_id: str | None, sampled: bool) -> Any:
@@ -456,16 +546,25 @@ class _Pipeline:
         if not trace_id or not span_id:
             return self._context.Context()
         trace = self._trace
-        sc = trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=False,
-                               trace_flags=trace.TraceFlags(1 if sampled else 0))  # fmt: skip
+        sc = trace.SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        )
         return trace.set_span_in_context(trace.NonRecordingSpan(sc), self._context.Context())
 
     def child_context(self, span: Any) -> Any:
         return self._trace.set_span_in_context(span, self._context.Context())
 
     def start(self, name: str, start: int, attrs: dict[str, Any], ctx: Any) -> Any:
-        return self.tracer.start_span(name, context=ctx, kind=self._trace.SpanKind.INTERNAL,
-                                      attributes=attrs, start_time=start)  # fmt: skip
+        return self.tracer.start_span(
+            name,
+            context=ctx,
+            kind=self._trace.SpanKind.INTERNAL,
+            attributes=attrs,
+            start_time=start,
+        )
 
     def end(self, span: Any, end: int, error: str | None = None) -> None:
         if error:
@@ -474,8 +573,9 @@ class _Pipeline:
         self.stats.ended += 1
 
     # -- metrics -------------------------------------------------------------------------------
-    def generation_metrics(self, m: Generation, common: dict[str, Any], error: str | None,
-                           streamed: bool) -> None:  # fmt: skip
+    def generation_metrics(
+        self, m: Generation, common: dict[str, Any], error: str | None, streamed: bool
+    ) -> None:
         attrs = dict(common, **{"error.type": error}) if error else common
         self.h_duration.record(m.e2e_s, attrs)
         tin, tout = m.input_tokens, m.tokens
@@ -506,15 +606,20 @@ class _Pipeline:
                 self.h_tpoc.record(gap, common)
 
     def ort_run(self, model: str, sid: Any, api: str | None, dur: int, error: str | None) -> None:
-        attrs = {"pyinstrument_ai.model": model, "pyinstrument_ai.onnxruntime.session_id": sid,
-                 "pyinstrument_ai.onnxruntime.api": api or "run"}  # fmt: skip
+        attrs = {
+            "pyinstrument_ai.model": model,
+            "pyinstrument_ai.onnxruntime.session_id": sid,
+            "pyinstrument_ai.onnxruntime.api": api or "run",
+        }
         if error:
             attrs["error.type"] = error
         self.h_ort.record(dur / 1e9, attrs)
 
     def torchserve_stage(self, model: str, stage: str, dur: int, error: str | None) -> None:
-        attrs = {"pyinstrument_ai.torchserve.model_name": model,
-                 "pyinstrument_ai.torchserve.stage": stage}  # fmt: skip
+        attrs = {
+            "pyinstrument_ai.torchserve.model_name": model,
+            "pyinstrument_ai.torchserve.stage": stage,
+        }
         if error:
             attrs["error.type"] = error
         self.h_ts.record(dur / 1e9, attrs)
@@ -526,8 +631,9 @@ class _Pipeline:
         own = [p for p in (self._own_tp, self._own_mp) if p is not None]
         if not own:
             return
-        t = threading.Thread(target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close",
-                             daemon=True)  # fmt: skip
+        t = threading.Thread(
+            target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close", daemon=True
+        )
         t.start()
         t.join(_close_timeout())
 
@@ -589,7 +695,7 @@ def _own_tracer_provider(resource: Any, stats: _Stats) -> Any:
     tp.add_span_processor(
         BatchSpanProcessor(
             _CountingSpanExporter(OTLPSpanExporter(), stats), schedule_delay_millis=delay
-        )  # fmt: skip
+        )
     )
     return tp
 
