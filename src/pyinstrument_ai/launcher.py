@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     except cfg.ConfigError as exc:
         _fail(str(exc))
     if "otlp" in config.sink:
-        missing = _missing_otel()
+        from pyinstrument_ai.sinks import missing_otel
+
+        missing = missing_otel()
         if missing:
             _fail(
                 f"--sink otlp needs OpenTelemetry ({missing} is not installed): "
@@ -234,22 +236,6 @@ def main(argv: list[str] | None = None) -> None:
         _warn_dropped_variables(inv.target, inv.args)
         _exec_command(inv.target, inv.args)
     _run_in_process(inv, config)
-
-
-def _missing_otel() -> str | None:
-    """The first OpenTelemetry package the OTLP sink needs that is absent, found without
-    importing it (the program's start-up must not pay for the check)."""
-    from importlib.util import find_spec
-
-    from pyinstrument_ai.sinks import OTEL_MODULES
-
-    for mod in OTEL_MODULES:
-        try:
-            if find_spec(mod) is None:
-                return mod
-        except (ImportError, ValueError):
-            return mod
-    return None
 
 
 def _warn_dropped_variables(command: str, args: list[str]) -> None:

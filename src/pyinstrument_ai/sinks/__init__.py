@@ -16,12 +16,32 @@ if TYPE_CHECKING:
     from pyinstrument_ai.config import Config
     from pyinstrument_ai.recorder import Record
 
-#: what the OTLP sink imports (checked by the launcher with find_spec, without importing)
+#: what the OTLP sink imports
 OTEL_MODULES = (
     "opentelemetry.sdk.trace",
     "opentelemetry.sdk.metrics",
     "opentelemetry.exporter.otlp.proto.http",
 )
+
+
+def missing_otel() -> str | None:
+    """The first module of :data:`OTEL_MODULES` not found on ``sys.path``, or None.
+
+    Looked up as folders, not with ``find_spec``: that imports the parent packages, and the
+    program's start-up must not import OpenTelemetry on our account."""
+    import os
+    import sys
+
+    # as the import system resolves the top package: a regular package (with __init__.py)
+    # anywhere on the path wins; else every namespace portion of that name counts
+    dirs = [os.path.join(p or ".", "opentelemetry") for p in sys.path]
+    regular = [d for d in dirs if os.path.isfile(os.path.join(d, "__init__.py"))]
+    roots = regular[:1] or [d for d in dirs if os.path.isdir(d)]
+    for mod in OTEL_MODULES:
+        rel = os.path.join(*mod.split(".")[1:])
+        if not any(os.path.isdir(os.path.join(root, rel)) for root in roots):
+            return mod
+    return None
 
 
 class SharedHeader:

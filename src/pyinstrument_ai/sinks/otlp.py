@@ -193,13 +193,11 @@ class OtlpSink:
     MAX_PENDING = 4096
 
     def __init__(self, config: Config, header: Callable[[], dict[str, Any]]) -> None:
-        from importlib.util import find_spec
+        from pyinstrument_ai.sinks import missing_otel
 
-        from pyinstrument_ai.sinks import OTEL_MODULES
-
-        for mod in OTEL_MODULES:
-            if find_spec(mod) is None:
-                raise ImportError(f"{mod} is not installed")
+        missing = missing_otel()
+        if missing:
+            raise ImportError(f"{missing} is not installed")
         self.config = config
         self._header = header
         self._p: Any = None  # the pipeline, built on first use
