@@ -209,6 +209,7 @@ class OtlpSink:
         self._sessions: dict[int, str] = {}  # ONNX Runtime session id -> model name
         self.latest = latest_experimental()
         tagging.register_provider(trace_ids)
+        _watch_program_providers()
 
     @property
     def header(self) -> dict[str, Any]:
@@ -261,6 +262,10 @@ class OtlpSink:
             return True
         except Exception as exc:
             self._failed = True
+            if _log._debug_on():
+                import traceback
+
+                _log.debug("".join(traceback.format_exception(exc)))
             _log.warn(f"OTLP export is off: {type(exc).__name__}: {exc}", key="otlp-build")
             return False
 
@@ -407,14 +412,19 @@ class OtlpSink:
             p.end(span, self._wall(t + dur), error)
 
     # -- end -----------------------------------------------------------------------------------
+    def flush_pending(self) -> None:
+        """Export the generations still waiting for tokens (the end is near)."""
+        for g in list(self._gens.values()):
+            self._export(self._generation, g[0], g[1])
+        self._gens.clear()
+
     def close(self) -> None:
         if self.closed:
             return
-        for g in list(self._gens.values()):  # generations still waiting for tokens
-            self._export(self._generation, g[0], g[1])
-        self._gens.clear()
+        self.flush_pending()
         self.closed = True
         tagging.unregister_provider(trace_ids)
+        _unwatch_program_providers()
         if self._p is not None:
             self._p.shutdown()
             self._report()
@@ -476,14 +486,21 @@ class _Pipeline:
         if not isinstance(tp, TracerProvider) or not isinstance(mp, MeterProvider):
             resource = _resource(config)
             if not isinstance(tp, TracerProvider) and not isinstance(mp, MeterProvider):
-                _quiet_sdk_logs(stats)  # no SDK of the program's: its loggers are ours alone
+                _quiet_sdk_logs(stats, _ALL_SDK_LOGGERS)  # no SDK of the program's: all ours
+            elif not isinstance(mp, MeterProvider):
+                _quiet_sdk_logs(stats, _METRIC_LOGGERS)  # the program traces, we meter
         if not isinstance(tp, TracerProvider):
-            tp = self._own_tp = _own_tracer_provider(resource, stats)
-            self.endpoint = _endpoint("traces")
-        else:
-            _flush_before_program_shutdown()
+            if _exporter_off("traces"):
+                tp = trace.NoOpTracerProvider()
+            else:
+                tp = self._own_tp = _own_tracer_provider(resource, stats)
+                self.endpoint = _endpoint("traces")
+
         if not isinstance(mp, MeterProvider):
-            mp = self._own_mp = _own_meter_provider(resource, stats)
+            if _exporter_off("metrics"):  # e.g. a receiver that takes traces only (Phoenix)
+                mp = metrics.NoOpMeterProvider()
+            else:
+                mp = self._own_mp = _own_meter_provider(resource, stats)
         #: spans go through a pipeline of ours (whose losses we count and report)
         self.own = self._own_tp is not None
         self.tracer = tp.get_tracer("pyinstrument_ai", __version__)
@@ -650,11 +667,27 @@ def _close_timeout() -> float:
 
 
 def _resource(config: Config) -> Any:
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.version import __version__ as sdk_version
 
-    # OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES are read by Resource.create
-    attrs = {"pyinstrument_ai.run_id": config.run_id} if config.run_id else {}
-    return Resource.create(attrs)
+    # Not Resource.create(): it runs its detectors on a thread pool, which refuses work once
+    # the interpreter is shutting down, and our last export may happen at exit.
+    resource = Resource(
+        {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": sdk_version,
+        }
+    ).merge(OTELResourceDetector().detect())  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
+    extra: dict[str, Any] = {"pyinstrument_ai.run_id": config.run_id} if config.run_id else {}
+    if not resource.attributes.get("service.name"):
+        extra["service.name"] = "unknown_service:python"  # the SDK's default
+    return resource.merge(Resource(extra))
+
+
+def _exporter_off(signal: str) -> bool:
+    """``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` = ``none``, as the SDK reads them."""
+    return os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none"
 
 
 def _protocol(signal: str) -> str:
@@ -687,6 +720,7 @@ def _own_tracer_provider(resource: Any, stats: _Stats) -> Any:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded; ours is bounded
     tp = TracerProvider(resource=resource, shutdown_on_exit=False)
+    tp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
     # Spans reach the processor in batches already (one per flush); a short schedule delay
     # gets them out soon after each batch: a TorchServe worker is SIGKILLed at --stop.
     delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
@@ -709,7 +743,9 @@ def _own_meter_provider(resource: Any, stats: _Stats) -> Any:
     exporter = OTLPMetricExporter()
     _count_metric_failures(exporter, stats)
     reader = PeriodicExportingMetricReader(exporter)  # OTEL_METRIC_EXPORT_INTERVAL, 60 s
-    return MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    mp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
+    return mp
 
 
 class _CountingSpanExporter:
@@ -769,10 +805,16 @@ class _SdkLogCounter:
         self.handler = Handler()
 
 
+_ALL_SDK_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
+_METRIC_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.sdk.metrics",
+)
 _quieted = False
 
 
-def _quiet_sdk_logs(stats: _Stats) -> None:
+def _quiet_sdk_logs(stats: _Stats, names: tuple[str, ...]) -> None:
     global _quieted
     import logging
 
@@ -780,34 +822,50 @@ def _quiet_sdk_logs(stats: _Stats) -> None:
         return
     _quieted = True
     handler = _SdkLogCounter(stats).handler
-    for name in ("opentelemetry.exporter", "opentelemetry.sdk"):
+    for name in names:
         log = logging.getLogger(name)
         log.addHandler(handler)
         log.propagate = False
 
 
-_flush_hook = False
+_wrapped: list[tuple[type, Any]] = []  # (provider class, original shutdown)
 
 
-def _flush_before_program_shutdown() -> None:
-    """With the program's providers: their atexit shutdown was registered before this, so it
-    runs after ours (atexit is last-in, first-out). Flush our last records into them first."""
-    global _flush_hook
-    if _flush_hook:
+def _watch_program_providers() -> None:
+    """Flush our records into the program's providers before they shut down (at exit, the
+    program's shutdown runs before our final flush; atexit is last-in, first-out). Hooked on
+    the SDK's import: nothing is imported on our account."""
+    from pyinstrument_ai import hooks
+
+    hooks.when_imported("opentelemetry.sdk.trace", _wrap_shutdown)
+    hooks.when_imported("opentelemetry.sdk.metrics", _wrap_shutdown)
+
+
+def _wrap_shutdown(module: Any) -> None:
+    cls = getattr(module, "TracerProvider", None) or getattr(module, "MeterProvider", None)
+    if cls is None or any(c is cls for c, _ in _wrapped):
         return
-    _flush_hook = True
-    import atexit
+    original = cls.__dict__["shutdown"]
 
-    def flush() -> None:
-        from pyinstrument_ai import runtime
-
-        s = runtime.active()
-        if s is not None:
+    def shutdown(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_pyinstrument_ai_own", False):
             with guard("flush before the program's OpenTelemetry shutdown"):
-                s.flush(timeout=2)
-                sink = s.sink
-                for one in getattr(sink, "sinks", [sink]):
-                    if isinstance(one, OtlpSink):
-                        one.close()
+                from pyinstrument_ai import runtime
 
-    atexit.register(flush)
+                s = runtime.active()
+                if s is not None:
+                    s.flush(timeout=2)
+                    for sink in getattr(s.sink, "sinks", [s.sink]):
+                        if isinstance(sink, OtlpSink):
+                            sink.flush_pending()
+        return original(self, *args, **kwargs)
+
+    shutdown.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.shutdown = shutdown
+    _wrapped.append((cls, original))
+
+
+def _unwatch_program_providers() -> None:
+    while _wrapped:
+        cls, original = _wrapped.pop()
+        cls.shutdown = original
