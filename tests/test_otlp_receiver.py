@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,10 +22,30 @@ pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
 
 
-def _phoenix_bin() -> str | None:
-    return os.environ.get("PYINSTRUMENT_AI_TEST_PHOENIX") or shutil.which(
-        "phoenix", path=os.path.dirname(sys.executable)
-    )
+def _phoenix_bin() -> str:
+    """Phoenix runs from a venv of its own, not the test environment: installed there, its
+    pytest plugin (phoenix.client) turns on a beartype import hook in the test process.
+
+    ``PYINSTRUMENT_AI_TEST_PHOENIX``: the ``phoenix`` executable to use, or ``skip``. Else a
+    cached venv (``~/.cache/pyinstrument-ai-tests/phoenix``), made on first use (~7 min)."""
+    given = os.environ.get("PYINSTRUMENT_AI_TEST_PHOENIX")
+    if given == "skip":
+        pytest.skip("PYINSTRUMENT_AI_TEST_PHOENIX=skip")
+    if given:
+        return given
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    venv = cache / "pyinstrument-ai-tests" / "phoenix"
+    exe = venv / "bin" / "phoenix"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True,
+                       timeout=300)  # fmt: skip
+        res = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "arize-phoenix>=12"],
+            capture_output=True, text=True, timeout=1500,
+        )  # fmt: skip
+        if res.returncode != 0 or not exe.exists():
+            pytest.fail(f"could not install arize-phoenix into {venv}: {res.stderr[-2000:]}")
+    return str(exe)
 
 
 def _free_port() -> int:
@@ -43,8 +62,6 @@ def _get(url: str, timeout: float = 10) -> dict:
 @pytest.fixture(scope="module")
 def phoenix(tmp_path_factory):
     exe = _phoenix_bin()
-    if exe is None:
-        pytest.skip("phoenix (arize-phoenix) is not installed")
     work = tmp_path_factory.mktemp("phoenix")
     port, grpc_port = _free_port(), _free_port()
     env = {
