@@ -22,6 +22,12 @@ ENV_SUMMARY = "PYINSTRUMENT_AI_SUMMARY"
 ENV_RUN_ID = "PYINSTRUMENT_AI_RUN_ID"
 ENV_DEBUG = "PYINSTRUMENT_AI_DEBUG"
 ENV_SAMPLE = "PYINSTRUMENT_AI_SAMPLE"
+ENV_SINK = "PYINSTRUMENT_AI_SINK"
+ENV_OTEL_TOKEN_EVENTS = "PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS"
+ENV_OTEL_RUN_SPANS = "PYINSTRUMENT_AI_OTEL_RUN_SPANS"
+
+#: where events go: JSONL files, OTLP (OpenTelemetry), or both
+SINKS = ("jsonl", "otlp")
 
 DEFAULT_OUT = "instrument-out"
 
@@ -54,6 +60,9 @@ class Config:
         "summary",
         "run_id",
         "sample_interval",
+        "sink",
+        "otel_token_events",
+        "otel_run_spans",
     )
 
     def __init__(
@@ -66,6 +75,9 @@ class Config:
         summary: bool = True,
         run_id: str | None = None,
         sample_interval: float | None = None,
+        sink: tuple[str, ...] = ("jsonl",),
+        otel_token_events: bool = False,
+        otel_run_spans: bool = False,
     ) -> None:
         s = object.__setattr__
         s(self, "out_dir", out_dir)
@@ -82,6 +94,13 @@ class Config:
         s(self, "run_id", run_id)
         #: seconds between ``system.sample`` events; ``None``: no sampler (the default)
         s(self, "sample_interval", float(sample_interval) if sample_interval else None)
+        #: sinks that receive every batch: ``("jsonl",)``, ``("otlp",)`` or both
+        s(self, "sink", tuple(sink))
+        #: OTLP: one span event per token on the generation span (besides the offsets array)
+        s(self, "otel_token_events", bool(otel_token_events))
+        #: OTLP: a span per ONNX Runtime run even outside an application trace (servers make
+        #: thousands per second, so it is opt-in)
+        s(self, "otel_run_spans", bool(otel_run_spans))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; use .replace()")
@@ -167,6 +186,13 @@ def parse_out(source: str, value: str) -> str:
     return value
 
 
+def parse_sink(source: str, value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    if not names or any(n not in SINKS for n in names):
+        raise ConfigError(source, value, "expected jsonl, otlp or jsonl,otlp")
+    return names
+
+
 def is_on(environ: Mapping[str, str] | None = None) -> bool:
     """Whether the auto-load variable asks for instrumentation (ConfigError if unreadable)."""
     environ = os.environ if environ is None else environ
@@ -193,6 +219,12 @@ def from_env(environ: Mapping[str, str] | None = None, base: Config | None = Non
         c["run_id"] = env[ENV_RUN_ID]
     if ENV_SAMPLE in env:
         c["sample_interval"] = parse_sample(ENV_SAMPLE, env[ENV_SAMPLE])
+    if env.get(ENV_SINK, "").strip():
+        c["sink"] = parse_sink(ENV_SINK, env[ENV_SINK])
+    if ENV_OTEL_TOKEN_EVENTS in env:
+        c["otel_token_events"] = parse_bool(ENV_OTEL_TOKEN_EVENTS, env[ENV_OTEL_TOKEN_EVENTS])
+    if ENV_OTEL_RUN_SPANS in env:
+        c["otel_run_spans"] = parse_bool(ENV_OTEL_RUN_SPANS, env[ENV_OTEL_RUN_SPANS])
     return (base or Config()).replace(**c)
 
 
@@ -210,4 +242,7 @@ def to_env(config: Config) -> dict[str, str]:
         env[ENV_RUN_ID] = config.run_id
     # always set, so a child does not inherit a different value from further up
     env[ENV_SAMPLE] = f"{config.sample_interval!r}s" if config.sample_interval else "0"
+    env[ENV_SINK] = ",".join(config.sink)
+    env[ENV_OTEL_TOKEN_EVENTS] = "1" if config.otel_token_events else "0"
+    env[ENV_OTEL_RUN_SPANS] = "1" if config.otel_run_spans else "0"
     return env

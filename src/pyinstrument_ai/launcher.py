@@ -47,6 +47,12 @@ options:
                           throttling, GPU) every INTERVAL, e.g. 100ms (default off;
                           env PYINSTRUMENT_AI_SAMPLE)
   --no-summary            no summary on stderr at exit (env PYINSTRUMENT_AI_SUMMARY=0)
+  --sink S                jsonl (default), otlp or jsonl,otlp: OTLP exports spans and metrics
+                          to an OpenTelemetry receiver (extra [otel]; env PYINSTRUMENT_AI_SINK)
+  --otel-token-events     OTLP: also one span event per token (env
+                          PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS=1)
+  --otel-run-spans        OTLP: a span per ONNX Runtime run even outside a trace (env
+                          PYINSTRUMENT_AI_OTEL_RUN_SPANS=1)
   --list-targets          list the known targets and exit
   --version               print the version and exit
   -h, --help              show this help and exit
@@ -59,8 +65,14 @@ _VALUE_OPTS = {
     "--disable": "disable",
     "--flush-interval": "flush_interval",
     "--sample": "sample",
+    "--sink": "sink",
 }
-_FLAG_OPTS = {"--capture-content": "capture_content", "--no-summary": "no_summary"}
+_FLAG_OPTS = {
+    "--capture-content": "capture_content",
+    "--no-summary": "no_summary",
+    "--otel-token-events": "otel_token_events",
+    "--otel-run-spans": "otel_run_spans",
+}
 
 
 class UsageError(Exception):
@@ -142,6 +154,12 @@ def resolve_config(inv: Invocation, environ: Any = None) -> cfg.Config:
         changes["capture_content"] = True
     if "no_summary" in inv.flags:
         changes["summary"] = False
+    if "sink" in o:
+        changes["sink"] = cfg.parse_sink(*o["sink"])
+    if "otel_token_events" in inv.flags:
+        changes["otel_token_events"] = True
+    if "otel_run_spans" in inv.flags:
+        changes["otel_run_spans"] = True
     config = config.replace(**changes)
     from pyinstrument_ai import targets
 
@@ -209,6 +227,15 @@ def main(argv: list[str] | None = None) -> None:
         config = resolve_config(inv)
     except cfg.ConfigError as exc:
         _fail(str(exc))
+    if "otlp" in config.sink:
+        from pyinstrument_ai.sinks import missing_otel
+
+        missing = missing_otel()
+        if missing:
+            _fail(
+                f"--sink otlp needs OpenTelemetry ({missing} is not installed): "
+                'pip install "pyinstrument-ai[otel]"'
+            )
     config = config.replace(run_id=config.run_id or os.urandom(6).hex())
     os.environ.update(child_environment(config, dict(os.environ)))
     if inv.mode == "command":

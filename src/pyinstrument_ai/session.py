@@ -18,7 +18,8 @@ from pyinstrument_ai import _log, clock, targets
 from pyinstrument_ai._guard import guard
 from pyinstrument_ai.config import Config
 from pyinstrument_ai.recorder import Recorder
-from pyinstrument_ai.sinks.jsonl import JsonlSink, hostname
+from pyinstrument_ai.sinks import make_sink
+from pyinstrument_ai.sinks.jsonl import hostname
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ class Session:
         self.recorder = Recorder(capture_content=config.capture_content)
         self.started_mono_ns = clock.now_ns()
         self.background = background
-        self.sink = sink if sink is not None else JsonlSink(config.out_dir, self.make_header)
+        #: a sink we made from the config (rebuilt in a forked child), not one passed in
+        self._own_sink = sink is None
+        self.sink = sink if sink is not None else make_sink(config, self.make_header)
         #: name -> TargetInfo, for every target this session manages
         self.targets: dict[str, targets.TargetInfo] = {}
         #: name -> library version, for the targets that were patched
@@ -210,9 +213,13 @@ class Session:
         self._wake = None
         self._thread = None
         self.recorder.discard()
-        if isinstance(self.sink, JsonlSink):
-            self.sink.abandon()
-            self.sink = JsonlSink(self.config.out_dir, self.make_header)
+        if self._own_sink:
+            # JSONL: a file of its own; OTLP: a pipeline of its own (the parent's exporter
+            # threads and connections are the parent's)
+            abandon = getattr(self.sink, "abandon", None)
+            if abandon is not None:
+                abandon()
+            self.sink = make_sink(self.config, self.make_header)
 
     def resume_after_fork(self) -> None:
         if self._resume_flusher or self._resume_sampler:

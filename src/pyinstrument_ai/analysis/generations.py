@@ -13,6 +13,8 @@ Definitions (``docs/metrics.md``), all in seconds:
   them; a sequence ends at its first EOS).
 - ``tokens_per_s``: ``tokens / e2e`` (all sequences of the call).
 - ``prefill_s`` = ``ttft_s``; ``decode_s`` = ``e2e − ttft``.
+- ``input_tokens``: ``prompt_tokens × batch`` (every row of the padded prompt batch is fed to
+  the model; what OTel's ``gen_ai.usage.input_tokens`` reports).
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ class Generation:
         if not self.tokens or e2e <= 0:
             return None
         return self.tokens / e2e
+
+    @property
+    def input_tokens(self) -> int | None:
+        if self.prompt_tokens is None:
+            return None
+        return self.prompt_tokens * (self.batch or 1)
 
     @property
     def prefill_s(self) -> float | None:

@@ -413,7 +413,12 @@ def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _finish(
-    recorder: Any, gen: _Gen, t0: int, t1: int, result: Any, error: BaseException | None
+    recorder: Any,
+    gen: _Gen,
+    t0: int,
+    t1: int,
+    result: Any,
+    error: BaseException | None,
 ) -> None:
     model = gen.model
     config = getattr(model, "config", None)

@@ -1,0 +1,871 @@
+"""OpenTelemetry export: spans and metrics built from recorded events, sent over OTLP.
+
+The JSONL files stay the source of truth; this sink is a second consumer of the same batches
+(``--sink jsonl,otlp``). Everything here runs on the session's flusher thread, after the
+fact: the hot path never touches an OpenTelemetry object. Spans get the recorded timestamps
+(converted to epoch nanoseconds with the same header anchor as the JSONL events), so a span's
+start and end equal its event's ``t_ns`` and ``t_ns + dur_ns`` exactly.
+
+Pipeline: built on the first batch that has something to export (so OpenTelemetry is imported
+on the flusher thread, not on the program's start-up path). If the program has installed an
+SDK ``TracerProvider`` / ``MeterProvider`` by then (``opentelemetry-instrument``, or its own
+set-up), ours are not made: the spans and metrics go through the program's pipeline. Else we
+build a private one (never set as the global provider) from the standard ``OTEL_*`` variables.
+
+Names follow the GenAI semantic conventions; which ones depends on
+``OTEL_SEMCONV_STABILITY_OPT_IN`` (see :data:`NAMES` and ``docs/otel.md``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+from pyinstrument_ai import _log, tagging
+from pyinstrument_ai._guard import guard
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from pyinstrument_ai.analysis.generations import Generation
+    from pyinstrument_ai.config import Config
+    from pyinstrument_ai.recorder import Record
+
+__all__ = ["OtlpSink", "latest_experimental", "trace_ids"]
+
+# --------------------------------------------------------------------------- conventions
+
+#: gen_ai.operation.name for transformers ``generate()``: it continues a sequence of token ids
+#: (a chat template, if any, was applied before), the conventions' "text_completion"
+OPERATION = "text_completion"
+#: gen_ai.provider.name for a model run in this process by Hugging Face transformers (a custom
+#: value in the conventions' ``vendor.product`` shape; no well-known value applies)
+PROVIDER = "huggingface.transformers"
+
+# Bucket boundaries recommended by the GenAI conventions (semantic-conventions-genai,
+# docs/gen-ai/client-inference.md, gen-ai-token-metrics.md, gen-ai-metrics.md). Passed as
+# advisory boundaries on every histogram: the SDK's defaults are for milliseconds.
+DURATION_BUCKETS = (
+    0.01,
+    0.02,
+    0.04,
+    0.08,
+    0.16,
+    0.32,
+    0.64,
+    1.28,
+    2.56,
+    5.12,
+    10.24,
+    20.48,
+    40.96,
+    81.92,
+)
+TOKEN_BUCKETS = (
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16384,
+    65536,
+    262144,
+    1048576,
+    4194304,
+    16777216,
+    67108864,
+)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+#: ours (ONNX Runtime runs, TorchServe stages): microseconds to seconds
+FAST_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+#: metric names: "default" = semantic-conventions v1.41.0 (the last GenAI release in
+#: open-telemetry/semantic-conventions); "latest" = semantic-conventions-genai, emitted when
+#: OTEL_SEMCONV_STABILITY_OPT_IN contains gen_ai_latest_experimental
+NAMES: dict[str, dict[str, str]] = {
+    "default": {
+        "duration": "gen_ai.client.operation.duration",
+        "token_usage": "gen_ai.client.token.usage",
+        "ttfc": "gen_ai.client.operation.time_to_first_chunk",
+        "tpoc": "gen_ai.client.operation.time_per_output_chunk",
+    },
+    "latest": {
+        "duration": "gen_ai.client.inference.duration",
+        "input_tokens": "gen_ai.client.inference.operation.input_tokens",
+        "output_tokens": "gen_ai.client.inference.operation.output_tokens",
+        "usage_input": "gen_ai.client.inference.usage.input_tokens",
+        "usage_output": "gen_ai.client.inference.usage.output_tokens",
+        "ttfc": "gen_ai.client.inference.time_to_first_chunk",
+        "tpoc": "gen_ai.client.inference.time_per_output_chunk",
+    },
+}
+#: in both modes (unchanged between the two versions)
+SERVER_TTFT = "gen_ai.server.time_to_first_token"
+SERVER_TPOT = "gen_ai.server.time_per_output_token"
+ORT_RUN_DURATION = "pyinstrument_ai.onnxruntime.run.duration"
+TORCHSERVE_DURATION = "pyinstrument_ai.torchserve.stage.duration"
+
+
+def latest_experimental(environ: Any = None) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` asks for the newest GenAI names, read the way
+    opentelemetry-python-contrib reads it (a comma-separated list of tokens)."""
+    env = os.environ if environ is None else environ
+    tokens = {t.strip() for t in env.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
+    return "gen_ai_latest_experimental" in tokens
+
+
+# --------------------------------------------------------------------------- trace join
+
+
+def trace_ids() -> dict[str, Any] | None:
+    """The tagging provider: ids of the OpenTelemetry span current in the calling context.
+
+    Runs on the caller's thread at the start of a generate/run/prediction. A program that
+    never imported OpenTelemetry has no current span: one dict lookup, no import."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    fields: dict[str, Any] = {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"}
+    if not ctx.trace_flags & 1:
+        fields["trace_sampled"] = False
+    return fields
+
+
+# --------------------------------------------------------------------------- the sink
+
+
+class _Stats:
+    __slots__ = ("ended", "sent", "failed", "metric_failures", "first_error")
+
+    def __init__(self) -> None:
+        self.ended = self.sent = self.failed = self.metric_failures = 0
+        self.first_error: str | None = None
+
+
+class OtlpSink:
+    """Spans and metrics from records, over OTLP (see the module docstring)."""
+
+    #: records held for the next write at most: a generation whose tokens may be in the next
+    #: batch, TorchServe stages waiting for their prediction (bounded against leaks)
+    MAX_PENDING = 4096
+
+    def __init__(self, config: Config, header: Callable[[], dict[str, Any]]) -> None:
+        from pyinstrument_ai.sinks import missing_otel
+
+        missing = missing_otel()
+        if missing:
+            raise ImportError(f"{missing} is not installed")
+        self.config = config
+        self._header = header
+        self._p: Any = None  # the pipeline, built on first use
+        self._failed = False
+        self.closed = False
+        self.stats = _Stats()
+        self._gens: dict[int, list[Any]] = {}  # gen id -> [generate record, tokens, held]
+        self._stages: dict[int, list[Record]] = {}  # TorchServe seq -> stage/intermediate records
+        self._sessions: dict[int, str] = {}  # ONNX Runtime session id -> model name
+        self.latest = latest_experimental()
+        tagging.register_provider(trace_ids)
+        _watch_program_providers()
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return self._header()
+
+    # -- records -> spans and metrics --------------------------------------------------------
+    def write(self, records: list[Record]) -> None:
+        if self._failed or self.closed:
+            return
+        ready: list[list[Any]] = [g for g in self._gens.values() if g[2]]  # held last time
+        for rec in records:
+            name, fields = rec[0], rec[4] or {}
+            if name == "token":
+                g = self._gens.get(fields.get("gen"))
+                if g is not None:
+                    g[1].append(rec)
+            elif name == "generate":
+                self._gens[fields.get("gen")] = [rec, [], False]
+            elif name == "torchserve.stage" or name == "torchserve.intermediate":
+                seq = fields.get("seq")
+                if seq is not None:
+                    self._stages.setdefault(seq, []).append(rec)
+            elif name == "torchserve.predict":
+                self._export(self._predict, rec, self._stages.pop(fields.get("seq"), []))
+            elif name == "onnxruntime.run":
+                self._export(self._ort_run, rec)
+            elif name == "onnxruntime.session":
+                self._sessions[fields.get("session_id")] = _model_of_session(fields)
+        for g in self._gens.values():
+            if not g[2] and _complete(g):
+                ready.append(g)
+            g[2] = True  # seen one write: whatever it has by the next one is all it gets
+        for g in ready:
+            del self._gens[g[0][4]["gen"]]
+            self._export(self._generation, g[0], g[1])
+        if len(self._stages) > self.MAX_PENDING:  # predictions that never came (killed)
+            for seq in sorted(self._stages)[: len(self._stages) - self.MAX_PENDING]:
+                del self._stages[seq]
+
+    def _export(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._p is None and not self._build():
+            return
+        with guard("OTLP export"):
+            fn(*args)
+
+    # -- pipeline ------------------------------------------------------------------------------
+    def _build(self) -> bool:
+        try:
+            self._p = _Pipeline(self.config, self.stats, self.latest)
+            return True
+        except Exception as exc:
+            self._failed = True
+            if _log._debug_on():
+                import traceback
+
+                _log.debug("".join(traceback.format_exception(exc)))
+            _log.warn(f"OTLP export is off: {type(exc).__name__}: {exc}", key="otlp-build")
+            return False
+
+    def _wall(self, t_mono: int) -> int:
+        anchor = self.header["anchor"]
+        return anchor["wall_ns"] + (t_mono - anchor["mono_ns"])
+
+    def _parent(self, fields: dict[str, Any]) -> Any:
+        return self._p.parent(
+            fields.get("trace_id"), fields.get("span_id"), fields.get("trace_sampled", True)
+        )
+
+    # -- transformers ------------------------------------------------------------------------
+    def _generation(self, rec: Record, tokens: list[Record]) -> None:
+        p = self._p
+        _, t, dur, _, f = rec
+        tokens = sorted(tokens, key=lambda r: r[4]["index"])
+        times = [r[1] for r in tokens]
+        gen = {**f, "t_mono_ns": t, "dur_ns": dur}
+        # the metric definitions are analysis's (one definition, shared with `report`); imported
+        # here, on the flusher thread: the package costs start-up time the program would pay
+        from pyinstrument_ai.analysis.generations import build_generation
+
+        m = build_generation(gen, [(r[4]["index"], r[1]) for r in tokens])
+        model = f.get("name_or_path") or f.get("model") or "unknown"
+        start, end = self._wall(t), self._wall(t + dur)
+        common = {
+            "gen_ai.operation.name": OPERATION,
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.request.model": model,
+        }
+        attrs: dict[str, Any] = dict(common)
+        max_tokens = f.get("max_new_tokens")
+        if max_tokens is None and f.get("max_length") is not None and f.get("prompt_tokens"):
+            max_tokens = f["max_length"] - f["prompt_tokens"]
+        if max_tokens is not None:
+            attrs["gen_ai.request.max_tokens"] = int(max_tokens)
+        if f.get("do_sample"):  # the event nulls these when sampling is not in effect
+            if f.get("temperature") is not None:
+                attrs["gen_ai.request.temperature"] = float(f["temperature"])
+            if f.get("top_p") is not None:
+                attrs["gen_ai.request.top_p"] = float(f["top_p"])
+            if f.get("top_k") is not None:
+                # v1.41.0 typed top_k as double; semantic-conventions-genai made it an int
+                attrs["gen_ai.request.top_k"] = (
+                    int(f["top_k"]) if self.latest else float(f["top_k"])
+                )
+        if (f.get("num_return_sequences") or 1) != 1:
+            attrs["gen_ai.request.choice.count"] = int(f["num_return_sequences"])
+        attrs["gen_ai.request.stream"] = f.get("streamer") is not None
+        if m.input_tokens is not None:
+            attrs["gen_ai.usage.input_tokens"] = int(m.input_tokens)
+        if f.get("tokens") is not None:  # counted from the ids, as the JSONL event has it
+            attrs["gen_ai.usage.output_tokens"] = int(m.tokens)
+        if m.ttft_s is not None:
+            attrs["gen_ai.response.time_to_first_chunk"] = m.ttft_s
+        for key, value in (
+            ("pyinstrument_ai.gen", f.get("gen")),
+            ("pyinstrument_ai.batch_size", f.get("batch")),
+            ("pyinstrument_ai.decoding_mode", f.get("mode")),
+            ("pyinstrument_ai.token_times", f.get("token_times")),
+            ("pyinstrument_ai.device", f.get("device")),
+        ):
+            if value is not None:
+                attrs[key] = value
+        if times:
+            # every token's time, as the JSONL has them: ns after the span start, by index
+            attrs["pyinstrument_ai.token.offsets_ns"] = [x - t for x in times]
+        error = f.get("error")
+        if error:
+            attrs["error.type"] = error
+        span = p.start(f"{OPERATION} {model}", start, attrs, self._parent(f))
+        if self.config.otel_token_events:
+            for r in tokens:
+                tf = r[4]
+                span.add_event(
+                    "pyinstrument_ai.token",
+                    {"index": tf["index"], "seqs": tf["seqs"]},
+                    timestamp=self._wall(r[1]),
+                )
+        if times:
+            ctx = p.child_context(span)
+            first = self._wall(times[0])
+            p.end(p.start("prefill", start, dict(common), ctx), first)
+            p.end(p.start("decode", first, dict(common), ctx), end)
+        p.end(span, end, error)
+        p.generation_metrics(m, common, error, f.get("token_times") == "put")
+
+    # -- TorchServe ----------------------------------------------------------------------------
+    def _predict(self, rec: Record, children: list[Record]) -> None:
+        p = self._p
+        _, t, dur, _, f = rec
+        model = f.get("model_name") or "unknown"
+        attrs: dict[str, Any] = {"pyinstrument_ai.torchserve.model_name": model}
+        for key in ("model_version", "batch_size", "handler", "envelope", "seq"):
+            if f.get(key) is not None:
+                attrs[f"pyinstrument_ai.torchserve.{key}"] = f[key]
+        ids = [str(i) for i in f.get("request_ids") or () if i is not None]
+        if ids:
+            attrs["pyinstrument_ai.torchserve.request_ids"] = ids
+        error = f.get("error")
+        if error:
+            attrs["error.type"] = error
+        span = p.start(f"predict {model}", self._wall(t), attrs, self._parent(f))
+        ctx = p.child_context(span)
+        for _, ct, cdur, _, cf in children:
+            if "stage" in cf:
+                stage = cf["stage"]
+                p.end(
+                    p.start(
+                        stage, self._wall(ct), {"pyinstrument_ai.torchserve.stage": stage}, ctx
+                    ),
+                    self._wall(ct + cdur),
+                )
+                p.torchserve_stage(model, stage, cdur, None)
+            else:  # a streamed intermediate response
+                span.add_event(
+                    "pyinstrument_ai.torchserve.intermediate",
+                    {"index": cf.get("index", -1)},
+                    timestamp=self._wall(ct),
+                )
+        p.end(span, self._wall(t + dur), error)
+        p.torchserve_stage(model, "predict", dur, error)
+
+    # -- ONNX Runtime --------------------------------------------------------------------------
+    def _ort_run(self, rec: Record) -> None:
+        p = self._p
+        _, t, dur, _, f = rec
+        sid = f.get("session_id")
+        model = self._sessions.get(sid, f"session-{sid}")
+        error = f.get("error")
+        p.ort_run(model, sid, f.get("api"), dur, error)
+        if f.get("trace_id") or self.config.otel_run_spans:
+            attrs: dict[str, Any] = {
+                "pyinstrument_ai.model": model,
+                "pyinstrument_ai.onnxruntime.session_id": sid,
+                "pyinstrument_ai.onnxruntime.api": f.get("api") or "run",
+            }
+            if f.get("batch_size") is not None:
+                attrs["pyinstrument_ai.batch_size"] = f["batch_size"]
+            if error:
+                attrs["error.type"] = error
+            span = p.start(f"onnxruntime.run {model}", self._wall(t), attrs, self._parent(f))
+            p.end(span, self._wall(t + dur), error)
+
+    # -- end -----------------------------------------------------------------------------------
+    def flush_pending(self) -> None:
+        """Export the generations still waiting for tokens (the end is near)."""
+        for g in list(self._gens.values()):
+            self._export(self._generation, g[0], g[1])
+        self._gens.clear()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush_pending()
+        self.closed = True
+        tagging.unregister_provider(trace_ids)
+        _unwatch_program_providers()
+        if self._p is not None:
+            self._p.shutdown()
+            self._report()
+
+    def _report(self) -> None:
+        s = self.stats
+        lost = s.ended - s.sent
+        if self._p.own and (lost > 0 or s.metric_failures):
+            why = f" ({s.first_error})" if s.first_error else ""
+            _log.warn(
+                f"OTLP: {lost} of {s.ended} spans and {s.metric_failures} metric exports were "
+                f"not delivered to {self._p.endpoint}{why}; the JSONL events are complete",
+                key="otlp-lost",
+            )
+
+    def abandon(self) -> None:
+        """In a forked child: the parent's pipeline (threads, connections) stays the parent's."""
+        self.closed = True
+        self._p = None
+
+
+def _complete(g: list[Any]) -> bool:
+    f = g[0][4]
+    if not f.get("token_times"):
+        return True
+    new = f.get("new_tokens")
+    return bool(new) and len(g[1]) >= max(new)
+
+
+def _model_of_session(f: dict[str, Any]) -> str:
+    path = f.get("model_path")
+    if path:
+        return os.path.basename(str(path))
+    sha = f.get("model_sha256")
+    return f"sha256:{sha[:12]}" if sha else f"session-{f.get('session_id')}"
+
+
+# --------------------------------------------------------------------------- OpenTelemetry
+
+
+class _Pipeline:
+    """Tracer and instruments: the program's providers if it has SDK ones, else ours."""
+
+    def __init__(self, config: Config, stats: _Stats, latest: bool) -> None:
+        from opentelemetry import context, metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from pyinstrument_ai import __version__
+
+        self._trace = trace
+        self._context = context
+        self.stats = stats
+        self.latest = latest
+        self.endpoint = "the program's OpenTelemetry pipeline"
+        self._own_tp = self._own_mp = None
+        tp = trace.get_tracer_provider()
+        mp = metrics.get_meter_provider()
+        if not isinstance(tp, TracerProvider) or not isinstance(mp, MeterProvider):
+            resource = _resource(config)
+            if not isinstance(tp, TracerProvider) and not isinstance(mp, MeterProvider):
+                _quiet_sdk_logs(stats, _ALL_SDK_LOGGERS)  # no SDK of the program's: all ours
+            elif not isinstance(mp, MeterProvider):
+                _quiet_sdk_logs(stats, _METRIC_LOGGERS)  # the program traces, we meter
+        if not isinstance(tp, TracerProvider):
+            if _exporter_off("traces"):
+                tp = trace.NoOpTracerProvider()
+            else:
+                tp = self._own_tp = _own_tracer_provider(resource, stats)
+                self.endpoint = _endpoint("traces")
+
+        if not isinstance(mp, MeterProvider):
+            if _exporter_off("metrics"):  # e.g. a receiver that takes traces only (Phoenix)
+                mp = metrics.NoOpMeterProvider()
+            else:
+                mp = self._own_mp = _own_meter_provider(resource, stats)
+        #: spans go through a pipeline of ours (whose losses we count and report)
+        self.own = self._own_tp is not None
+        self.tracer = tp.get_tracer("pyinstrument_ai", __version__)
+        meter = mp.get_meter("pyinstrument_ai", __version__)
+        names = NAMES["latest" if latest else "default"]
+
+        def hist(name: str, unit: str, desc: str, buckets: tuple[float, ...]) -> Any:
+            return meter.create_histogram(
+                name, unit=unit, description=desc, explicit_bucket_boundaries_advisory=list(buckets)
+            )
+
+        self.h_duration = hist(
+            names["duration"], "s", "GenAI operation duration.", DURATION_BUCKETS
+        )
+        self.h_ttfc = hist(names["ttfc"], "s", "Time to receive the first chunk.", DURATION_BUCKETS)
+        self.h_tpoc = hist(
+            names["tpoc"], "s", "Time per output chunk after the first one.", DURATION_BUCKETS
+        )
+        self.h_ttft = hist(SERVER_TTFT, "s", "Time to generate first token.", TTFT_BUCKETS)
+        self.h_tpot = hist(
+            SERVER_TPOT, "s", "Time per output token generated after the first.", TPOT_BUCKETS
+        )
+        if latest:
+            self.h_in = hist(
+                names["input_tokens"],
+                "{token}",
+                "Input tokens per inference operation.",
+                TOKEN_BUCKETS,
+            )
+            self.h_out = hist(
+                names["output_tokens"],
+                "{token}",
+                "Output tokens per inference operation.",
+                TOKEN_BUCKETS,
+            )
+            self.c_in = meter.create_counter(
+                names["usage_input"], unit="{token}", description="Input tokens used."
+            )
+            self.c_out = meter.create_counter(
+                names["usage_output"], unit="{token}", description="Output tokens used."
+            )
+        else:
+            self.h_tokens = hist(
+                names["token_usage"],
+                "{token}",
+                "Number of input and output tokens used.",
+                TOKEN_BUCKETS,
+            )
+        self.h_ort = hist(ORT_RUN_DURATION, "s", "ONNX Runtime run duration.", FAST_BUCKETS)
+        self.h_ts = hist(
+            TORCHSERVE_DURATION, "s", "TorchServe prediction and stage duration.", FAST_BUCKETS
+        )
+
+    # -- spans ---------------------------------------------------------------------------------
+    def parent(self, trace_id: str | None, span_id: str | None, sampled: bool) -> Any:
+        """A context whose current span is the application's span where the call started (a
+        ``NonRecordingSpan`` with that SpanContext), or an empty context: a root span."""
+        if not trace_id or not span_id:
+            return self._context.Context()
+        trace = self._trace
+        sc = trace.SpanContext(
+            int(trace_id, 16),
+            int(span_id, 16),
+            is_remote=False,
+            trace_flags=trace.TraceFlags(1 if sampled else 0),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(sc), self._context.Context())
+
+    def child_context(self, span: Any) -> Any:
+        return self._trace.set_span_in_context(span, self._context.Context())
+
+    def start(self, name: str, start: int, attrs: dict[str, Any], ctx: Any) -> Any:
+        return self.tracer.start_span(
+            name,
+            context=ctx,
+            kind=self._trace.SpanKind.INTERNAL,
+            attributes=attrs,
+            start_time=start,
+        )
+
+    def end(self, span: Any, end: int, error: str | None = None) -> None:
+        if error:
+            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
+        span.end(end_time=end)
+        self.stats.ended += 1
+
+    # -- metrics -------------------------------------------------------------------------------
+    def generation_metrics(
+        self, m: Generation, common: dict[str, Any], error: str | None, streamed: bool
+    ) -> None:
+        attrs = dict(common, **{"error.type": error}) if error else common
+        self.h_duration.record(m.e2e_s, attrs)
+        tin, tout = m.input_tokens, m.tokens
+        if self.latest:
+            text = dict(attrs, **{"gen_ai.token.modality": "text"})
+            if tin is not None:
+                self.h_in.record(tin, attrs)
+                self.c_in.add(tin, text)
+            if tout is not None:
+                self.h_out.record(tout, attrs)
+                self.c_out.add(tout, text)
+        else:
+            if tin is not None:
+                self.h_tokens.record(tin, dict(attrs, **{"gen_ai.token.type": "input"}))
+            if tout is not None:
+                self.h_tokens.record(tout, dict(attrs, **{"gen_ai.token.type": "output"}))
+        if error:
+            return  # TTFT/TPOT: "for successful responses"
+        ttft, tpot = m.ttft_s, m.tpot_s
+        if ttft is not None:
+            self.h_ttft.record(ttft, common)
+            if streamed:
+                self.h_ttfc.record(ttft, common)
+        if tpot is not None:
+            self.h_tpot.record(tpot, common)
+        if streamed:
+            for gap in m.itl_s:
+                self.h_tpoc.record(gap, common)
+
+    def ort_run(self, model: str, sid: Any, api: str | None, dur: int, error: str | None) -> None:
+        attrs = {
+            "pyinstrument_ai.model": model,
+            "pyinstrument_ai.onnxruntime.session_id": sid,
+            "pyinstrument_ai.onnxruntime.api": api or "run",
+        }
+        if error:
+            attrs["error.type"] = error
+        self.h_ort.record(dur / 1e9, attrs)
+
+    def torchserve_stage(self, model: str, stage: str, dur: int, error: str | None) -> None:
+        attrs = {
+            "pyinstrument_ai.torchserve.model_name": model,
+            "pyinstrument_ai.torchserve.stage": stage,
+        }
+        if error:
+            attrs["error.type"] = error
+        self.h_ts.record(dur / 1e9, attrs)
+
+    # -- end -----------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Deliver what is queued, within a bound: a receiver that is down or stalls must not
+        hold the program's exit (the exporters' own retries can take their full timeout)."""
+        own = [p for p in (self._own_tp, self._own_mp) if p is not None]
+        if not own:
+            return
+        t = threading.Thread(
+            target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close", daemon=True
+        )
+        t.start()
+        t.join(_close_timeout())
+
+
+def _shutdown_all(providers: list[Any]) -> None:
+    for p in providers:
+        with guard("OTLP shutdown"):
+            p.shutdown()
+
+
+def _close_timeout() -> float:
+    try:
+        return float(os.environ.get("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT", "5"))
+    except ValueError:
+        return 5.0
+
+
+def _resource(config: Config) -> Any:
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.version import __version__ as sdk_version
+
+    # Not Resource.create(): it runs its detectors on a thread pool, which refuses work once
+    # the interpreter is shutting down, and our last export may happen at exit.
+    resource = Resource(
+        {
+            "telemetry.sdk.language": "python",
+            "telemetry.sdk.name": "opentelemetry",
+            "telemetry.sdk.version": sdk_version,
+        }
+    ).merge(OTELResourceDetector().detect())  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
+    extra: dict[str, Any] = {"pyinstrument_ai.run_id": config.run_id} if config.run_id else {}
+    if not resource.attributes.get("service.name"):
+        extra["service.name"] = "unknown_service:python"  # the SDK's default
+    return resource.merge(Resource(extra))
+
+
+def _exporter_off(signal: str) -> bool:
+    """``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` = ``none``, as the SDK reads them."""
+    return os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none"
+
+
+def _protocol(signal: str) -> str:
+    env = os.environ
+    value = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or env.get(
+        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+    )
+    return value.strip().lower()
+
+
+def _endpoint(signal: str) -> str:
+    env = os.environ
+    own = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if own:
+        return own
+    grpc = _protocol(signal) == "grpc"
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or (
+        "http://localhost:4317" if grpc else "http://localhost:4318"
+    )
+    return base if grpc else base.rstrip("/") + f"/v1/{signal}"
+
+
+def _own_tracer_provider(resource: Any, stats: _Stats) -> Any:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if _protocol("traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded; ours is bounded
+    tp = TracerProvider(resource=resource, shutdown_on_exit=False)
+    tp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
+    # Spans reach the processor in batches already (one per flush); a short schedule delay
+    # gets them out soon after each batch: a TorchServe worker is SIGKILLed at --stop.
+    delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
+    tp.add_span_processor(
+        BatchSpanProcessor(
+            _CountingSpanExporter(OTLPSpanExporter(), stats), schedule_delay_millis=delay
+        )
+    )
+    return tp
+
+
+def _own_meter_provider(resource: Any, stats: _Stats) -> Any:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    if _protocol("metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    exporter = OTLPMetricExporter()
+    _count_metric_failures(exporter, stats)
+    reader = PeriodicExportingMetricReader(exporter)  # OTEL_METRIC_EXPORT_INTERVAL, 60 s
+    mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
+    mp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
+    return mp
+
+
+class _CountingSpanExporter:
+    """Counts delivered and failed spans around the real exporter (drops in the processor's
+    queue are the spans neither delivered nor failed)."""
+
+    def __init__(self, inner: Any, stats: _Stats) -> None:
+        self._inner = inner
+        self._stats = stats
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        result = self._inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self._stats.sent += len(spans)
+        else:
+            self._stats.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _count_metric_failures(exporter: Any, stats: _Stats) -> None:
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+
+    inner = exporter.export
+
+    def export(*args: Any, **kwargs: Any) -> Any:
+        result = inner(*args, **kwargs)
+        if result is not MetricExportResult.SUCCESS:
+            stats.metric_failures += 1
+        return result
+
+    exporter.export = export
+
+
+class _SdkLogCounter:
+    """Keeps the SDK's warnings (retries, "queue is full") off the program's stderr: we report
+    once, at exit, with counts. Only for loggers of a pipeline we made."""
+
+    def __init__(self, stats: _Stats) -> None:
+        import logging
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if stats.first_error is None and record.levelno >= logging.WARNING:
+                    try:
+                        stats.first_error = record.getMessage()[:200]
+                    except Exception:
+                        stats.first_error = record.msg if isinstance(record.msg, str) else None
+
+        self.handler = Handler()
+
+
+_ALL_SDK_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
+_METRIC_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+    "opentelemetry.sdk.metrics",
+)
+_quieted = False
+
+
+def _quiet_sdk_logs(stats: _Stats, names: tuple[str, ...]) -> None:
+    global _quieted
+    import logging
+
+    if _quieted:
+        return
+    _quieted = True
+    handler = _SdkLogCounter(stats).handler
+    for name in names:
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.propagate = False
+
+
+_wrapped: list[tuple[type, Any]] = []  # (provider class, original shutdown)
+
+
+def _watch_program_providers() -> None:
+    """Flush our records into the program's providers before they shut down (at exit, the
+    program's shutdown runs before our final flush; atexit is last-in, first-out). Hooked on
+    the SDK's import: nothing is imported on our account."""
+    from pyinstrument_ai import hooks
+
+    hooks.when_imported("opentelemetry.sdk.trace", _wrap_shutdown)
+    hooks.when_imported("opentelemetry.sdk.metrics", _wrap_shutdown)
+
+
+def _wrap_shutdown(module: Any) -> None:
+    cls = getattr(module, "TracerProvider", None) or getattr(module, "MeterProvider", None)
+    if cls is None or any(c is cls for c, _ in _wrapped):
+        return
+    original = cls.__dict__["shutdown"]
+
+    def shutdown(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self, "_pyinstrument_ai_own", False):
+            with guard("flush before the program's OpenTelemetry shutdown"):
+                from pyinstrument_ai import runtime
+
+                s = runtime.active()
+                if s is not None:
+                    s.flush(timeout=2)
+                    for sink in getattr(s.sink, "sinks", [s.sink]):
+                        if isinstance(sink, OtlpSink):
+                            sink.flush_pending()
+        return original(self, *args, **kwargs)
+
+    shutdown.__wrapped__ = original  # type: ignore[attr-defined]
+    cls.shutdown = shutdown
+    _wrapped.append((cls, original))
+
+
+def _unwatch_program_providers() -> None:
+    while _wrapped:
+        cls, original = _wrapped.pop()
+        cls.shutdown = original
