@@ -347,9 +347,7 @@ def _check(item: pytest.Function, window: Any, spec: Any) -> None:
         result["compare"] = [c.to_dict() for c in changes]
         bad = [(item.nodeid, c) for c in changes if c.regressed]
         if bad:
-            problems.append(
-                format_table(bad, f"latency regressed against {state.compare_name!r}:")
-            )
+            problems.append(format_table(bad, f"latency regressed against {state.compare_name!r}:"))
     item.user_properties.append((PROPERTY, result))
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)

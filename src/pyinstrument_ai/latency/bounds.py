@@ -190,7 +190,9 @@ def parse_spec(
     """A marker's keyword arguments -> :class:`LatencySpec`; ``warmup``/``repeat`` are the
     defaults (command line > environment > ini) that the marker's own keywords override."""
     if args:
-        raise BoundError(f"{where}: takes keyword bounds only (e.g. ttft_p95='200ms'), got {args!r}")
+        raise BoundError(
+            f"{where}: takes keyword bounds only (e.g. ttft_p95='200ms'), got {args!r}"
+        )
     bounds = []
     for key, value in kwargs.items():
         if key == "warmup":
