@@ -178,8 +178,14 @@ def test_slow(tiny, instrument):
     assert len(instrument.generations) == 1
 """
     )
-    r = project.runpytest_subprocess("-n", "2", "--instrument=out", timeout=TIMEOUT)
+    r = project.runpytest_subprocess(
+        "-n", "2", "--instrument=out", "--latency-save=par", timeout=TIMEOUT
+    )
     r.assert_outcomes(passed=4, failed=1)
+    # the controller gathered the workers' results (passing tests are saved)
+    saved = json.loads((project.path / ".pyinstrument-ai/latency/par.json").read_text())
+    assert sorted(saved["tests"]) == [f"test_par.py::test_fast[{i}]" for i in range(4)]
+    assert all(t["metrics"]["ttft"]["count"] == 1 for t in saved["tests"].values())
     r.stdout.fnmatch_lines(
         [
             "*ttft_p50 * measured * bound <= * 1.0 µs  (n=1)  FAILED",
