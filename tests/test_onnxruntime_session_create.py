@@ -149,3 +149,34 @@ def test_identity_reads_a_bounded_amount_whatever_the_size(monkeypatch):
     ident = target._model_identity(bytes(64 << 20))
     assert ident["model_bytes"] == 64 << 20
     assert sum(reads) <= target._FULL_HASH_MAX + 8
+
+
+def test_explicit_options_watched_from_birth_read_no_unset_entry(monkeypatch):
+    """Options made while recording are watched (``__init__``, ``add_session_config_entry``):
+    an entry never set is not looked up (each such lookup is a C++ exception, ~100 µs), and
+    one that was set is read and recorded as the session has it."""
+    model = models.identity()
+    lookups: list[str] = []
+    real = ort.SessionOptions.get_session_config_entry
+
+    def counting(self, key):  # a spy on the real method: the real lookup still runs
+        lookups.append(key)
+        return real(self, key)
+
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+        monkeypatch.setattr(ort.SessionOptions, "get_session_config_entry", counting)
+        plain = ort.SessionOptions()
+        plain.intra_op_num_threads = 1
+        spinning = ort.SessionOptions()
+        spinning.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        s1 = ort.InferenceSession(model, plain, providers=CPU)
+        assert lookups == []  # watched, nothing set: nothing looked up
+        s2 = ort.InferenceSession(model, spinning, providers=CPU)
+        assert lookups == ["session.intra_op.allow_spinning"]
+        monkeypatch.undo()
+    e1, e2 = _created(rec)
+    assert {k: e1[k] for k in _truth(s1)} == _truth(s1)
+    assert {k: e2[k] for k in _truth(s2)} == _truth(s2)
+    assert e2["intra_op_allow_spinning"] == "0" and e1["intra_op_num_threads"] == 1
+    # and unpatch put SessionOptions back as it was
+    assert "pyinstrument_ai" not in getattr(ort.SessionOptions.__init__, "__module__", "")

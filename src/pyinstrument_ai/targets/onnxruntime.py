@@ -461,6 +461,73 @@ def _enum_name(v: Any) -> str | None:
     return str(v).rpartition(".")[2] or None
 
 
+# Which config entries each SessionOptions made since patch() has had set, kept by watching
+# ``SessionOptions.__init__`` and ``add_session_config_entry`` (weakly: the options are the
+# program's). Reading an entry that was never set costs a C++ exception (~100 µs each here);
+# for options we watched from their birth, the keys we know are unset are simply not read.
+_known_entries: Any = None  # weakref.WeakKeyDictionary[SessionOptions, set[str]]
+
+
+def _watch_options(ort_module: Any) -> None:
+    import weakref
+
+    global _known_entries
+    cls = getattr(ort_module, "SessionOptions", None)
+    if cls is None or _known_entries is not None:
+        return
+    known: Any = weakref.WeakKeyDictionary()
+    init, add = cls.__init__, cls.add_session_config_entry
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        __tracebackhide__ = True
+        try:
+            init(self, *args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
+        try:
+            known[self] = set()
+        except Exception:  # not weak-referenceable in some build: the slow path reads it
+            pass
+
+    def add_session_config_entry(self: Any, key: Any, value: Any) -> Any:
+        __tracebackhide__ = True
+        try:
+            out = add(self, key, value)
+        except BaseException as e:
+            hide(e)
+            raise
+        try:
+            entries = known.get(self)
+            if entries is not None:
+                entries.add(key)
+        except Exception:
+            pass
+        return out
+
+    functools.update_wrapper(__init__, init)
+    functools.update_wrapper(add_session_config_entry, add)
+    cls.__init__ = __init__
+    cls.add_session_config_entry = add_session_config_entry
+    _known_entries = known
+    _options_patched[:] = [
+        (cls, "__init__", init, __init__),
+        (cls, "add_session_config_entry", add, add_session_config_entry),
+    ]
+
+
+def _unwatch_options() -> None:
+    global _known_entries
+    for cls, attr, original, wrapper in _options_patched:
+        if cls.__dict__.get(attr) is wrapper:
+            setattr(cls, attr, original)
+    _options_patched.clear()
+    _known_entries = None
+
+
+_options_patched: list[tuple[Any, str, Any, Any]] = []
+
+
 def _read_options(so: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "intra_op_num_threads": getattr(so, "intra_op_num_threads", None),
@@ -469,7 +536,16 @@ def _read_options(so: Any) -> dict[str, Any]:
         "graph_optimization_level": _enum_name(getattr(so, "graph_optimization_level", None)),
         "use_per_session_threads": getattr(so, "use_per_session_threads", None),
     }
+    known = None
+    if _known_entries is not None:
+        try:
+            known = _known_entries.get(so)
+        except TypeError:
+            known = None
     for field, entry in _CONFIG_ENTRIES:
+        if known is not None and entry not in known:
+            fields[field] = None  # watched since its birth and never set
+            continue
         try:
             fields[field] = so.get_session_config_entry(entry)
         except Exception:  # not set: ORT's default applies ("1", spinning on)
@@ -488,10 +564,23 @@ def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> di
     once from the first such session, per provider list, and reused.
     """
     so = None
+    given = kwargs.get("sess_options")
+    if (
+        given is not None
+        and not failed
+        and getattr(sess, "_read_config_from_model", True) is False
+        and _known_entries is not None
+        and _known_entries.get(given) is not None
+    ):
+        # The caller's options, watched since their birth: the session copied them as they
+        # are (no config from the model), and we know which entries were set, so no lookup of
+        # an unset key (a C++ exception each) is needed. The session's own copy is a new
+        # object we never saw being set up.
+        return _read_options(given)
     try:
         so = sess.get_session_options()  # the session's own copy (the caller's before bind)
     except Exception:
-        so = kwargs.get("sess_options")
+        so = given
     if so is None:
         return {}
     if (
@@ -632,10 +721,16 @@ def patch(recorder: Any) -> None:
             _install(oic.Session, attr, factory, params, recorder)
     with guard("onnxruntime.patch.__init__"):
         _install(oic.InferenceSession, "__init__", _make_init, _INIT_PARAMS, recorder)
+    with guard("onnxruntime.patch.SessionOptions"):
+        import onnxruntime
+
+        _watch_options(onnxruntime)
 
 
 def unpatch() -> None:
     """Put the original functions back (exact objects). Idempotent."""
+    with guard("onnxruntime.unpatch.SessionOptions"):
+        _unwatch_options()
     for (owner, attr), (original, wrapper, on) in list(_patched.items()):
         on[0] = False
         if owner.__dict__.get(attr) is wrapper:
