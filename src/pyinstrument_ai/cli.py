@@ -11,8 +11,10 @@ from pyinstrument_ai._version import __version__
 
 USAGE = """\
 usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]
-       pyinstrument-ai report [PATH...] [--json | --csv DIR] [--slo BOUNDS] [filters]
+       pyinstrument-ai report [PATH...] [--json | --csv DIR] [--html FILE] [--png DIR]
+                              [--slo BOUNDS] [filters]
        pyinstrument-ai compare PATH PATH [PATH...]
+       pyinstrument-ai export [PATH...] --perfetto FILE [filters]
        pyinstrument-ai targets
        pyinstrument-ai --version
 
@@ -20,6 +22,7 @@ commands:
   run       run a program with instrumentation (same as `python -m instrument`)
   report    latency tables, throughput, Little's law and goodput of recorded files
   compare   recorded runs side by side, with ratios and configuration differences
+  export    recorded files as a Perfetto / chrome://tracing trace (--perfetto FILE)
   targets   list the known targets
 
 `pyinstrument-ai COMMAND --help` describes each command's options.
@@ -30,6 +33,7 @@ commands:
 _COMMANDS = {
     "report": "pyinstrument_ai.commands.report",
     "compare": "pyinstrument_ai.commands.compare",
+    "export": "pyinstrument_ai.commands.export",
 }
 
 

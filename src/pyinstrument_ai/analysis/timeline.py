@@ -33,6 +33,7 @@ __all__ = [
     "sample_series",
     "thin",
     "token_dots",
+    "wants_log",
 ]
 
 #: most token dots drawn; 100,000 stay responsive in a browser (WebGL) and in matplotlib
@@ -115,8 +116,10 @@ def token_dots(a: Any, t0: int, limit: int = DOT_LIMIT) -> TokenDots:
     """
     gens = a.generations
     many_hosts = len({g.host for g in gens}) > 1
-    order = sorted(range(len(gens)), key=lambda i: (str(gens[i].host), gens[i].pid or 0,
-                                                    str(gens[i].model), gens[i].start_ns))
+    order = sorted(
+        range(len(gens)),
+        key=lambda i: (str(gens[i].host), gens[i].pid or 0, str(gens[i].model), gens[i].start_ns),
+    )
     group_ids: dict[tuple[Any, Any, Any], int] = {}
     groups: list[str] = []
     rows: list[tuple[int, str]] = []
@@ -267,6 +270,13 @@ def cdf(values: Sequence[float], points: int = 256) -> tuple[np.ndarray, np.ndar
     return np.quantile(v, q), q
 
 
+def wants_log(values: Any) -> bool:
+    """Whether a latency axis reads better on a log scale: positive values over more than a
+    factor 20 (a tail many times the median)."""
+    v = np.asarray(values, dtype=np.float64)
+    return bool(v.size) and float(v.min()) > 0 and float(v.max()) / float(v.min()) > 20
+
+
 def thin(n: int, limit: int = DOT_LIMIT) -> int:
     """Stride that keeps at most ``limit`` of ``n`` items (1: keep all)."""
     return max(1, math.ceil(n / limit)) if n > limit else 1
@@ -314,8 +324,10 @@ def _flatten(e: dict[str, Any]) -> dict[str, float]:
             continue
         if isinstance(v, (int, float)):
             out[k] = float(v)
-        elif isinstance(v, list) and v and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v
+        elif (
+            isinstance(v, list)
+            and v
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
         ):
             if k == "cpus":
                 continue  # CPU numbers, not a quantity
@@ -325,8 +337,10 @@ def _flatten(e: dict[str, Any]) -> dict[str, float]:
                 if isinstance(item, dict):
                     tag = item.get("index", i)
                     for kk, vv in item.items():
-                        if kk != "index" and isinstance(vv, (int, float)) and not isinstance(
-                            vv, bool
+                        if (
+                            kk != "index"
+                            and isinstance(vv, (int, float))
+                            and not isinstance(vv, bool)
                         ):
                             out[f"{k}[{tag}].{kk}"] = float(vv)
     return out
@@ -360,10 +374,28 @@ def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
                     rate = np.diff(y) / scale / dt
                 rate[dt <= 0] = np.nan
                 panel, unit = ("cpu", "s/s") if scale != 1.0 else ("events", "/s")
-                out.append(Series(host=host, pid=pid, field=field, panel=panel, unit=unit,
-                                  x_s=(t[1:] - t0) / 1e9, y=rate))
+                out.append(
+                    Series(
+                        host=host,
+                        pid=pid,
+                        field=field,
+                        panel=panel,
+                        unit=unit,
+                        x_s=(t[1:] - t0) / 1e9,
+                        y=rate,
+                    )
+                )
             else:
                 panel = "memory" if field.endswith("bytes") else "other"
-                out.append(Series(host=host, pid=pid, field=field, panel=panel, unit="",
-                                  x_s=(t - t0) / 1e9, y=y))
+                out.append(
+                    Series(
+                        host=host,
+                        pid=pid,
+                        field=field,
+                        panel=panel,
+                        unit="",
+                        x_s=(t - t0) / 1e9,
+                        y=y,
+                    )
+                )
     return out

@@ -117,7 +117,12 @@ def _dots(a: Any, t0: int, x_range: Any, limit: int) -> tuple[Any, Any]:
     if nrows:
         ys = np.arange(nrows)
         p.segment(
-            x0=spans[:, 0], y0=ys, x1=spans[:, 1], y1=ys, color="#bbbbbb", line_width=1,
+            x0=spans[:, 0],
+            y0=ys,
+            x1=spans[:, 1],
+            y1=ys,
+            color="#bbbbbb",
+            line_width=1,
             name="generate spans",
         )
     hover_renderers = []
@@ -182,9 +187,7 @@ def _concurrency(a: Any, t0: int, x_range: Any) -> list[Any]:
         p.step(x, n, mode="after", line_width=1.5, color=_color(0))
     out.append(p)
     b = timeline.buckets(a, t0)
-    p = _fig(
-        f"Output tokens per second (buckets of {b.width_s:g} s)", x_range, 180, "tokens/s"
-    )
+    p = _fig(f"Output tokens per second (buckets of {b.width_s:g} s)", x_range, 180, "tokens/s")
     if len(b.start_s):
         p.step(
             np.append(b.start_s, b.start_s[-1] + b.width_s),
@@ -200,13 +203,24 @@ def _concurrency(a: Any, t0: int, x_range: Any) -> list[Any]:
         src = ColumnDataSource(
             dict(x=[(s - t0) / 1e9 for s, _ in ttft], y=[v * 1e3 for _, v in ttft])
         )
-        r = p.scatter("x", "y", source=src, size=6, color=_color(3), marker="triangle",
-                      legend_label="TTFT (at the generation's start)")
+        r = p.scatter(
+            "x",
+            "y",
+            source=src,
+            size=6,
+            color=_color(3),
+            marker="triangle",
+            legend_label="TTFT (at the generation's start)",
+        )
         p.add_tools(HoverTool(renderers=[r], tooltips=[("TTFT", "@y{0.00} ms")]))
     if len(b.start_s):
         mid = b.start_s + b.width_s / 2
-        p.line(mid, b.itl_p50_s * 1e3, color=_color(0), legend_label="inter-token latency p50")
-        p.line(mid, b.itl_p90_s * 1e3, color=_color(1), legend_label="inter-token latency p90")
+        for q, c in (("p50", 0), ("p90", 1)):
+            y = (b.itl_p50_s if q == "p50" else b.itl_p90_s) * 1e3
+            label = f"inter-token latency {q} per bucket"
+            # markers too: a bucket between two empty ones is a lone point, not a line
+            p.line(mid, y, color=_color(c), legend_label=label)
+            p.scatter(mid, y, color=_color(c), size=3, legend_label=label)
     _legend(p)
     out.append(p)
     return out
@@ -294,9 +308,7 @@ def _torchserve_stages(d: dict[str, Any]) -> list[Any]:
     names = [str(m["model"]) for m in models]
     data: dict[str, Any] = {"model": names}
     for st in _STAGES:
-        data[st] = [
-            (m["stages"].get(st, {}).get("mean_s") or 0.0) * 1e3 for m in models
-        ]
+        data[st] = [(m["stages"].get(st, {}).get("mean_s") or 0.0) * 1e3 for m in models]
     p = figure(
         title="TorchServe stages: mean time per prediction (ms)",
         y_range=names,
@@ -320,7 +332,7 @@ def _torchserve_stages(d: dict[str, Any]) -> list[Any]:
 
 def _cdf(title: str, values: Any, color: str) -> Any:
     x, q = timeline.cdf(values)
-    log = bool(len(x)) and float(x[0]) > 0
+    log = timeline.wants_log(x)
     p = figure(
         title=title,
         height=260,
@@ -333,8 +345,7 @@ def _cdf(title: str, values: Any, color: str) -> Any:
     if len(x):
         src = ColumnDataSource(dict(x=x * 1e3, q=q * 100))
         r = p.line("x", "q", source=src, line_width=2, color=color)
-        p.add_tools(HoverTool(renderers=[r], tooltips=[("p@q{0.0}", "@x{0.000} ms")],
-                              mode="vline"))
+        p.add_tools(HoverTool(renderers=[r], tooltips=[("p@q{0.0}", "@x{0.000} ms")], mode="vline"))
     if log:
         p.xaxis.ticker = LogTicker(mantissas=[1, 2, 5])
     p.xaxis.axis_label = "ms" + (" (log scale)" if log else "")
@@ -351,9 +362,7 @@ def _tables(a: Any, slo: dict[str, float] | None) -> str:
     text = terminal.render(a, slo, width=160, color=True)
     console = Console(record=True, width=160, file=io.StringIO(), color_system="truecolor")
     console.print(Text.from_ansi(text))
-    return console.export_html(
-        inline_styles=True, code_format='<pre class="tables">{code}</pre>'
-    )
+    return console.export_html(inline_styles=True, code_format='<pre class="tables">{code}</pre>')
 
 
 def render(
@@ -397,8 +406,12 @@ def render(
     dists += _torchserve_stages(d)
     children = timed + dists
     if not children:
-        children = [Div(text="<p>Nothing to draw: no generations, runs, predictions or "
-                        "system samples recorded.</p>")]
+        children = [
+            Div(
+                text="<p>Nothing to draw: no generations, runs, predictions or "
+                "system samples recorded.</p>"
+            )
+        ]
     layout = column(*children, sizing_mode="stretch_width")
     w = d["window"]
     g = d["generations"]
