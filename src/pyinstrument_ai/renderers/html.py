@@ -22,18 +22,23 @@ from bokeh.models import (
     Div,
     FixedTicker,
     HoverTool,
+    Legend,
+    LegendItem,
+    LinearColorMapper,
     LogTicker,
+    NumeralTickFormatter,
     Range1d,
 )
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
+from bokeh.settings import _Unset
 
 from pyinstrument_ai.analysis import timeline
 
 __all__ = ["render", "write"]
 
-TOOLS = "xpan,xwheel_zoom,box_zoom,reset,save"
+TOOLS = "xpan,xwheel_zoom,xbox_zoom,reset,save"
 PALETTE = Category10_10
 #: pixels left of every timed panel (room for the dots' row labels, cut to fit)
 LEFT = 250
@@ -60,7 +65,9 @@ def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _fig(title: str, x_range: Any, height: int, y_label: str, **kw: Any) -> Any:
+def _fig(
+    title: str, x_range: Any, height: int, y_label: str, webgl: bool = False, **kw: Any
+) -> Any:
     if x_range is not None:  # one shared range: every timed panel pans and zooms together
         kw["x_range"] = x_range
     p = figure(
@@ -69,7 +76,9 @@ def _fig(title: str, x_range: Any, height: int, y_label: str, **kw: Any) -> Any:
         sizing_mode="stretch_width",
         tools=TOOLS,
         active_scroll="xwheel_zoom",
-        output_backend="webgl",
+        # WebGL only where the points are many (dots, runs): the small panels draw fine on a
+        # canvas, and each WebGL context costs the browser memory and start-up time
+        output_backend="webgl" if webgl else "canvas",
         # the same left border on every timed panel: their time axes line up exactly
         min_border_left=LEFT,
         **kw,
@@ -110,6 +119,7 @@ def _dots(a: Any, t0: int, x_range: Any, limit: int) -> tuple[Any, Any]:
         x_range,
         height,
         "generation",
+        webgl=True,
         y_range=Range1d(nrows - 0.5, -0.5),
     )
     # the generate() call as a thin bar: the wait before the prefill token shows as bar only
@@ -125,35 +135,48 @@ def _dots(a: Any, t0: int, x_range: Any, limit: int) -> tuple[Any, Any]:
             line_width=1,
             name="generate spans",
         )
+    # Two renderers in all (tokens, prefill tokens), coloured per group through a colour
+    # mapper: a renderer per group costs ~7 bokeh models each, and the page's build time is
+    # per model (100,000 tokens in <= 2 s).
+    mapper = LinearColorMapper(palette=list(PALETTE), low=0, high=len(PALETTE) - 1)
     hover_renderers = []
-    for gid, label in enumerate(d.groups):
-        sel = d.group == gid
-        for prefill in (False, True):
-            m = sel & (d.prefill if prefill else ~d.prefill)
-            if not m.any():
-                continue
-            src = ColumnDataSource(
-                dict(
-                    x=d.x_s[m],
-                    y=d.row[m],
-                    pid=d.pid[m],
-                    gen=d.gen[m],
-                    index=d.index[m],
-                    gap_ms=d.gap_s[m] * 1e3,
-                )
+    items = []
+    for prefill in (False, True):
+        m = d.prefill if prefill else ~d.prefill
+        if not m.any():
+            continue
+        src = ColumnDataSource(
+            dict(
+                x=d.x_s[m],
+                y=d.row[m],
+                c=(d.group[m] % len(PALETTE)).astype(np.int8),
+                pid=d.pid[m],
+                gen=d.gen[m],
+                index=d.index[m],
+                gap_ms=d.gap_s[m] * 1e3,
             )
-            r = p.scatter(
-                "x",
-                "y",
-                source=src,
-                marker="triangle" if prefill else "circle",
-                size=9 if prefill else 4,
-                color=_color(gid),
-                line_color="black" if prefill else None,
-                legend_label=f"{label} (prefill)" if prefill else label,
-                name="prefill-dots" if prefill else "token-dots",
-            )
-            hover_renderers.append(r)
+        )
+        r = p.scatter(
+            "x",
+            "y",
+            source=src,
+            marker="triangle" if prefill else "circle",
+            size=9 if prefill else 4,
+            color={"field": "c", "transform": mapper},
+            line_color="black" if prefill else None,
+            name="prefill-dots" if prefill else "token-dots",
+        )
+        hover_renderers.append(r)
+        if prefill:
+            items.append(LegendItem(label="prefill token", renderers=[r], index=0))
+        else:  # one entry per group, drawn like that group's first dot
+            grp = d.group[m]
+            for gid, label in enumerate(d.groups):
+                at = np.flatnonzero(grp == gid)
+                if len(at):
+                    items.append(LegendItem(label=label, renderers=[r], index=int(at[0])))
+    if items:
+        p.add_layout(Legend(items=items))
     p.add_tools(
         HoverTool(
             renderers=hover_renderers,
@@ -218,9 +241,8 @@ def _concurrency(a: Any, t0: int, x_range: Any) -> list[Any]:
         for q, c in (("p50", 0), ("p90", 1)):
             y = (b.itl_p50_s if q == "p50" else b.itl_p90_s) * 1e3
             label = f"inter-token latency {q} per bucket"
-            # markers too: a bucket between two empty ones is a lone point, not a line
-            p.line(mid, y, color=_color(c), legend_label=label)
-            p.scatter(mid, y, color=_color(c), size=3, legend_label=label)
+            # dots, not a line: a bucket between two empty ones would vanish from a line
+            p.scatter(mid, y, color=_color(c), size=4, legend_label=label)
     _legend(p)
     out.append(p)
     return out
@@ -242,9 +264,10 @@ def _samples(a: Any, t0: int, x_range: Any) -> list[Any]:
         if not ss:
             continue
         p = _fig(f"System samples: {title}", x_range, 200, unit)
+        if panel == "memory":
+            p.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
         for i, s in enumerate(ss):
             p.line(s.x_s, s.y, color=_color(i), legend_label=s.label, line_width=1.5)
-            p.scatter(s.x_s, s.y, color=_color(i), size=3, legend_label=s.label)
         _legend(p)
         out.append(p)
     return out
@@ -257,7 +280,7 @@ def _ort(a: Any, t0: int, x_range: Any) -> list[Any]:
     stride = timeline.thin(len(runs))
     shown = runs[::stride]
     note = "" if stride == 1 else f" (1 in {stride} of {len(runs):,} runs drawn)"
-    p = _fig(f"ONNX Runtime run latency over time{note}", x_range, 220, "ms")
+    p = _fig(f"ONNX Runtime run latency over time{note}", x_range, 220, "ms", webgl=True)
     keys = sorted({(r.host, r.pid, r.session_id) for r in shown}, key=str)
     hover = []
     for i, key in enumerate(keys):
@@ -422,13 +445,28 @@ def render(
         f"{g['output_tokens']:,} output tokens; {html.escape(note)}. Time axes are linked: "
         "drag or wheel-zoom any timed panel; click a legend entry to hide it.</p>"
     )
-    return file_html(
-        layout,
-        resources=INLINE,
-        title=title,
-        template=_TEMPLATE,
-        template_variables={"header": header, "tables": _tables(a, slo)},
-    )
+    tables = _tables(a, slo)
+    # Bokeh's document validation looks for mistakes in hand-built plots (~15% of the time
+    # here); ours are fixed and tested. Off for this call only, then back to the user's choice.
+    from bokeh.settings import settings
+
+    validate = settings.perform_document_validation
+    was_set = validate._user_value is not _Unset
+    previous = validate._user_value
+    validate.set_value(False)
+    try:
+        return file_html(
+            layout,
+            resources=INLINE,
+            title=title,
+            template=_TEMPLATE,
+            template_variables={"header": header, "tables": tables},
+        )
+    finally:
+        if was_set:
+            validate.set_value(previous)
+        else:
+            validate.unset_value()
 
 
 def write(a: Any, path: str, slo: dict[str, float] | None = None, **kw: Any) -> int:

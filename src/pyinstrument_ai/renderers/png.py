@@ -97,7 +97,7 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
         ax.set_ylabel(f"{nrows} generations")
         ax.set_yticks([])
     ax.set_title(f"Token dots: one row per generation ({d.note()})", fontsize=10, loc="left")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, markerscale=2)
 
     ax = axes[1]
     x, n = timeline.in_flight([(g.start_ns, g.end_ns) for g in a.generations], t0)
@@ -134,6 +134,10 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
         for i, s in enumerate(ss):
             ax.plot(s.x_s, s.y, color=_color(i), lw=1, marker=".", ms=3, label=s.label)
         ax.set_ylabel(unit, fontsize=8)
+        if unit == "bytes":
+            from matplotlib.ticker import EngFormatter
+
+            ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
         ax.set_title(title, fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     for ax in axes:
