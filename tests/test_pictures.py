@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+# hard imports, not importorskip: a missing test dependency must fail the run, not skip it
+import bokeh  # noqa: F401
+import matplotlib  # noqa: F401
 import orjson
 import pytest
 from conftest import ROOT, run_py
@@ -14,9 +17,6 @@ from conftest import ROOT, run_py
 from pyinstrument_ai.analysis import analyze, timeline
 from pyinstrument_ai.cli import main as cli
 from pyinstrument_ai.reader import analyze_paths
-
-pytest.importorskip("bokeh")
-pytest.importorskip("matplotlib")
 
 
 def _raw(folder: Path, name: str) -> list[dict]:
@@ -305,3 +305,123 @@ def test_buckets_count_every_token():
     a = analyze(_gens(4, 30))
     b = timeline.buckets(a, 0)
     assert b.tokens_per_s.sum() * b.width_s == pytest.approx(120)
+
+
+def _file(folder: Path, host: str, pid: int, wall_ns: int, mono_ns: int, events: list) -> None:
+    header = {
+        "type": "header",
+        "schema": 1,
+        "clock": "monotonic_ns",
+        "pid": pid,
+        "hostname": host,
+        "anchor": {"wall_ns": wall_ns, "mono_ns": mono_ns},
+        "started_mono_ns": mono_ns,
+        "argv": ["serve.py"],
+    }
+    lines = [orjson.dumps(header)] + [orjson.dumps(e) for e in events]
+    (folder / f"{host}-{pid}.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+
+def test_perfetto_aligns_hosts_through_their_anchors(tmp_path, capsys):
+    """Same pid on two hosts with unrelated monotonic clocks: two trace processes, and events
+    at the same wall-clock instant land at the same ts."""
+    wall = 1_800_000_000 * 10**9
+    for host, mono in (("a", 5 * 10**12), ("b", 77 * 10**9)):
+        gen = {
+            "name": "generate",
+            "t_mono_ns": mono + 10 * MS + 123,
+            "dur_ns": 20 * MS,
+            "gen": 1,
+            "tid": 9,
+            "tokens": 2,
+            "model": "M",
+        }
+        toks = [
+            {
+                "name": "token",
+                "t_mono_ns": mono + (12 + 5 * i) * MS + 7,
+                "gen": 1,
+                "index": i,
+                "tid": 9,
+            }
+            for i in range(2)
+        ]
+        _file(tmp_path, host, 42, wall, mono, [gen, *toks])
+    trace = tmp_path / "t.json"
+    cli(["export", str(tmp_path), "--perfetto", str(trace)])
+    capsys.readouterr()
+    evs = orjson.loads(trace.read_bytes())["traceEvents"]
+    gens = [e for e in evs if e["ph"] == "X"]
+    assert len({e["pid"] for e in gens}) == 2
+    assert {e["ts"] for e in gens} == {10_000.123}
+    assert sorted({e["ts"] for e in evs if e["ph"] == "i"}) == [12_000.007, 17_000.007]
+    names = {e["args"]["name"] for e in evs if e["name"] == "process_name"}
+    assert {"a pid 42: serve.py", "b pid 42: serve.py"} <= names
+
+
+def test_html_draws_system_samples_on_the_time_axis():
+    from pyinstrument_ai.renderers import html
+
+    a = analyze(_gens(2, 10) + [e for e in _synthetic() if e["name"] == "system.sample"])
+    text = html.render(a)
+    assert "System samples: CPU time" in text and "System samples: Memory" in text
+    assert "System samples" not in html.render(analyze(_gens(2, 10)))
+
+
+def test_missing_extra_is_one_line_naming_it(recorded, tmp_path):
+    code = (
+        "import sys; sys.modules['bokeh'] = None\n"
+        "from pyinstrument_ai.cli import main\n"
+        f"main(['report', {str(recorded)!r}, '--html', {str(tmp_path / 'r.html')!r}])\n"
+    )
+    r = run_py(["-c", code])
+    assert r.returncode == 2
+    assert r.stderr == (
+        'pyinstrument-ai report: error: this needs bokeh: pip install "pyinstrument-ai[pictures]"\n'
+    )
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_onnxruntime_runs_from_threads(tmp_path):
+    """Real ONNX Runtime runs from 3 threads at once on one session: each thread's runs on
+    its own track in Perfetto, a latency panel in the HTML, onnxruntime.png."""
+    import threading
+
+    import numpy as np
+    import onnxruntime as ort
+
+    import pyinstrument_ai
+    from pyinstrument_ai.renderers import html, perfetto, png
+
+    try:
+        from tests import _onnx_models as models
+    except ImportError:
+        import _onnx_models as models  # type: ignore[no-redef]
+
+    x = np.ones((4, 128), dtype=np.float32)
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+        sess = ort.InferenceSession(models.matmul_chain(128, 4), providers=["CPUExecutionProvider"])
+        start = threading.Barrier(3)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(20):
+                sess.run(None, {"x": x})
+
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    a = analyze(rec.events)
+    assert len(a.ort_runs) == 60
+    evs, _ = perfetto.events(a)
+    _check_nesting(evs)
+    runs = [e for e in evs if e["ph"] == "X" and e["cat"] == "onnxruntime"]
+    tracks = {e["tid"] for e in runs}
+    # as many tracks as runs overlapped at most, each track one recording thread
+    assert len(runs) == 60 and len(tracks) >= a.ort_summary()["concurrency"]["peak"] >= 2
+    for track in tracks:
+        assert len({e["args"]["thread"] for e in runs if e["tid"] == track}) == 1
+    assert "ONNX Runtime run latency over time" in html.render(a)
+    assert [os.path.basename(p) for p in png.render(a, str(tmp_path))] == ["onnxruntime.png"]

@@ -91,6 +91,7 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
         tp = proc(g.host, g.pid)
         tid = lanes[tp].place(("gen", g.tid), f"generate (thread {g.tid})", g.start_ns, g.end_ns)
         args = {
+            "thread": g.tid,
             "gen": g.gen,
             "model": g.model,
             "tokens": g.tokens,
@@ -170,6 +171,7 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
         tp = proc(r.host, r.pid)
         tid = lanes[tp].place(("ort", r.tid), f"onnxruntime (thread {r.tid})", r.start_ns, r.end_ns)
         args = {
+            "thread": r.tid,
             "session": r.session_id,
             "model": r.model,
             "api": r.api,
