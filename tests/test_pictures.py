@@ -398,9 +398,9 @@ def test_onnxruntime_runs_from_threads(tmp_path):
     except ImportError:
         import _onnx_models as models  # type: ignore[no-redef]
 
-    x = np.ones((4, 128), dtype=np.float32)
+    x = np.ones((64, 256), dtype=np.float32)
     with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
-        sess = ort.InferenceSession(models.matmul_chain(128, 4), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(models.matmul_chain(256, 8), providers=["CPUExecutionProvider"])
         start = threading.Barrier(3)
 
         def work() -> None:
@@ -420,7 +420,9 @@ def test_onnxruntime_runs_from_threads(tmp_path):
     runs = [e for e in evs if e["ph"] == "X" and e["cat"] == "onnxruntime"]
     tracks = {e["tid"] for e in runs}
     # as many tracks as runs overlapped at most, each track one recording thread
-    assert len(runs) == 60 and len(tracks) >= a.ort_summary()["concurrency"]["peak"] >= 2
+    # (whether runs overlapped is up to the scheduler; the layout must hold either way)
+    assert len(runs) == 60 and len(tracks) >= a.ort_summary()["concurrency"]["peak"]
+    assert len({e["args"]["thread"] for e in runs}) == 3
     for track in tracks:
         assert len({e["args"]["thread"] for e in runs if e["tid"] == track}) == 1
     assert "ONNX Runtime run latency over time" in html.render(a)

@@ -268,6 +268,8 @@ def _samples(a: Any, t0: int, x_range: Any) -> list[Any]:
             p.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
         for i, s in enumerate(ss):
             p.line(s.x_s, s.y, color=_color(i), legend_label=s.label, line_width=1.5)
+            if len(s.x_s) < 100:  # few samples: a lone rate between gaps needs a marker
+                p.scatter(s.x_s, s.y, color=_color(i), size=4, legend_label=s.label)
         _legend(p)
         out.append(p)
     return out
@@ -442,7 +444,8 @@ def render(
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="note">{len(d["processes"])} process(es), {d["inputs"].get("events", 0):,} '
         f"events, window {w['duration_s']:.3f} s; {g['count']} generations, "
-        f"{g['output_tokens']:,} output tokens; {html.escape(note)}. Time axes are linked: "
+        f"{g['output_tokens']:,} output tokens{'; ' + html.escape(note) if note else ''}. "
+        "Time axes are linked: "
         "drag or wheel-zoom any timed panel; click a legend entry to hide it.</p>"
     )
     tables = _tables(a, slo)

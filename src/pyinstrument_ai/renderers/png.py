@@ -53,25 +53,15 @@ def _samples_panels(a: Any, t0: int) -> list[tuple[str, str, list[Any]]]:
     return out
 
 
-def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
-    plt = _plt()
-    d = timeline.token_dots(a, t0, limit=dot_limit)
-    samples = _samples_panels(a, t0)
+def _legend(ax: Any, **kw: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, **kw)
+
+
+def _dots_panel(ax: Any, a: Any, t0: int, d: Any) -> None:
     nrows = len(d.rows)
-    dots_h = min(8.0, max(2.5, 0.9 + 0.22 * nrows))
-    heights = [dots_h, 1.4, 1.6, 1.8] + [1.6] * len(samples)
-    fig, axes = plt.subplots(
-        len(heights),
-        1,
-        sharex=True,
-        figsize=(WIDTH_IN, sum(heights) + 0.6),
-        gridspec_kw={"height_ratios": heights},
-        layout="constrained",
-    )
-    ax = axes[0]
     spans = d.gen_spans
-    if nrows:
-        ax.hlines(np.arange(nrows), spans[:, 0], spans[:, 1], color="#cccccc", lw=0.8, zorder=1)
+    ax.hlines(np.arange(nrows), spans[:, 0], spans[:, 1], color="#cccccc", lw=0.8, zorder=1)
     for gid, label in enumerate(d.groups):
         sel = d.group == gid
         m = sel & ~d.prefill
@@ -97,23 +87,23 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
         ax.set_ylabel(f"{nrows} generations")
         ax.set_yticks([])
     ax.set_title(f"Token dots: one row per generation ({d.note()})", fontsize=10, loc="left")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, markerscale=2)
+    _legend(ax, markerscale=2)
 
-    ax = axes[1]
+
+def _in_flight_panel(ax: Any, a: Any, t0: int) -> None:
     x, n = timeline.in_flight([(g.start_ns, g.end_ns) for g in a.generations], t0)
-    if len(x):
-        ax.step(x, n, where="post", color=_color(0))
+    ax.step(x, n, where="post", color=_color(0))
     ax.set_ylabel("in flight", fontsize=8)
     ax.set_title("Generations in flight", fontsize=9, loc="left")
 
-    b = timeline.buckets(a, t0)
-    ax = axes[2]
-    if len(b.start_s):
-        ax.stairs(b.tokens_per_s, np.append(b.start_s, b.start_s[-1] + b.width_s), color=_color(2))
+
+def _tokens_panel(ax: Any, b: Any) -> None:
+    ax.stairs(b.tokens_per_s, np.append(b.start_s, b.start_s[-1] + b.width_s), color=_color(2))
     ax.set_ylabel("tokens/s", fontsize=8)
     ax.set_title(f"Output tokens per second ({b.width_s:g} s buckets)", fontsize=9, loc="left")
 
-    ax = axes[3]
+
+def _latency_panel(ax: Any, a: Any, t0: int, b: Any) -> None:
     ttft = [
         ((g.start_ns - t0) / 1e9, g.ttft_s * 1e3) for g in a.generations if g.ttft_s is not None
     ]
@@ -121,26 +111,55 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
         ax.scatter(
             *zip(*ttft, strict=True), marker="^", s=18, color=_color(3), label="TTFT (at start)"
         )
-    if len(b.start_s):
-        mid = b.start_s + b.width_s / 2
-        # markers too: a bucket between two empty ones is a lone point, not a line
-        ax.plot(mid, b.itl_p50_s * 1e3, color=_color(0), lw=1, marker=".", ms=3, label="ITL p50")
-        ax.plot(mid, b.itl_p90_s * 1e3, color=_color(1), lw=1, marker=".", ms=3, label="ITL p90")
+    mid = b.start_s + b.width_s / 2
+    # markers too: a bucket between two empty ones is a lone point, not a line
+    ax.plot(mid, b.itl_p50_s * 1e3, color=_color(0), lw=1, marker=".", ms=3, label="ITL p50")
+    ax.plot(mid, b.itl_p90_s * 1e3, color=_color(1), lw=1, marker=".", ms=3, label="ITL p90")
     ax.set_ylabel("ms", fontsize=8)
     ax.set_title("Latency over time", fontsize=9, loc="left")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    _legend(ax)
 
-    for ax, (title, unit, ss) in zip(axes[4:], samples, strict=True):
-        for i, s in enumerate(ss):
-            ax.plot(s.x_s, s.y, color=_color(i), lw=1, marker=".", ms=3, label=s.label)
-        ax.set_ylabel(unit, fontsize=8)
-        if unit == "bytes":
-            from matplotlib.ticker import EngFormatter
 
-            ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
-        ax.set_title(title, fontsize=9, loc="left")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    for ax in axes:
+def _sample_panel(ax: Any, title: str, unit: str, ss: list[Any]) -> None:
+    for i, s in enumerate(ss):
+        ax.plot(s.x_s, s.y, color=_color(i), lw=1, marker=".", ms=3, label=s.label)
+    ax.set_ylabel(unit, fontsize=8)
+    if unit == "bytes":
+        from matplotlib.ticker import EngFormatter
+
+        ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
+    ax.set_title(title, fontsize=9, loc="left")
+    _legend(ax)
+
+
+def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
+    plt = _plt()
+    panels: list[tuple[float, Any]] = []  # (height in inches, draw(ax))
+    if a.generations:
+        d = timeline.token_dots(a, t0, limit=dot_limit)
+        b = timeline.buckets(a, t0)
+        dots_h = min(8.0, max(2.5, 0.9 + 0.22 * len(d.rows)))
+        panels += [
+            (dots_h, lambda ax: _dots_panel(ax, a, t0, d)),
+            (1.4, lambda ax: _in_flight_panel(ax, a, t0)),
+            (1.6, lambda ax: _tokens_panel(ax, b)),
+            (1.8, lambda ax: _latency_panel(ax, a, t0, b)),
+        ]
+    for title, unit, ss in _samples_panels(a, t0):
+        panels.append((1.6, lambda ax, t=title, u=unit, ss=ss: _sample_panel(ax, t, u, ss)))
+    heights = [h for h, _ in panels]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        sharex=True,
+        squeeze=False,
+        figsize=(WIDTH_IN, sum(heights) + 0.6),
+        gridspec_kw={"height_ratios": heights},
+        layout="constrained",
+    )
+    axes = axes[:, 0]
+    for ax, (_, draw) in zip(axes, panels, strict=True):
+        draw(ax)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("seconds since the run's start")
@@ -197,7 +216,7 @@ def _ort(a: Any, t0: int, path: str) -> None:
     ax.set_xlabel("seconds since the run's start")
     ax.set_ylabel("ms")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    _legend(ax)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
