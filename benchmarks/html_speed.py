@@ -82,11 +82,64 @@ def write_events(out: str, tokens: int, procs: int = 4, per_gen: int = 100) -> N
         sink.close()
 
 
+def browser(path: str) -> None:
+    """Open the page headless; time until drawn, then 10 wheel-zoom steps over the dots."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
+    exe = shutil.which("chromium") or "/usr/bin/chromium"
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=exe,
+            headless=True,
+            args=flags,
+            viewport={"width": 1400, "height": 1000},
+        )
+        page = ctx.new_page()
+        t = time.perf_counter()
+        page.goto("file://" + os.path.abspath(path))
+        page.wait_for_function(
+            "() => window.Bokeh && Bokeh.documents.length && Bokeh.documents[0].is_idle",
+            timeout=300_000,
+        )
+        drawn = time.perf_counter() - t
+        n = page.evaluate(
+            """() => { let n = 0; for (const m of Bokeh.documents[0]._all_models.values())
+               if (m.type === 'GlyphRenderer' && m.name && m.name.endsWith('-dots'))
+                 n += m.data_source.get_length(); return n; }"""
+        )
+        page.mouse.move(700, 400)
+        t = time.perf_counter()
+        for _ in range(10):
+            page.mouse.wheel(0, -120)
+            page.evaluate("() => new Promise(r => requestAnimationFrame(() => r(0)))")
+        zoom = time.perf_counter() - t
+        ctx.close()
+    print(f"browser: drawn in {drawn:.1f} s, {n:,} dots; 10 zoom steps in {zoom:.2f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keep", metavar="FILE", help="also keep the HTML here")
+    ap.add_argument(
+        "--browser",
+        action="store_true",
+        help="also open the HTML in headless Chromium (playwright + Debian's chromium): "
+        "seconds until bokeh is idle, dots drawn, seconds for 10 zoom steps",
+    )
     args = ap.parse_args(argv)
 
     from pyinstrument_ai.reader import analyze_paths
@@ -120,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             import shutil
 
             shutil.copy(out, args.keep)
+        if args.browser:
+            browser(out)
     print(
         # CPU seconds too: on a shared machine wall time measures the neighbours as well
         f"html: {' '.join(f'{s:.2f}' for s in html_s)} s wall (median "

@@ -1,7 +1,7 @@
 """``report --html FILE``: one self-contained page, every token a dot (docs/pictures.md).
 
 Bokeh with its JavaScript inlined (``bokeh.resources.INLINE``): the file opens offline, draws
-the dots with WebGL, and links the time axes of every panel, so a stall in the dots lines up
+100,000 dots on a canvas, and links the time axes of every panel, so a stall in the dots lines up
 with concurrency, latency and what the machine did at that moment. Numbers come from
 :mod:`pyinstrument_ai.analysis` (``timeline`` for the quantities over time); this module only
 draws them. The report's tables are the terminal report, exported by rich as HTML.
@@ -65,9 +65,7 @@ def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-def _fig(
-    title: str, x_range: Any, height: int, y_label: str, webgl: bool = False, **kw: Any
-) -> Any:
+def _fig(title: str, x_range: Any, height: int, y_label: str, **kw: Any) -> Any:
     if x_range is not None:  # one shared range: every timed panel pans and zooms together
         kw["x_range"] = x_range
     p = figure(
@@ -76,9 +74,10 @@ def _fig(
         sizing_mode="stretch_width",
         tools=TOOLS,
         active_scroll="xwheel_zoom",
-        # WebGL only where the points are many (dots, runs): the small panels draw fine on a
-        # canvas, and each WebGL context costs the browser memory and start-up time
-        output_backend="webgl" if webgl else "canvas",
+        # Canvas, not WebGL: where there is no GPU (CI, VMs, remote desktops, headless
+        # Chromium) WebGL is emulated in software and one zoom step over 100,000 dots took
+        # 5.6 s, against 0.4 s on a canvas (benchmarks/html_speed.py --browser)
+        output_backend="canvas",
         # the same left border on every timed panel: their time axes line up exactly
         min_border_left=LEFT,
         **kw,
@@ -119,7 +118,6 @@ def _dots(a: Any, t0: int, x_range: Any, limit: int) -> tuple[Any, Any]:
         x_range,
         height,
         "generation",
-        webgl=True,
         y_range=Range1d(nrows - 0.5, -0.5),
     )
     # the generate() call as a thin bar: the wait before the prefill token shows as bar only
@@ -282,7 +280,7 @@ def _ort(a: Any, t0: int, x_range: Any) -> list[Any]:
     stride = timeline.thin(len(runs))
     shown = runs[::stride]
     note = "" if stride == 1 else f" (1 in {stride} of {len(runs):,} runs drawn)"
-    p = _fig(f"ONNX Runtime run latency over time{note}", x_range, 220, "ms", webgl=True)
+    p = _fig(f"ONNX Runtime run latency over time{note}", x_range, 220, "ms")
     keys = sorted({(r.host, r.pid, r.session_id) for r in shown}, key=str)
     hover = []
     for i, key in enumerate(keys):
@@ -364,7 +362,6 @@ def _cdf(title: str, values: Any, color: str) -> Any:
         sizing_mode="stretch_width",
         tools="pan,wheel_zoom,box_zoom,reset,save",
         x_axis_type="log" if log else "linear",
-        output_backend="webgl",
     )
     p.toolbar.logo = None
     if len(x):
