@@ -6,6 +6,7 @@ auto-load hook at interpreter start) costs next to nothing:
 - :func:`instrument` / :func:`uninstrument`: start/stop recording in this process
 - :func:`recording`: a context manager that records into memory and hands back the events
 - :func:`load`: read JSONL event files/folders into dicts on one timeline
+- :func:`tag`: attribute the work inside a block to a request (``request_id``)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from pyinstrument_ai.config import Config, ConfigError
     from pyinstrument_ai.reader import EventFileError, load
+    from pyinstrument_ai.request_context import tag
     from pyinstrument_ai.runtime import active, instrument, recording, uninstrument
     from pyinstrument_ai.targets import register as register_target
 
@@ -32,6 +34,7 @@ __all__ = [
     "load",
     "recording",
     "register_target",
+    "tag",
     "uninstrument",
 ]
 
@@ -45,6 +48,7 @@ _LAZY = {
     "recording": ("pyinstrument_ai.runtime", "recording"),
     "uninstrument": ("pyinstrument_ai.runtime", "uninstrument"),
     "register_target": ("pyinstrument_ai.targets", "register"),
+    "tag": ("pyinstrument_ai.request_context", "tag"),
 }
 
 

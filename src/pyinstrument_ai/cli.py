@@ -15,6 +15,7 @@ usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS.
                               [--slo BOUNDS] [filters]
        pyinstrument-ai compare PATH PATH [PATH...]
        pyinstrument-ai export [PATH...] --perfetto FILE [filters]
+       pyinstrument-ai doctor [PATH...] [--json]
        pyinstrument-ai targets
        pyinstrument-ai --version
 
@@ -23,6 +24,7 @@ commands:
   report    latency tables, throughput, Little's law and goodput of recorded files
   compare   recorded runs side by side, with ratios and configuration differences
   export    recorded files as a Perfetto / chrome://tracing trace (--perfetto FILE)
+  doctor    known CPU-inference pitfalls (threads, quota throttling, hyperthreads, fork)
   targets   list the known targets
 
 `pyinstrument-ai COMMAND --help` describes each command's options.
@@ -34,6 +36,7 @@ _COMMANDS = {
     "report": "pyinstrument_ai.commands.report",
     "compare": "pyinstrument_ai.commands.compare",
     "export": "pyinstrument_ai.commands.export",
+    "doctor": "pyinstrument_ai.commands.doctor",
 }
 
 

@@ -21,6 +21,7 @@ ENV_FLUSH = "PYINSTRUMENT_AI_FLUSH_INTERVAL"
 ENV_SUMMARY = "PYINSTRUMENT_AI_SUMMARY"
 ENV_RUN_ID = "PYINSTRUMENT_AI_RUN_ID"
 ENV_DEBUG = "PYINSTRUMENT_AI_DEBUG"
+ENV_SAMPLE = "PYINSTRUMENT_AI_SAMPLE"
 
 DEFAULT_OUT = "instrument-out"
 
@@ -52,6 +53,7 @@ class Config:
         "flush_interval",
         "summary",
         "run_id",
+        "sample_interval",
     )
 
     def __init__(
@@ -63,6 +65,7 @@ class Config:
         flush_interval: float = 1.0,
         summary: bool = True,
         run_id: str | None = None,
+        sample_interval: float | None = None,
     ) -> None:
         s = object.__setattr__
         s(self, "out_dir", out_dir)
@@ -77,6 +80,8 @@ class Config:
         s(self, "summary", bool(summary))
         #: an id shared by every process of one launcher run (set by the launcher)
         s(self, "run_id", run_id)
+        #: seconds between ``system.sample`` events; ``None``: no sampler (the default)
+        s(self, "sample_interval", float(sample_interval) if sample_interval else None)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; use .replace()")
@@ -128,6 +133,34 @@ def parse_interval(source: str, value: str) -> float:
     return f
 
 
+_SAMPLE_UNITS = (("ms", 1e-3), ("us", 1e-6), ("s", 1.0))
+_SAMPLE_MIN_S = 0.001
+
+
+def parse_sample(source: str, value: str) -> float | None:
+    """``100ms``, ``0.5s``, ``250us`` or bare seconds -> seconds; ``""``/``0``/``off`` -> None.
+
+    A small parser of its own rather than :func:`pyinstrument_ai.analysis.parse_duration`:
+    this runs at every auto-loaded interpreter start, which must not import the analysis.
+    """
+    v = value.strip().lower()
+    if v in ("", "0", "off", "no", "false"):
+        return None
+    num, scale = v, 1.0
+    for unit, factor in _SAMPLE_UNITS:
+        if v.endswith(unit):
+            num, scale = v[: -len(unit)].strip(), factor
+            break
+    expected = "expected an interval such as 100ms or 0.5s, at least 1ms; 0/off: no sampling"
+    try:
+        seconds = float(num) * scale
+    except ValueError:
+        raise ConfigError(source, value, expected) from None
+    if seconds != seconds or seconds == float("inf") or seconds < _SAMPLE_MIN_S:
+        raise ConfigError(source, value, expected)
+    return seconds
+
+
 def parse_out(source: str, value: str) -> str:
     if not value.strip():
         raise ConfigError(source, value, "expected a folder path")
@@ -158,6 +191,8 @@ def from_env(environ: Mapping[str, str] | None = None, base: Config | None = Non
         c["summary"] = parse_bool(ENV_SUMMARY, env[ENV_SUMMARY])
     if env.get(ENV_RUN_ID):
         c["run_id"] = env[ENV_RUN_ID]
+    if ENV_SAMPLE in env:
+        c["sample_interval"] = parse_sample(ENV_SAMPLE, env[ENV_SAMPLE])
     return (base or Config()).replace(**c)
 
 
@@ -173,4 +208,6 @@ def to_env(config: Config) -> dict[str, str]:
     env[ENV_TARGETS] = ",".join(config.targets) if config.targets is not None else ""
     if config.run_id:
         env[ENV_RUN_ID] = config.run_id
+    # always set, so a child does not inherit a different value from further up
+    env[ENV_SAMPLE] = f"{config.sample_interval!r}s" if config.sample_interval else "0"
     return env

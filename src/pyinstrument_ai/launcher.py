@@ -43,6 +43,9 @@ options:
                           env PYINSTRUMENT_AI_CAPTURE_CONTENT=1)
   --flush-interval S      seconds between background flushes (default 1.0;
                           env PYINSTRUMENT_AI_FLUSH_INTERVAL)
+  --sample INTERVAL       record system.sample events (CPU, context switches, cgroup
+                          throttling, GPU) every INTERVAL, e.g. 100ms (default off;
+                          env PYINSTRUMENT_AI_SAMPLE)
   --no-summary            no summary on stderr at exit (env PYINSTRUMENT_AI_SUMMARY=0)
   --list-targets          list the known targets and exit
   --version               print the version and exit
@@ -55,6 +58,7 @@ _VALUE_OPTS = {
     "--targets": "targets",
     "--disable": "disable",
     "--flush-interval": "flush_interval",
+    "--sample": "sample",
 }
 _FLAG_OPTS = {"--capture-content": "capture_content", "--no-summary": "no_summary"}
 
@@ -132,6 +136,8 @@ def resolve_config(inv: Invocation, environ: Any = None) -> cfg.Config:
         changes["disable"] = cfg.parse_names(*o["disable"])
     if "flush_interval" in o:
         changes["flush_interval"] = cfg.parse_interval(*o["flush_interval"])
+    if "sample" in o:
+        changes["sample_interval"] = cfg.parse_sample(*o["sample"])
     if "capture_content" in inv.flags:
         changes["capture_content"] = True
     if "no_summary" in inv.flags:
@@ -254,7 +260,11 @@ def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
         # launcher's own flags win
         runtime.uninstrument()
     try:
-        runtime.instrument(config)
+        session = runtime.instrument(config)
+        if config.sample_interval:
+            # --sample: this process samples from the start, not only once a target is
+            # patched (the samples before the first inference are the baseline)
+            session.start()
     except Exception as exc:  # instrumentation must never stop the program
         from pyinstrument_ai import _log
 

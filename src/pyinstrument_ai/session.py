@@ -51,6 +51,10 @@ class Session:
         self._soon_delay = 0.0
         self._thread: Any = None
         self._resume_flusher = False  # set in a forked child whose parent had a flusher
+        self._sampler: Any = None  # system.sampler.Sampler, with --sample
+        self._resume_sampler = False
+        #: in a forked child: when the fork happened (monotonic), for the header
+        self.forked_mono_ns: int | None = None
         #: thread id of a flush in progress (a signal handler must not re-enter it)
         self.flushing_in: int | None = None
         #: thread id of a close in progress
@@ -82,12 +86,18 @@ class Session:
             "targets": sorted(self.targets),
             "versions": _library_versions([d for d in dists if d]),
             "capture_content": self.config.capture_content,
+            "sample_interval_s": self.config.sample_interval,
+            **({"forked_mono_ns": self.forked_mono_ns} if self.forked_mono_ns else {}),
+            "context": _system_context(),
         }
 
     # -- flushing ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the background flusher (once; only for file sessions, not after close)."""
-        if self.background and self._thread is None and not self.closed:
+        """Start the background flusher (once; only for file sessions, not after close) and,
+        with ``sample_interval``, the system sampler."""
+        if self.closed:
+            return
+        if self.background and self._thread is None:
             import threading
 
             _register_resume_hook()  # after threading's own at-fork hook: see below
@@ -95,6 +105,13 @@ class Session:
             t = threading.Thread(target=self._loop, name="pyinstrument-ai-flush", daemon=True)
             self._thread = t
             t.start()
+        if self.config.sample_interval and self._sampler is None:
+            with guard("starting the system sampler"):
+                from pyinstrument_ai.system.sampler import Sampler
+
+                _register_resume_hook()
+                self._sampler = Sampler(self.recorder.record, self.config.sample_interval)
+                self._sampler.start()
 
     def _loop(self) -> None:
         import time
@@ -154,6 +171,9 @@ class Session:
             self.closing_in = _thread.get_ident()
             if self._wake is not None:
                 self._wake.set()  # ends the flusher's loop (it sees `closed`)
+            if self._sampler is not None:
+                with guard("stopping the system sampler"):
+                    self._sampler.stop(final=True)  # a last sample, then the final flush
             with guard("final flush"):
                 self.flush(timeout)
             with guard("closing the sink"):
@@ -180,6 +200,10 @@ class Session:
         dropped without touching the parent's file.
         """
         self._resume_flusher = self._thread is not None
+        # the sampler thread did not survive the fork: the child samples itself
+        self._resume_sampler = self._sampler is not None
+        self._sampler = None
+        self.forked_mono_ns = clock.now_ns()
         self._lock = _thread.allocate_lock()
         self._close_lock = _thread.allocate_lock()
         self.flushing_in = self.closing_in = None
@@ -191,8 +215,8 @@ class Session:
             self.sink = JsonlSink(self.config.out_dir, self.make_header)
 
     def resume_after_fork(self) -> None:
-        if self._resume_flusher:
-            self._resume_flusher = False
+        if self._resume_flusher or self._resume_sampler:
+            self._resume_flusher = self._resume_sampler = False
             self.start()
 
     # -- targets ----------------------------------------------------------------------------
@@ -255,13 +279,24 @@ def _resume_in_child() -> None:
             s.resume_after_fork()
 
 
+def _system_context() -> dict[str, Any]:
+    # imported here, at the first flush: nothing of it runs at interpreter start
+    try:
+        from pyinstrument_ai.system.context import collect
+
+        return collect()
+    except Exception:
+        return {}
+
+
 def _library_version(module: Any) -> str | None:
     dist = getattr(module, "DISTRIBUTION", None)
     if not dist:
         return None
     # The library is imported by now: its __version__ is free, metadata lookup is the fallback.
     top = sys.modules.get(dist.replace("-", "_"))
-    v = getattr(top, "__version__", None)
+    # from the module's namespace: a module-level __getattr__ may warn (Flask 3.1 deprecates it)
+    v = getattr(top, "__dict__", {}).get("__version__")
     if isinstance(v, str):
         return v
     return _library_versions([dist]).get(dist)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
-from pyinstrument_ai.analysis.generations import build_generation
+from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
 from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
@@ -78,6 +78,7 @@ class Builder:
         self._preds: list[Prediction] = []
         self._stages: list[Stage] = []
         self._samples: list[dict[str, Any]] = []
+        self._http: list[tuple[dict[str, Any], Any]] = []
         self._other: dict[str, int] = {}
         self.events = 0
         self._pid_host: dict[Any, Any] = {}
@@ -86,9 +87,19 @@ class Builder:
     def add_header(self, header: dict[str, Any]) -> bool:
         """Register a file's header; False when the filters drop that process."""
         self.headers.append(header)
-        self._pid_host[header.get("pid")] = header.get("hostname")
-        self._pid_run[header.get("pid")] = header.get("run_id")
+        host = header.get("hostname") or ""  # as the reader passes it to add()
+        self._pid_host[header.get("pid")] = host
+        self._pid_run[(host, header.get("pid"))] = header.get("run_id")
         return self.filters.keeps_header(header)
+
+    def token_columns(self, key: tuple[Any, Any, Any]) -> tuple[array, array, dict]:
+        """The columns of one generation's tokens: indexes, times (epoch ns), and
+        ``{index: seqs}`` for positions where fewer or more than one sequence advanced. The
+        reader's fast path appends to them directly (a token line is most lines)."""
+        cols = self._tokens.get(key)
+        if cols is None:
+            cols = self._tokens[key] = (array("q"), array("q"), {})
+        return cols
 
     def add(self, e: dict[str, Any], host: Any = None) -> None:
         """One event (a dict with ``name``, ``t_ns``, ``pid``)."""
@@ -98,21 +109,24 @@ class Builder:
         if host is None:
             host = self._pid_host.get(pid)
         if name == "token":
-            key = (host, pid, e.get("gen"))
-            slot = self._tokens.get(key)
-            if slot is None:
-                slot = self._tokens[key] = (array("q"), array("q"), array("q"))
-            slot[0].append(e.get("index", -1))
-            slot[1].append(e["t_ns"])
-            slot[2].append(e.get("seqs") or 1)
+            cols = self.token_columns((host, pid, e.get("gen")))
+            index = e.get("index", -1)
+            cols[0].append(index)
+            cols[1].append(e["t_ns"])
+            seqs = e.get("seqs", 1)
+            if seqs != 1:
+                cols[2][index] = seqs
             return
         f = self.filters
         if f.pids is not None and pid not in f.pids:
             return
+        run_id = self._pid_run.get((host, pid))
+        if f.run_ids is not None and run_id not in f.run_ids:
+            return
         t = e["t_ns"]
         if name == "generate":
             if f.keeps_time(t) and f.keeps_model(e.get("model"), e.get("name_or_path")):
-                self._gens.append((e, host, self._pid_run.get(pid)))
+                self._gens.append((e, host, run_id))
         elif name == "onnxruntime.run":
             if f.keeps_time(t):
                 self._runs.append(_ort_run(e, host))
@@ -124,6 +138,9 @@ class Builder:
         elif name == "torchserve.stage":
             if f.keeps_time(t) and f.keeps_model(e.get("model_name")):
                 self._stages.append(_stage(e, host))
+        elif name == "http.request":
+            if f.keeps_time(t):
+                self._http.append((e, host))
         elif name == "system.sample":
             if f.keeps_time(t):
                 e.setdefault("host", host)  # samples are per process, as on a picture
@@ -133,14 +150,11 @@ class Builder:
 
     def finish(self) -> Analysis:
         gens = []
+        no_tokens: tuple[array, array, dict] = (array("q"), array("q"), {})
         for e, host, run_id in self._gens:
-            key = (host, e.get("pid"), e.get("gen"))
-            slot = self._tokens.get(key)
-            toks = list(zip(slot[0], slot[1], strict=True)) if slot else None
-            seqs = None
-            if slot and any(s != slot[2][0] for s in slot[2]):
-                seqs = [s for _, s in sorted(zip(slot[0], slot[2], strict=True))]
-            gens.append(build_generation(e, toks, seqs, host=host, run_id=run_id))
+            idx, times, seqs = self._tokens.get((host, e.get("pid"), e.get("gen")), no_tokens)
+            per_pos = [seqs.get(i, 1) for i in range(len(idx))] if seqs else None
+            gens.append(generation_from_columns(e, idx, times, per_pos, host=host, run_id=run_id))
         gens.sort(key=lambda g: g.start_ns)
         # sessions' model paths name their runs (a path is what users know a model by)
         for r in self._runs:
@@ -153,6 +167,8 @@ class Builder:
         runs.sort(key=lambda r: r.start_ns)
         self._preds.sort(key=lambda p: p.start_ns)
         self._stages.sort(key=lambda s: s.start_ns)
+        from pyinstrument_ai.analysis.requests import build_requests
+
         result = Analysis(
             headers=self.headers,
             generations=gens,
@@ -164,6 +180,7 @@ class Builder:
             events=self.events,
         )
         result.stages = self._stages
+        result.requests = build_requests(self._http, gens)
         return result
 
 

@@ -47,6 +47,7 @@ class Generation:
         "positions",
         "seqs",
         "token_t_ns",
+        "token_index",
         "error",
         "request_id",
         "trace_id",
@@ -66,6 +67,8 @@ class Generation:
         t = self.token_t_ns
         if not t or self.positions == 0:
             return None
+        if self.token_index is not None and self.token_index[0] != 0:
+            return None  # position 0 was not recorded
         return (t[0] - self.start_ns) / 1e9
 
     @property
@@ -73,7 +76,11 @@ class Generation:
         t = self.token_t_ns
         if not t:
             return []
-        return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        idx = self.token_index
+        if idx is None:
+            return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
+        # a hole in the indexes: only gaps between neighbouring positions are gaps
+        return [(t[k + 1] - t[k]) / 1e9 for k in range(len(t) - 1) if idx[k + 1] == idx[k] + 1]
 
     @property
     def tpot_s(self) -> float | None:
@@ -152,23 +159,46 @@ def build_generation(
     """A :class:`Generation` from its ``generate`` event and its tokens as ``(index, t_ns)``.
 
     ``event`` needs ``t_ns`` (or ``t_mono_ns``: then token times must be on the same clock)
-    and ``dur_ns``. Token positions are ordered by index; a missing index keeps its neighbours
-    apart (no gap is counted across it).
+    and ``dur_ns``. Token positions are ordered by index; a hole in the indexes (a lost line)
+    ends the timed positions there, so no gap is ever measured across a missing token.
     """
+    toks = token_times or []
+    return generation_from_columns(
+        event,
+        array("q", (i for i, _ in toks)),
+        array("q", (t for _, t in toks)),
+        token_seqs,
+        host=host,
+        run_id=run_id,
+    )
+
+
+def generation_from_columns(
+    event: dict[str, Any],
+    indexes: array,
+    times: array,
+    token_seqs: list[int] | None = None,
+    host: str | None = None,
+    run_id: str | None = None,
+) -> Generation:
+    """:func:`build_generation` over columns (the reader's compact form)."""
     start = event.get("t_ns", event.get("t_mono_ns"))
     if not isinstance(start, int):
         raise ValueError(f"generate event without an integer timestamp: {event!r:.200}")
     dur = event.get("dur_ns") or 0
-    toks = sorted(token_times) if token_times else []
-    times = array("q", (t for _, t in toks))
-    if toks and toks[0][0] != 0:
-        times = array("q")  # position 0 not seen: no TTFT or ITL from a partial list
-    elif toks and toks[-1][0] != len(toks) - 1:
-        # a hole in the indexes: keep the leading run of consecutive positions only
-        n = next(i for i, (idx, _) in enumerate(toks) if idx != i)
-        times = times[:n]
+    positions = len(indexes)
+    token_index = None
+    if positions and indexes != array("q", range(positions)):
+        # out of order, duplicated or with holes: order by index, one time per index
+        pairs = sorted(dict(zip(indexes, times, strict=True)).items())
+        times = array("q", (t for _, t in pairs))
+        ordered = array("q", (i for i, _ in pairs))
+        if ordered != array("q", range(len(ordered))):
+            token_index = ordered
+            positions = ordered[-1] + 1 if ordered[-1] >= 0 else 0
+        else:
+            positions = len(ordered)
     tokens = event.get("tokens")
-    positions = len(toks)
     if not isinstance(tokens, int):
         tokens = positions
     return Generation(
@@ -191,6 +221,7 @@ def build_generation(
         positions=positions,
         seqs=token_seqs,
         token_t_ns=times,
+        token_index=token_index,
         error=event.get("error"),
         request_id=event.get("request_id"),
         trace_id=event.get("trace_id"),

@@ -7,9 +7,11 @@
 - ``λ``: items *completed* in the window per second.
 - ``W``: mean duration of those items.
 
-In a steady system the two sides agree. They disagree beyond ``TOLERANCE`` when events are
-missing (a process killed before it flushed, a filter that cut a run), when work was cut
-mid-flight at the window's edges, or when the window is not steady (load still ramping).
+In a steady system the two sides agree. They disagree beyond ``TOLERANCE`` when work was cut
+mid-flight at the window's edges (items long compared with the window) or when the window is
+not steady (load still ramping up or draining). Both sides read the same items, so items
+missing from the files (a process killed before it flushed) do not show here: they show as a
+lower L and busy fraction.
 
 Each worker (host, pid) also gets its busy fraction over the same window: the share of time it
 had at least one item of that kind in flight.
@@ -141,8 +143,8 @@ def check(kind: str, items: Sequence[Item]) -> LittlesLaw | None:
     if res.agrees is False:
         res.note = (
             f"L={L:.3g} and λ·W={res.lam_W:.3g} differ by {res.relative_error:.0%} "
-            f"(tolerance {TOLERANCE:.0%}): events may be missing (a killed process, a filter), "
-            "work was cut at the window's edges, or the load was not steady"
+            f"(tolerance {TOLERANCE:.0%}): work in flight at the window's edges (items long "
+            "compared with the window) or a load that was not steady"
         )
     elif W is None:
         res.note = "no item completed inside the steady window"

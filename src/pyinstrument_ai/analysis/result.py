@@ -65,11 +65,30 @@ class Throughput:
         }
 
 
-def _pool_itl(gens: Sequence[Generation]) -> array:
+def _pool_itl(gens: Sequence[Generation]) -> Any:
+    """Every gap of every generation, in generation order (a numpy array when numpy is there:
+    millions of gaps are a diff over one concatenated column)."""
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is not None:
+        parts = [
+            np.diff(np.frombuffer(g.token_t_ns, dtype=np.int64)) / 1e9
+            if g.token_index is None
+            else np.asarray(g.itl_s, dtype=float)
+            for g in gens
+            if len(g.token_t_ns) > 1
+        ]
+        if not parts:
+            return np.empty(0)
+        return np.concatenate(parts)
     out = array("d")
     for g in gens:
         t = g.token_t_ns
-        if len(t) > 1:
+        if g.token_index is not None:
+            out.extend(g.itl_s)  # a hole in the indexes: only gaps between neighbours
+        elif len(t) > 1:
             out.extend((b - a) / 1e9 for a, b in zip(t, t[1:]))  # noqa: B905
     return out
 
@@ -103,6 +122,8 @@ class Analysis:
         #: set by the reader: files read, lines skipped, truncated tails
         self.inputs: dict[str, Any] = {}
         self._itl: array | None = None
+        #: analysis.requests.Request per ``http.request`` event, with its generations
+        self.requests: list[Any] = []
 
     # -- generations -----------------------------------------------------------------------
     @property
@@ -159,7 +180,7 @@ class Analysis:
         d.update(tp.to_dict())
         d["requests_per_s"] = d.pop("per_s")
         d["output_tokens_per_s"] = tp.per_s(tokens)
-        batched = [g for g in gens if (g.batch or 1) > 1]
+        batched = [g for g in gens if (g.batch or 1) > 1 or (g.seqs and max(g.seqs) > 1)]
         d["batched"] = len(batched)
         if batched:
             seqs = [s for g in batched for s in (g.seqs or [g.batch] * g.positions)]
@@ -272,6 +293,11 @@ class Analysis:
         d["predictions_per_s"] = d.pop("per_s")
         return d
 
+    def requests_summary(self) -> dict[str, Any]:
+        from pyinstrument_ai.analysis.requests import summary
+
+        return summary(self.requests, self.generations)
+
     # -- across kinds --------------------------------------------------------------------------
     def littles_law(self) -> list[littles_law.LittlesLaw]:
         out = []
@@ -328,6 +354,7 @@ class Analysis:
             "generations": self.generations_summary(),
             "onnxruntime": self.ort_summary(),
             "torchserve": self.torchserve_summary(),
+            "requests": self.requests_summary(),
             "littles_law": [x.to_dict() for x in self.littles_law()],
             "samples": len(self.samples),
             "other_events": self.other_events,
@@ -347,7 +374,7 @@ class Analysis:
                     "host": g.host,
                     "pid": g.pid,
                     "gen": g.gen,
-                    "index": i,
+                    "index": i if g.token_index is None else g.token_index[i],
                     "t_ns": t,
                     "since_start_s": (t - g.start_ns) / 1e9,
                 }

@@ -88,14 +88,22 @@ def main(argv: list[str]) -> None:
         )
     _pictures(a, args, slo)
     if args.json:
+        from pyinstrument_ai.analysis.findings import find
         from pyinstrument_ai.renderers import json as json_renderer
 
-        sys.stdout.write(json_renderer.render(a, slo))
+        sys.stdout.write(json_renderer.render(a, slo, findings=find(a)))
         return
-    from pyinstrument_ai.renderers import terminal
+    from rich.text import Text
+
+    from pyinstrument_ai.analysis.findings import find
+    from pyinstrument_ai.renderers import doctor, terminal
 
     width = args.width or _width()
-    sys.stdout.write(terminal.render(a, slo, width=width, color=sys.stdout.isatty()))
+    findings = find(a)
+    extra = [Text("doctor", style="bold"), Text(doctor.render(findings, width, bool(a.samples)))]
+    sys.stdout.write(
+        terminal.render(a, slo, width=width, color=sys.stdout.isatty(), extra=extra)
+    )
 
 
 def _pictures(a: Any, args: argparse.Namespace, slo: dict[str, float] | None) -> None:

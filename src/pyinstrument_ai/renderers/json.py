@@ -7,7 +7,10 @@ from typing import Any
 __all__ = ["render"]
 
 
-def render(a: Any, slo: dict[str, float] | None = None) -> str:
+def render(a: Any, slo: dict[str, float] | None = None, findings: list[Any] | None = None) -> str:
     import json
 
-    return json.dumps(a.to_dict(slo), indent=2, default=str) + "\n"
+    d = a.to_dict(slo)
+    if findings is not None:
+        d["findings"] = [f.to_dict() for f in findings]
+    return json.dumps(d, indent=2, default=str) + "\n"

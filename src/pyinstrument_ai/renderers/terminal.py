@@ -126,6 +126,32 @@ def _generations(d: dict[str, Any]) -> list[Any]:
     return [t, line]
 
 
+_REQ_ROWS = (
+    ("wait before generate", "wait_s"),
+    ("model TTFT", "model_ttft_s"),
+    ("delivery token → chunk", "delivery_s"),
+    ("time to first byte", "ttfb_s"),
+    ("end-to-end", "e2e_s"),
+)
+
+
+def _requests(d: dict[str, Any]) -> list[Any]:
+    r = d.get("requests") or {}
+    if not r.get("count"):
+        return []
+    rows = [(label, r[key]) for label, key in _REQ_ROWS if key in r]
+    out: list[Any] = [_stats_table("requests (server side)", rows)]
+    line = f"{r['count']} requests, {r.get('with_generation', 0)} matched to a generation"
+    fl = r.get("in_flight")
+    if fl:
+        line += (
+            f"; in flight: {fl['requests']:.2f} requests, {fl['generations']:.2f} generations, "
+            f"{fl['waiting']:.2f} waiting (L(requests) − L(generations))"
+        )
+    out.append(Text(line))
+    return out
+
+
 def _goodput(d: dict[str, Any]) -> list[Any]:
     gp = d.get("goodput")
     if not gp:
@@ -246,7 +272,10 @@ def _torchserve(d: dict[str, Any]) -> list[Any]:
 
 
 def _littles_law(d: dict[str, Any]) -> list[Any]:
-    rows = d["littles_law"]
+    rows = list(d["littles_law"])
+    req_ll = (d.get("requests") or {}).get("littles_law")
+    if req_ll:
+        rows.insert(0, req_ll)
     if not rows:
         return []
     t = Table(title="Little's law (steady window)", title_justify="left", title_style="bold")
@@ -271,12 +300,17 @@ def _littles_law(d: dict[str, Any]) -> list[Any]:
         if r["note"]:
             notes.append(Text(f"{r['kind']}: {r['note']}", style="yellow"))
         saturated = [w for w in r["workers"] if w["busy_fraction"] >= 0.9]
-        if saturated:
+        if saturated and r["kind"] != "requests":
             notes.append(
                 Text(
                     f"{r['kind']}: {len(saturated)} of {len(r['workers'])} worker(s) busy ≥ 90% "
                     "of the window (at capacity): work arriving faster than they finish waits "
-                    "in front of them, where this process cannot see it"
+                    "in front of them"
+                    + (
+                        " (requests waiting: see the requests line above)"
+                        if (d.get("requests") or {}).get("count")
+                        else ", where this process cannot see it"
+                    )
                 )
             )
         if r["kind"] == "predictions":
@@ -323,7 +357,8 @@ def render(
         soft_wrap=False,
     )
     parts: list[Any] = [*_config(d, a)]
-    for section in (_generations, _goodput, _onnxruntime, _torchserve, _littles_law, _inputs):
+    sections = (_generations, _requests, _goodput, _onnxruntime, _torchserve, _littles_law, _inputs)
+    for section in sections:
         parts.extend(section(d))
     if not (
         d["generations"]["count"] or d["onnxruntime"]["runs"] or d["torchserve"]["predictions"]

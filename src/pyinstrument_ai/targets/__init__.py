@@ -32,6 +32,12 @@ BUILTIN_DECLARED: dict[str, tuple[str, tuple[str, ...], str]] = {
     ),
     "onnxruntime": ("pyinstrument_ai.targets.onnxruntime", ("onnxruntime",), "onnxruntime"),
     "torchserve": ("pyinstrument_ai.targets.torchserve", ("ts.service",), "torchserve"),
+    "asgi": (
+        "pyinstrument_ai.targets.asgi",
+        ("uvicorn.config", "starlette.applications"),
+        "starlette",
+    ),
+    "wsgi": ("pyinstrument_ai.targets.wsgi", ("flask.app", "wsgiref.handlers"), "flask"),
 }
 BUILTIN: dict[str, str] = {name: decl[0] for name, decl in BUILTIN_DECLARED.items()}
 

@@ -43,6 +43,7 @@ from typing import Any
 
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai.clock import now_ns
+from pyinstrument_ai.tagging import current as _tags
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
 
@@ -182,6 +183,11 @@ def _fields(sess: Any, api: str, feed: Any, n_out: int | None) -> dict:
     return fields
 
 
+def _tagged(fields: dict, tags: dict | None) -> dict:
+    """``fields`` plus the tags, as a new dict (cached field dicts are shared)."""
+    return {**fields, **tags} if tags else fields
+
+
 def _error_fields(sess: Any, api: str, feed: Any, exc: BaseException) -> dict:
     fields = dict(_fields(sess, api, feed, None))
     fields["error"] = type(exc).__name__
@@ -214,17 +220,19 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     name = RUN
     state_attr = _STATE
     fields_of = _fields
+    tags_now = _tags
 
     def run(self, output_names, input_feed, run_options=None):
         if not on[0]:
             return wrapped(self, output_names, input_feed, run_options)
+        tags = tags_now()  # request / trace ids: None unless a provider is registered
         t0 = now()
         try:
             out = wrapped(self, output_names, input_feed, run_options)
         except BaseException as e:
             t1 = now()
             try:
-                record(name, t0, t1 - t0, _error_fields(self, "run", input_feed, e))
+                record(name, t0, t1 - t0, _tagged(_error_fields(self, "run", input_feed, e), tags))
             except Exception as ours:
                 report("onnxruntime.run", ours)
             raise
@@ -261,6 +269,8 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                             st[2] = (k, shape, dtype, n_out, fields)
             if fields is None:
                 fields = fields_of(self, "run", input_feed, len(out))
+            if tags:
+                fields = {**fields, **tags}  # the cached dict is shared: never update it
             record(name, t0, t1 - t0, fields)
         except Exception as ours:
             report("onnxruntime.run", ours)
@@ -276,19 +286,22 @@ def _make_run_with_ort_values(recorder: Any, wrapped: Any, on: list[bool]) -> An
     def run_with_ort_values(self, output_names, input_dict_ort_values, run_options=None):
         if not on[0]:
             return wrapped(self, output_names, input_dict_ort_values, run_options)
+        tags = _tags()
         t0 = now_ns()
         try:
             out = wrapped(self, output_names, input_dict_ort_values, run_options)
         except BaseException as e:
             t1 = now_ns()
             try:
-                record(RUN, t0, t1 - t0, _error_fields(self, api, input_dict_ort_values, e))
+                fields = _error_fields(self, api, input_dict_ort_values, e)
+                record(RUN, t0, t1 - t0, _tagged(fields, tags))
             except Exception as ours:
                 report("onnxruntime.run_with_ort_values", ours)
             raise
         t1 = now_ns()
         try:
-            record(RUN, t0, t1 - t0, _fields(self, api, input_dict_ort_values, len(out)))
+            fields = _fields(self, api, input_dict_ort_values, len(out))
+            record(RUN, t0, t1 - t0, _tagged(fields, tags))
         except Exception as ours:
             report("onnxruntime.run_with_ort_values", ours)
         return out
@@ -302,6 +315,7 @@ def _make_run_with_iobinding(recorder: Any, wrapped: Any, on: list[bool]) -> Any
     def run_with_iobinding(self, iobinding, run_options=None):
         if not on[0]:
             return wrapped(self, iobinding, run_options)
+        tags = _tags()
         t0 = now_ns()
         err = None
         try:
@@ -326,6 +340,8 @@ def _make_run_with_iobinding(recorder: Any, wrapped: Any, on: list[bool]) -> Any
                 }
                 if err:
                     fields["error"] = err
+                if tags:
+                    fields.update(tags)
                 record(RUN, t0, t1 - t0, fields)
 
     return run_with_iobinding
@@ -337,11 +353,12 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     def run_async(self, output_names, input_feed, callback, user_data, run_options=None):
         if not on[0]:
             return wrapped(self, output_names, input_feed, callback, user_data, run_options)
+        tags = _tags()
         t0 = now_ns()
         fields = None
         with guard("onnxruntime.run_async"):
             # Described now, on the caller's thread, while input_feed is surely unchanged.
-            fields = _fields(self, "run_async", input_feed, None)
+            fields = _tagged(_fields(self, "run_async", input_feed, None), tags)
 
         def on_done(results, data, err):
             t1 = now_ns()

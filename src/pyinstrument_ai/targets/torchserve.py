@@ -63,6 +63,8 @@ from typing import Any
 
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai.clock import now_ns
+from pyinstrument_ai.tagging import current as _tags
+from pyinstrument_ai.targets._http import parse_request_start, valid_id
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch", "dropped_env_vars"]
 
@@ -316,8 +318,9 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
         if not on[0]:
             return original(self, batch, *args, **kwargs)
         # try/except + report() is the guard policy without a context manager per batch.
-        cur = prev = info = None
+        cur = prev = info = tags = None
         try:
+            tags = _tags()
             info = _instrument_service(self, record)
             if info is not None:
                 prev = getattr(_tls, "batch", None)
@@ -360,12 +363,41 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
                         fields["first_response_ns"] = cur.sends[0] - t0
                     if error or cur.error:
                         fields["error"] = error or cur.error
+                    _forwarded_headers(self.context, fields)
+                    if tags:
+                        fields.update(tags)
                     record(PREDICT, t0, t1 - t0, fields)
                     _request_flush()
                 except Exception as ours:
                     report("torchserve.predict.record", ours)
 
     return predict
+
+
+def _forwarded_headers(context: Any, fields: dict[str, Any]) -> None:
+    """Per request of the batch: the client's ``X-Request-Id`` and a proxy's ``X-Request-Start``
+    (epoch ns), as the frontend forwarded them to the worker; added only when one was sent.
+    The frontend puts the request's HTTP headers among its properties (names as sent)."""
+    procs = getattr(context, "request_processor", None) or ()
+    ids: list[Any] = []
+    starts: list[Any] = []
+    for proc in procs:
+        rid = start = None
+        props = proc.get_request_properties() if hasattr(proc, "get_request_properties") else {}
+        for key, value in (props or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                continue
+            low = key.lower()
+            if low == "x-request-id":
+                rid = valid_id(value)
+            elif low == "x-request-start":
+                start = parse_request_start(value)
+        ids.append(rid)
+        starts.append(start)
+    if any(i is not None for i in ids):
+        fields["header_request_ids"] = ids
+    if any(s is not None for s in starts):
+        fields["upstream_start_wall_ns"] = starts
 
 
 def _batch_ids(batch: Any) -> list[Any]:

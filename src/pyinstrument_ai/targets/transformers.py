@@ -27,11 +27,13 @@ way: the put times when the streamer delivered tokens, otherwise the decoding-st
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import types
 from contextvars import ContextVar
 from typing import Any
 
+from pyinstrument_ai import tagging
 from pyinstrument_ai._guard import guard
 from pyinstrument_ai.clock import now_ns
 
@@ -91,6 +93,7 @@ class _Gen:
         "cfg",
         "out",
         "kwargs",
+        "tags",
     )
 
     def __init__(self, gid: int, model: Any, streamer: Any, source: Any, threads: int) -> None:
@@ -110,6 +113,7 @@ class _Gen:
         self.cfg: Any = None
         self.out: Any = None
         self.kwargs: dict = {}  # generate's keyword arguments (settings when cfg is unseen)
+        self.tags: dict | None = None  # request_id / trace ids current when it started
 
 
 _current: ContextVar[_Gen | None] = ContextVar("pyinstrument_ai.transformers.gen", default=None)
@@ -216,7 +220,19 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
         source = kwargs.get("inputs_embeds")
     gen = _Gen(next(_gen_ids), model, streamer, source, _torch.get_num_threads())
     gen.kwargs = kwargs
+    gen.tags = _tags(streamer)
     return gen
+
+
+def _tags(streamer: Any) -> dict | None:
+    """tagging.current(); a streamer created inside a request wins: that request reads it."""
+    tags = tagging.current()
+    rc = sys.modules.get("pyinstrument_ai.request_context")  # loaded only by web targets/tag()
+    if streamer is not None and rc is not None:
+        owned = rc.owner_fields(streamer)
+        if owned:
+            tags = {**tags, **owned} if tags else owned
+    return tags
 
 
 def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -420,6 +436,8 @@ def _finish(
     fields["tokens"] = sum(new_tokens) if new_tokens is not None else None
     if error is not None:
         fields["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
+    if gen.tags:
+        fields.update(gen.tags)
 
     # token times: puts when the streamer delivered tokens, else decoding steps (minus the
     # loop condition's first call, which precedes the prefill)

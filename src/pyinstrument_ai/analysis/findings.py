@@ -1,0 +1,523 @@
+"""``doctor``: the known CPU-inference pitfalls, found in recorded data.
+
+Each rule is a small function over an :class:`~pyinstrument_ai.analysis.result.Analysis` (its
+headers' ``context``, its generations / ONNX Runtime runs / TorchServe predictions, and its raw
+``system.sample`` events) returning :class:`Finding` objects that carry the numbers they saw
+and a suggested setting. Latency figures (ITL and its p99) come from the analysis, never from a
+formula of our own. Rules, thresholds and the reasons behind them: ``docs/doctor.md``.
+
+>>> from pyinstrument_ai.analysis import findings
+>>> for f in findings.find(analysis): print(f.rule, f.message)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from pyinstrument_ai.analysis.result import Analysis
+
+__all__ = ["RULES", "Finding", "Thresholds", "find"]
+
+
+class Thresholds:
+    """The numbers the rules compare against (docs/doctor.md says why each is what it is)."""
+
+    __slots__ = ("involuntary_per_inference", "burst_factor", "coincide_share")
+
+    def __init__(
+        self,
+        involuntary_per_inference: float = 20.0,
+        burst_factor: float = 3.0,
+        coincide_share: float = 0.5,
+    ) -> None:
+        #: involuntary context switches per inference above which the process is preempted
+        self.involuntary_per_inference = involuntary_per_inference
+        #: a sample interval is a context-switch burst when its involuntary-switch rate is
+        #: this many times the process's median interval rate
+        self.burst_factor = burst_factor
+        #: share of slow token gaps that must coincide with throttling or bursts
+        self.coincide_share = coincide_share
+
+
+class Finding:
+    """One problem seen: ``rule`` id, ``severity`` (``warning`` | ``error``), ``message`` with
+    the numbers seen, ``suggestion`` (a setting to try), ``numbers`` (the same, as data),
+    ``host`` and ``pids`` it concerns."""
+
+    __slots__ = ("rule", "severity", "message", "suggestion", "numbers", "host", "pids")
+
+    def __init__(
+        self,
+        rule: str,
+        severity: str,
+        message: str,
+        suggestion: str,
+        numbers: dict[str, Any] | None = None,
+        host: str | None = None,
+        pids: list[int] | None = None,
+    ) -> None:
+        self.rule = rule
+        self.severity = severity
+        self.message = message
+        self.suggestion = suggestion
+        self.numbers = numbers or {}
+        self.host = host
+        self.pids = pids or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __repr__(self) -> str:
+        return f"Finding({self.rule!r}, {self.message!r})"
+
+
+# -- what the rules share ----------------------------------------------------------------------
+
+
+class _Proc:
+    """One process: its header and the inference work it did."""
+
+    def __init__(self, header: dict[str, Any]) -> None:
+        self.header = header
+        self.host = header.get("hostname")
+        self.pid = header.get("pid")
+        self.ctx: dict[str, Any] = header.get("context") or {}
+        self.work: list[tuple[int, int]] = []  # (start_ns, end_ns) of each inference
+        self.torch_threads: int | None = None  # from generate events (CPU generations)
+        self.ort_threads: list[int] = []  # intra-op threads of its ORT sessions (0 = default)
+        self.samples: list[dict[str, Any]] = []
+
+    @property
+    def threads(self) -> tuple[int, str] | None:
+        """Intra-op threads this process computes with, and where the number comes from."""
+        if self.torch_threads:
+            return self.torch_threads, "torch threads"
+        if self.ort_threads:
+            n = max(self.ort_threads)
+            if n > 0:
+                return n, "ONNX Runtime intra-op threads"
+            # 0 = ORT's default: one per physical core
+            cores = self.ctx.get("cpus_physical")
+            return (cores, "ONNX Runtime intra-op threads (default)") if cores else None
+        t = (self.ctx.get("torch") or {}).get("num_threads")
+        if t and self.work:
+            return t, "torch threads"
+        return None
+
+
+def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
+    procs: dict[tuple[Any, Any], _Proc] = {}
+    for h in a.headers:
+        procs[(h.get("hostname"), h.get("pid"))] = _Proc(h)
+
+    def get(host: Any, pid: Any) -> _Proc:
+        p = procs.get((host, pid))
+        if p is None:
+            p = procs[(host, pid)] = _Proc({"hostname": host, "pid": pid})
+        return p
+
+    for g in a.generations:
+        p = get(g.host, g.pid)
+        p.work.append((g.start_ns, g.end_ns))
+        if g.threads and (g.device is None or str(g.device).startswith("cpu")):
+            p.torch_threads = max(p.torch_threads or 0, int(g.threads))
+    for r in a.ort_runs:
+        get(r.host, r.pid).work.append((r.start_ns, r.end_ns))
+    for s in a.ort_sessions:
+        n = s.get("intra_op_num_threads")
+        p = procs.get((s.get("host"), s.get("pid")))
+        if p is not None and isinstance(n, int):
+            p.ort_threads.append(n)
+    for pr in a.predictions:
+        get(pr.host, pr.pid).work.append((pr.start_ns, pr.end_ns))
+    host_of = {pid: host for (host, pid) in procs}
+    for e in a.samples:
+        p = procs.get((host_of.get(e.get("pid")), e.get("pid")))
+        if p is not None:
+            p.samples.append(e)
+    for p in procs.values():
+        p.samples.sort(key=lambda e: e["t_ns"])
+        p.work.sort()
+    return procs
+
+
+def _by_host(procs: dict[tuple[Any, Any], _Proc]) -> dict[Any, list[_Proc]]:
+    out: dict[Any, list[_Proc]] = defaultdict(list)
+    for p in procs.values():
+        out[p.host].append(p)
+    return out
+
+
+def _allowed(ps: list[_Proc]) -> tuple[float | None, str]:
+    """CPUs the processes of one host may use together, and how we know."""
+    cpus: set[int] = set()
+    limits = []
+    for p in ps:
+        cpus.update(p.ctx.get("affinity") or ())
+        lim = (p.ctx.get("cgroup") or {}).get("cpu_limit")
+        if lim:
+            limits.append(float(lim))
+    if not cpus and not limits:
+        return None, ""
+    allowed = float(len(cpus)) if cpus else math.inf
+    why = f"affinity {_cpus(sorted(cpus))}" if cpus else ""
+    if limits and min(limits) < allowed:
+        allowed = min(limits)
+        why = f"cgroup CPU quota {allowed:g} CPUs" + (f", {why}" if why else "")
+    elif cpus:
+        why += ", no CPU quota" if not limits else f", quota {min(limits):g} CPUs"
+    return allowed, why
+
+
+def _cpus(cpus: list[int]) -> str:
+    """[0, 1, 2, 3, 8] -> "0-3,8"."""
+    out, i = [], 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _num(x: float) -> str:
+    return f"{x:g}" if x == int(x) else f"{x:.2f}"
+
+
+def _intervals(samples: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Consecutive samples -> (start_ns, end_ns, deltas of their counters)."""
+    out = []
+    for a, b in zip(samples, samples[1:]):  # noqa: B905 - lengths differ by one
+        d = {}
+        for k in ("nr_periods", "nr_throttled", "throttled_usec", "ctx_involuntary"):
+            if isinstance(a.get(k), int) and isinstance(b.get(k), int):
+                d[k] = b[k] - a[k]
+        out.append((a["t_ns"], b["t_ns"], d))
+    return out
+
+
+def _overlaps(s: int, e: int, work: list[tuple[int, int]]) -> bool:
+    return any(ws < e and s < we for ws, we in work)
+
+
+# -- the rules ----------------------------------------------------------------------------------
+
+
+def oversubscription(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """Intra-op threads × processes above the CPUs allowed by affinity or quota."""
+    out = []
+    for host, ps in _by_host(procs).items():
+        busy = [(p, p.threads) for p in ps if p.work and p.threads]
+        if not busy:
+            continue
+        allowed, why = _allowed(ps)
+        total = sum(t for _, (t, _) in busy)
+        if allowed is None or total <= allowed:
+            continue
+        kinds = {k for _, (_, k) in busy}
+        per = {t for _, (t, _) in busy}
+        n = len(busy)
+        if len(per) == 1:
+            seen = f"{n} process{'es' if n > 1 else ''} × {per.pop()} {'/'.join(sorted(kinds))}"
+        else:
+            seen = " + ".join(f"{t}" for _, (t, _) in busy) + f" {'/'.join(sorted(kinds))}"
+        each = max(1, int(allowed // n))
+        out.append(
+            Finding(
+                "oversubscription",
+                "warning",
+                f"{seen} = {total} on {_num(allowed)} allowed CPUs ({why})",
+                f"at most {each} thread{'s' if each > 1 else ''} per process: "
+                f"OMP_NUM_THREADS={each} / torch.set_num_threads({each}) / ONNX Runtime "
+                f"intra_op_num_threads={each}; or fewer worker processes",
+                {"processes": n, "threads": total, "allowed_cpus": allowed},
+                host,
+                [p.pid for p, _ in busy],
+            )
+        )
+    return out
+
+
+def _cgroup_groups(procs: dict) -> list[_Proc]:
+    """One process per (host, cgroup) that has samples: throttling counters are the cgroup's,
+    so several processes in one cgroup would count the same periods."""
+    best: dict[tuple[Any, Any], _Proc] = {}
+    for p in procs.values():
+        if not p.samples or not p.work:
+            continue
+        key = (p.host, (p.ctx.get("cgroup") or {}).get("path") or p.pid)
+        if key not in best or len(p.samples) > len(best[key].samples):
+            best[key] = p
+    return list(best.values())
+
+
+def throttling(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """CFS quota throttling in sample intervals that overlap inference."""
+    out = []
+    for p in _cgroup_groups(procs):
+        ivs = [iv for iv in _intervals(p.samples) if _overlaps(iv[0], iv[1], p.work)]
+        periods = sum(d.get("nr_periods", 0) for _, _, d in ivs)
+        throttled = sum(d.get("nr_throttled", 0) for _, _, d in ivs)
+        usec = sum(d.get("throttled_usec", 0) for _, _, d in ivs)
+        if throttled <= 0:
+            continue
+        quota = (p.ctx.get("cgroup") or {}).get("cpu_limit")
+        share = f" ({100 * throttled / periods:.0f}%)" if periods else ""
+        out.append(
+            Finding(
+                "cpu_throttled",
+                "warning",
+                f"{throttled} of {periods} CFS periods throttled{share} during inference, "
+                f"{usec / 1000:.1f} ms in total"
+                + (f" (CPU quota {_num(quota)} CPUs)" if quota else ""),
+                "keep threads × processes within the quota (a thread per quota CPU), or raise "
+                "the container's CPU limit; a quota below the threads' demand stalls every "
+                "thread until the next period (100 ms by default)",
+                {"periods": periods, "throttled": throttled, "throttled_ms": usec / 1000},
+                p.host,
+                [p.pid],
+            )
+        )
+    return out
+
+
+def involuntary_switches(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """Involuntary context switches per inference above the threshold."""
+    out = []
+    for p in procs.values():
+        if not p.work or len(p.samples) < 2:
+            continue
+        ivs = [iv for iv in _intervals(p.samples) if _overlaps(iv[0], iv[1], p.work)]
+        inv = sum(d.get("ctx_involuntary", 0) for _, _, d in ivs)
+        # inferences inside the sampled span (the others have no counters around them)
+        lo, hi = p.samples[0]["t_ns"], p.samples[-1]["t_ns"]
+        n = sum(1 for s, e in p.work if s >= lo and e <= hi) or len(p.work)
+        per = inv / n
+        if per <= th.involuntary_per_inference:
+            continue
+        out.append(
+            Finding(
+                "involuntary_switches",
+                "warning",
+                f"{inv} involuntary context switches over {n} inferences = {per:.0f} per "
+                f"inference (threshold {th.involuntary_per_inference:g}): other runnable "
+                "threads take this process's CPUs",
+                "give the server CPUs of its own (taskset/cpuset, one inference process per "
+                "NUMA node), or fewer threads than allowed CPUs so the rest of the machine "
+                "fits beside it",
+                {"involuntary": inv, "inferences": n, "per_inference": per},
+                p.host,
+                [p.pid],
+            )
+        )
+    return out
+
+
+def slow_gaps(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """Token gaps above the ITL p99 that fall in intervals with throttling or switch bursts."""
+    p99 = a.stats("itl_s").p99
+    if p99 is None:
+        return []
+    limit_ns = p99 * 1e9
+    out = []
+    by_pid: dict[tuple[Any, Any], list[tuple[int, int]]] = defaultdict(list)
+    for g in a.generations:
+        t = g.token_t_ns
+        for x, y in zip(t, t[1:]):  # noqa: B905
+            if y - x > limit_ns:
+                by_pid[(g.host, g.pid)].append((x, y))
+    for key, gaps in by_pid.items():
+        p = procs.get(key)
+        if p is None or len(p.samples) < 2:
+            continue
+        ivs = _intervals(p.samples)
+        rates = sorted(
+            d["ctx_involuntary"] / max(1, e - s) for s, e, d in ivs if "ctx_involuntary" in d
+        )
+        median = rates[len(rates) // 2] if rates else 0.0
+        throttled = bursts = both = 0
+        for gs, ge in gaps:
+            hit = [iv for iv in ivs if iv[0] < ge and gs < iv[1]]
+            th_hit = any(d.get("nr_throttled", 0) > 0 for _, _, d in hit)
+            burst = any(
+                d.get("ctx_involuntary", 0) > 0
+                and d["ctx_involuntary"] / max(1, e - s) > th.burst_factor * median
+                for s, e, d in hit
+            )
+            throttled += th_hit
+            bursts += burst
+            both += th_hit or burst
+        if not both or both < th.coincide_share * len(gaps):
+            continue
+        causes = []
+        if throttled:
+            causes.append(f"{throttled} with CFS throttling")
+        if bursts:
+            causes.append(f"{bursts} with context-switch bursts")
+        out.append(
+            Finding(
+                "slow_gaps_coincide",
+                "warning",
+                f"{both} of {len(gaps)} slow token gaps (ITL above p99 = {p99 * 1e3:.1f} ms) "
+                f"coincide with CPU contention: {', '.join(causes)}",
+                "the stalls are the machine's, not the model's: see cpu_throttled / "
+                "involuntary_switches, pin the server's CPUs, size threads to the quota",
+                {
+                    "slow_gaps": len(gaps),
+                    "coincide": both,
+                    "throttled": throttled,
+                    "bursts": bursts,
+                    "itl_p99_s": p99,
+                },
+                p.host,
+                [p.pid],
+            )
+        )
+    return out
+
+
+def hyperthread_sharing(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """More busy inference threads than physical cores in the affinity set."""
+    out = []
+    for host, ps in _by_host(procs).items():
+        busy = [(p, p.threads) for p in ps if p.work and p.threads]
+        if not busy:
+            continue
+        ctxs = [p.ctx for p in ps if p.ctx.get("threads_per_core", 1) > 1]
+        if not ctxs:
+            continue
+        cores = max(c.get("affinity_cores") or 0 for c in ctxs)
+        logical = max(len(c.get("affinity") or ()) for c in ctxs)
+        total = sum(t for _, (t, _) in busy)
+        allowed, _ = _allowed(ps)
+        if not cores or total <= cores or (allowed is not None and total > allowed):
+            continue  # (above the allowed CPUs, oversubscription says it already)
+        out.append(
+            Finding(
+                "hyperthread_sharing",
+                "warning",
+                f"{total} busy inference threads on {cores} physical cores ({logical} "
+                f"hyperthreads in the affinity set): pairs of threads share one core's "
+                "execution units",
+                f"use {cores} threads (one per physical core), with OMP_PLACES=cores "
+                "OMP_PROC_BIND=close; or give each process whole cores",
+                {"threads": total, "physical_cores": cores, "logical_cpus": logical},
+                host,
+                [p.pid for p, _ in busy],
+            )
+        )
+    return out
+
+
+def default_threads(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """Thread counts left at library defaults inside a CPU-quota-limited container."""
+    out = []
+    for p in procs.values():
+        lim = (p.ctx.get("cgroup") or {}).get("cpu_limit")
+        if not p.work or not lim:
+            continue
+        env = p.ctx.get("thread_env") or {}
+        set_vars = [k for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env]
+        seen = []
+        torch_t = (p.ctx.get("torch") or {}).get("num_threads") or p.torch_threads
+        if torch_t and not set_vars and torch_t > math.ceil(lim):
+            seen.append(f"torch uses {torch_t} threads")
+        if 0 in p.ort_threads:
+            seen.append("ONNX Runtime intra_op_num_threads is 0 (one thread per core)")
+        if not seen:
+            continue
+        want = max(1, int(lim))
+        out.append(
+            Finding(
+                "default_threads_in_container",
+                "warning",
+                f"{' and '.join(seen)}, library defaults sized to the host's "
+                f"{p.ctx.get('cpus_logical', '?')} CPUs, in a container whose CPU quota is "
+                f"{_num(lim)} CPUs (no OMP_NUM_THREADS/MKL_NUM_THREADS set)",
+                f"set OMP_NUM_THREADS={want} (or torch.set_num_threads({want}) / "
+                f"intra_op_num_threads={want}) to match the quota",
+                {"cpu_limit": lim, "torch_threads": torch_t, "ort_threads": p.ort_threads},
+                p.host,
+                [p.pid],
+            )
+        )
+    return out
+
+
+def fork_after_parallel_torch(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
+    """A parent ran parallel torch compute (a CPU generate with > 1 thread) before forking."""
+    out = []
+    for child in procs.values():
+        h = child.header
+        forked, anchor = h.get("forked_mono_ns"), h.get("anchor")
+        if not forked or not anchor:
+            continue
+        fork_ns = anchor["wall_ns"] + (forked - anchor["mono_ns"])
+        parent = procs.get((child.host, h.get("ppid")))
+        if parent is None or not parent.torch_threads or parent.torch_threads < 2:
+            continue
+        before = [
+            g
+            for g in a.generations
+            if g.pid == parent.pid and g.host == parent.host and g.start_ns < fork_ns
+        ]
+        if not before:
+            continue
+        gnu = "gnu" in (parent.ctx.get("openmp") or ())
+        out.append(
+            Finding(
+                "fork_after_parallel_torch",
+                "error" if gnu else "warning",
+                f"process {parent.pid} ran {len(before)} generation(s) with "
+                f"{parent.torch_threads} torch threads before forking {child.pid}"
+                + (
+                    " with GNU OpenMP (libgomp) loaded: its thread pool does not survive "
+                    "fork(), and the child's first parallel op can hang"
+                    if gnu
+                    else ""
+                ),
+                "start workers with the 'spawn' or 'forkserver' start method, or fork before "
+                "any inference in the parent (load the model, do not run it)",
+                {
+                    "parent": parent.pid,
+                    "child": child.pid,
+                    "generations_before": len(before),
+                    "torch_threads": parent.torch_threads,
+                    "gnu_openmp": gnu,
+                },
+                child.host,
+                [parent.pid, child.pid],
+            )
+        )
+    return out
+
+
+#: every rule, in the order findings are printed
+RULES: dict[str, Callable[[Analysis, dict, Thresholds], list[Finding]]] = {
+    "oversubscription": oversubscription,
+    "cpu_throttled": throttling,
+    "slow_gaps_coincide": slow_gaps,
+    "involuntary_switches": involuntary_switches,
+    "hyperthread_sharing": hyperthread_sharing,
+    "default_threads_in_container": default_threads,
+    "fork_after_parallel_torch": fork_after_parallel_torch,
+}
+
+
+def find(analysis: Analysis, thresholds: Thresholds | None = None) -> list[Finding]:
+    """Every finding of every rule over ``analysis`` (empty: nothing found)."""
+    th = thresholds or Thresholds()
+    procs = _processes(analysis)
+    out: list[Finding] = []
+    for rule in RULES.values():
+        out.extend(rule(analysis, procs, th))
+    return out
+
+
+def has_samples(analysis: Analysis) -> bool:
+    """Whether the throttling / context-switch rules had samples to look at."""
+    return bool(analysis.samples)

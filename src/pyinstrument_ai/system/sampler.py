@@ -1,0 +1,323 @@
+"""``system.sample`` events: what the machine did, every ``--sample`` interval, on our clock.
+
+A daemon thread records one event per interval through the session's recorder, stamped with
+:func:`pyinstrument_ai.clock.now_ns` like every other event, so a slow token can be put next
+to what the process and its cgroup did at that moment. Values are **raw cumulative counters**
+(CPU time, context switches, throttled periods, ...): the difference between two samples is
+what happened in between, and nothing is lost if a sample is late. Fields: docs/events.md.
+
+Sources: process figures from ``psutil`` when it is installed (``pip install
+"pyinstrument-ai[system]"``), else from ``resource.getrusage`` and ``/proc/self`` (Linux);
+cgroup and per-CPU figures straight from their files; NVIDIA GPUs through the optional
+``nvidia-ml-py`` (``pynvml``). A source that is missing is skipped, its fields absent.
+
+``root`` points every file read at another tree (tests use a fake ``/proc`` and ``/sys``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from pyinstrument_ai import clock
+from pyinstrument_ai._guard import guard
+from pyinstrument_ai.system.context import cgroup_dirs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ["EVENT", "Sampler"]
+
+EVENT = "system.sample"
+
+try:
+    _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):
+    _TICK_NS = 10_000_000
+try:
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE = 4096
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _kv(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            try:
+                out[parts[0].rstrip(":")] = int(parts[1])
+            except ValueError:
+                pass
+    return out
+
+
+def _psi_total(text: str, kind: str) -> int | None:
+    for line in text.splitlines():
+        if line.startswith(kind + " "):
+            for part in line.split():
+                if part.startswith("total="):
+                    return int(part[6:])
+    return None
+
+
+class Sampler:
+    """Records ``system.sample`` every ``interval_s`` seconds until :meth:`stop`."""
+
+    def __init__(
+        self,
+        record: Callable[..., None],
+        interval_s: float,
+        root: str = "/",
+        use_psutil: bool = True,
+        use_nvml: bool = True,
+    ) -> None:
+        self.record = record
+        self.interval_s = interval_s
+        self.root = root
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: Any = None  # psutil.Process, when psutil is installed
+        self._nvml: Any = None  # (pynvml, [handles]) once initialised
+        self._options = (use_psutil, use_nvml)
+        self._ready = False  # set up on the sampler's thread: imports stay off the caller's
+
+    def _path(self, p: str) -> str:
+        return os.path.join(self.root, p.lstrip("/"))
+
+    def _setup(self) -> None:
+        self._ready = True
+        use_psutil, use_nvml = self._options
+        if use_psutil:
+            try:
+                import psutil
+
+                self._proc = psutil.Process()
+            except Exception:  # not installed, or no support here: /proc and getrusage
+                self._proc = None
+        dirs = cgroup_dirs(self.root)
+        self._cpu_stat: str | None = None
+        self._pressure: str | None = None
+        # throttling counters: v1's cpu controller, else v2 (on a hybrid host, v2's cpu.stat
+        # has usage only: the cpu controller is bound to v1)
+        for key in ("cpu", "v2"):
+            d = dirs.get(key)
+            if d and os.path.exists(os.path.join(d, "cpu.stat")):
+                text = _read(os.path.join(d, "cpu.stat")) or ""
+                if "nr_periods" in text or self._cpu_stat is None:
+                    self._cpu_stat = os.path.join(d, "cpu.stat")
+                if "nr_periods" in text:
+                    break
+        if dirs.get("v2") and os.path.exists(os.path.join(dirs["v2"], "cpu.pressure")):
+            self._pressure = os.path.join(dirs["v2"], "cpu.pressure")
+        self._host_pressure = self._path("/proc/pressure/cpu")
+        if use_nvml:
+            self._nvml = _nvml_init()
+
+    # -- thread --------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        t = threading.Thread(target=self._loop, name="pyinstrument-ai-sample", daemon=True)
+        self._thread = t
+        t.start()
+
+    def _loop(self) -> None:
+        stop, interval = self._stop, self.interval_s
+        while True:
+            with guard("system sample"):
+                self.sample()
+            if stop.wait(interval):
+                return
+
+    def stop(self, final: bool = True) -> None:
+        """End the thread (no join: this may run in a signal handler); ``final`` takes one last
+        sample now, so the counters cover the whole run up to the final flush."""
+        self._stop.set()
+        if final and self._thread is not None:
+            with guard("final system sample"):
+                self.sample()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stop.is_set()
+
+    # -- one sample -------------------------------------------------------------------------------
+    def sample(self) -> dict[str, Any]:
+        """Read every source once and record (and return) the fields of one event."""
+        if not self._ready:
+            self._setup()
+        t = clock.now_ns()
+        f: dict[str, Any] = {}
+        try:
+            # CLOCK_PROCESS_CPUTIME_ID: user + system of all threads, ns resolution (the
+            # split below comes at the kernel's accounting resolution)
+            f["cpu_ns"] = time.process_time_ns()
+        except Exception:
+            pass
+        self._process(f)
+        self._cgroup(f)
+        self._cpus(f)
+        if self._nvml is not None:
+            self._gpus(f)
+        f["sample_ns"] = clock.now_ns() - t  # what this sample cost, in wall time
+        self.record(EVENT, t, None, f)
+        return f
+
+    def _process(self, f: dict[str, Any]) -> None:
+        p = self._proc
+        if p is not None:
+            try:
+                with p.oneshot():
+                    ct = p.cpu_times()
+                    cs = p.num_ctx_switches()
+                    f["cpu_user_ns"] = int(ct.user * 1e9)
+                    f["cpu_system_ns"] = int(ct.system * 1e9)
+                    f["ctx_voluntary"] = int(cs.voluntary)
+                    f["ctx_involuntary"] = int(cs.involuntary)
+                    f["rss_bytes"] = int(p.memory_info().rss)
+                    f["threads"] = int(p.num_threads())
+                return
+            except Exception:
+                pass  # fall through to the standard library
+        try:
+            import resource
+
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            f["cpu_user_ns"] = int(ru.ru_utime * 1e9)
+            f["cpu_system_ns"] = int(ru.ru_stime * 1e9)
+            f["ctx_voluntary"] = int(ru.ru_nvcsw)
+            f["ctx_involuntary"] = int(ru.ru_nivcsw)
+        except Exception:
+            pass
+        statm = _read(self._path("/proc/self/statm"))
+        if statm:
+            f["rss_bytes"] = int(statm.split()[1]) * _PAGE
+        status = _read(self._path("/proc/self/status"))
+        if status:
+            kv = _kv(status)
+            if "Threads" in kv:
+                f["threads"] = kv["Threads"]
+
+    def _cgroup(self, f: dict[str, Any]) -> None:
+        if self._cpu_stat:
+            text = _read(self._cpu_stat)
+            if text:
+                kv = _kv(text)
+                for k in ("nr_periods", "nr_throttled"):
+                    if k in kv:
+                        f[k] = kv[k]
+                if "throttled_usec" in kv:  # v2
+                    f["throttled_usec"] = kv["throttled_usec"]
+                elif "throttled_time" in kv:  # v1, in ns
+                    f["throttled_usec"] = kv["throttled_time"] // 1000
+        if self._pressure:
+            text = _read(self._pressure)
+            if text:
+                some, full = _psi_total(text, "some"), _psi_total(text, "full")
+                if some is not None:
+                    f["cpu_pressure_some_usec"] = some
+                if full is not None:
+                    f["cpu_pressure_full_usec"] = full
+        else:
+            text = _read(self._host_pressure)
+            if text:
+                some = _psi_total(text, "some")
+                if some is not None:
+                    f["host_cpu_pressure_some_usec"] = some
+
+    def _cpus(self, f: dict[str, Any]) -> None:
+        text = _read(self._path("/proc/stat"))
+        if not text:
+            return
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            allowed = None
+        cpus, busy, steal = [], [], []
+        for line in text.splitlines():
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            parts = line.split()
+            try:
+                n = int(parts[0][3:])
+                v = [int(x) for x in parts[1:9]]
+            except (ValueError, IndexError):
+                continue
+            if allowed is not None and n not in allowed:
+                continue
+            v += [0] * (8 - len(v))
+            user, nice, system, _idle, _iowait, irq, softirq, st = v
+            cpus.append(n)
+            busy.append((user + nice + system + irq + softirq) * _TICK_NS)
+            steal.append(st * _TICK_NS)
+        if cpus:
+            f["cpus"] = cpus
+            f["cpu_busy_ns"] = busy
+            f["cpu_steal_ns"] = steal
+
+    def _gpus(self, f: dict[str, Any]) -> None:
+        nv, handles = self._nvml
+        gpus = []
+        for i, h in enumerate(handles):
+            g: dict[str, Any] = {"index": i}
+            for key, fn in (
+                ("util", lambda h=h: nv.nvmlDeviceGetUtilizationRates(h)),
+                ("mem", lambda h=h: nv.nvmlDeviceGetMemoryInfo(h)),
+            ):
+                try:
+                    r = fn()
+                except Exception:
+                    continue
+                if key == "util":
+                    g["util_pct"] = int(r.gpu)
+                    g["mem_util_pct"] = int(r.memory)
+                else:
+                    g["mem_used_bytes"] = int(r.used)
+                    g["mem_total_bytes"] = int(r.total)
+            for key, call in (
+                ("power_mw", lambda h=h: nv.nvmlDeviceGetPowerUsage(h)),
+                ("temp_c", lambda h=h: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                ("sm_clock_mhz", lambda h=h: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+                ("clock_event_reasons", lambda h=h: _clock_events(nv, h)),
+            ):
+                try:
+                    g[key] = int(call())
+                except Exception:
+                    pass
+            gpus.append(g)
+        if gpus:
+            f["gpus"] = gpus
+
+
+def _clock_events(nv: Any, h: Any) -> int:
+    # renamed from "throttle reasons" to "clocks event reasons" in newer NVML
+    fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+    if fn is None:
+        fn = nv.nvmlDeviceGetCurrentClocksThrottleReasons
+    return fn(h)
+
+
+def _nvml_init() -> Any:
+    """(pynvml, handles) on a machine with an NVIDIA driver and nvidia-ml-py; else None."""
+    if not os.path.exists("/proc/driver/nvidia/version") and not os.path.exists("/dev/nvidia0"):
+        return None  # no driver: skip the import and the library probe
+    try:
+        import pynvml as nv
+
+        nv.nvmlInit()
+        handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
+    except Exception:
+        return None
+    return (nv, handles) if handles else None

@@ -1,0 +1,189 @@
+"""What the ASGI and WSGI targets share: a request's ids, a proxy's arrival time, the event.
+
+One ``http.request`` event per request, recorded when the request is over (the application
+returned and its body was sent or closed). ``t_mono_ns`` is when the server handed the request
+to the application; the response times are offsets from it (see docs/targets/web.md).
+Header values are read for three names only (``x-request-id``, ``traceparent``,
+``x-request-start``); no other header, no query string and no body byte is ever looked at.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any
+
+from pyinstrument_ai._guard import report
+from pyinstrument_ai.request_context import Tag
+
+HTTP_REQUEST = "http.request"
+MAX_ID_LEN = 128
+
+_seq = itertools.count(1)
+_prefix: str | None = None
+
+
+def _reset_prefix() -> None:
+    global _prefix
+    _prefix = None
+
+
+if hasattr(os, "register_at_fork"):  # a forked worker makes ids of its own
+    os.register_at_fork(after_in_child=_reset_prefix)
+
+
+def generated_id() -> str:
+    """``<pid hex>-<4 random hex>-<n>``: unique across the workers of a server and restarts."""
+    global _prefix
+    if _prefix is None:
+        _prefix = f"{os.getpid():x}-{os.urandom(2).hex()}-"
+    return _prefix + str(next(_seq))
+
+
+def valid_id(value: str | None) -> str | None:
+    """An id as sent, if it looks like one: 1..128 printable ASCII characters, else None (an
+    id-shaped header is the only header value we ever record, so nothing else gets through)."""
+    if not value:
+        return None
+    value = value.strip()
+    if 0 < len(value) <= MAX_ID_LEN and value.isascii() and value.isprintable():
+        return value
+    return None
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def traceparent_id(value: str | None) -> str | None:
+    """``<trace-id>-<parent-id>`` of a valid W3C ``traceparent`` (the calling span: unique per
+    call, unlike the trace id that several calls of one trace share), else None."""
+    if not value:
+        return None
+    parts = value.strip().lower().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[0]) != 2:
+        return None
+    trace, parent = parts[1], parts[2]
+    if not (_HEX.issuperset(trace) and _HEX.issuperset(parent)):
+        return None
+    if trace == "0" * 32 or parent == "0" * 16 or parts[0] == "ff":
+        return None
+    return f"{trace}-{parent}"
+
+
+def choose_id(x_request_id: str | None, traceparent: str | None) -> tuple[str, str]:
+    """(request id, where it came from): ``x-request-id``, ``traceparent`` or ``generated``."""
+    rid = valid_id(x_request_id)
+    if rid is not None:
+        return rid, "x-request-id"
+    rid = traceparent_id(traceparent)
+    if rid is not None:
+        return rid, "traceparent"
+    return generated_id(), "generated"
+
+
+def parse_request_start(value: str | None) -> int | None:
+    """``X-Request-Start`` as epoch nanoseconds, or None when absent or not a time.
+
+    Proxies write it as ``t=<time>`` or a bare number, in seconds (nginx ``t=${msec}``:
+    ``1700000000.123``), milliseconds, microseconds (Heroku, HAProxy recipes) or nanoseconds; the
+    unit is told from the magnitude (any date from 1973 to 2286 is unambiguous).
+    """
+    if not value:
+        return None
+    text = value.strip()
+    if text[:2] in ("t=", "T="):
+        text = text[2:]
+    # digits[.digits] only, in integers: exact to the nanosecond (a float is not, at 1e18)
+    whole, _, frac = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or len(text) > 32:
+        return None
+    if frac and not (frac.isascii() and frac.isdigit()):
+        return None
+    v = int(whole)
+    for limit, exp in ((10**10, 9), (10**13, 6), (10**16, 3), (10**19, 0)):
+        if v < limit:
+            ns = v * 10**exp + (int((frac + "0" * exp)[:exp]) if exp else 0)
+            return ns if ns >= 10**17 else None  # before 1973: not a timestamp
+    return None
+
+
+class Request:
+    """One request in flight (lives only as long as the request)."""
+
+    __slots__ = (
+        "t0",
+        "tag",
+        "source",
+        "method",
+        "server",
+        "upstream",
+        "status",
+        "headers_t",
+        "first_t",
+        "last_t",
+        "nbytes",
+        "chunks",
+        "finished",
+        "route",
+    )
+
+    def __init__(
+        self,
+        t0: int,
+        server: str,
+        method: Any,
+        x_request_id: str | None,
+        traceparent: str | None,
+        request_start: str | None,
+    ) -> None:
+        self.t0 = t0
+        self.server = server
+        self.method = method if isinstance(method, str) else None
+        rid, self.source = choose_id(x_request_id, traceparent)
+        self.tag = Tag(rid)
+        self.upstream = parse_request_start(request_start) if request_start else None
+        self.status: int | None = None
+        self.headers_t: int | None = None
+        self.first_t: int | None = None
+        self.last_t: int | None = None
+        self.nbytes = 0
+        self.chunks = 0
+        self.finished = False
+        self.route: str | None = None  # the route template, when the framework said
+
+    def chunk(self, t: int, n: int) -> None:
+        if n:
+            if self.first_t is None:
+                self.first_t = t
+            self.last_t = t  # WSGI: the end of iteration comes after the client has it all
+            self.nbytes += n
+            self.chunks += 1
+
+    def finish(self, record: Any, t1: int, route: Any, error: BaseException | None) -> None:
+        """Record the event (once) and end the request's tag."""
+        if self.finished:
+            return
+        self.finished = True
+        self.tag.done = True
+        try:
+            t0 = self.t0
+            fields: dict[str, Any] = {
+                "request_id": self.tag.fields["request_id"],
+                "request_id_source": self.source,
+                "server": self.server,
+                "method": self.method,
+                "route": route if isinstance(route, str) else self.route,
+                "status": self.status,
+                "headers_ns": self.headers_t - t0 if self.headers_t is not None else None,
+                "first_chunk_ns": self.first_t - t0 if self.first_t is not None else None,
+                "last_chunk_ns": self.last_t - t0 if self.last_t is not None else None,
+                "bytes": self.nbytes,
+                "chunks": self.chunks,
+            }
+            if self.upstream is not None:
+                fields["upstream_start_wall_ns"] = self.upstream
+            if error is not None:
+                fields["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
+            record(HTTP_REQUEST, t0, t1 - t0, fields)
+        except Exception as ours:
+            report(f"{self.server}.request", ours)

@@ -1,0 +1,200 @@
+"""ASGI target: one ``http.request`` event per HTTP request an ASGI application serves.
+
+What is wrapped (plain functions on the class, put back by ``unpatch()``):
+
+* ``uvicorn.config.Config.load`` -- after uvicorn has loaded the application (also under
+  gunicorn's uvicorn workers), ``config.loaded_app`` is wrapped once: the request is seen when
+  uvicorn hands it over, for any ASGI application (Starlette, FastAPI, a bare coroutine).
+* ``starlette.applications.Starlette.__call__`` -- Starlette and FastAPI under any other ASGI
+  server (hypercorn, daphne, granian, httpx's ``ASGITransport`` in tests).
+
+The outermost wrapper a request passes through records it; an inner one sees the same scope
+already in flight and passes straight through. The wrapper reads three request headers
+(``x-request-id``, ``traceparent``, ``x-request-start``) and watches the ``send`` messages the
+application emits (status, when the headers and each body chunk were handed to the server, byte
+counts); it never changes a message, the scope or the receive channel. The route template is
+Starlette's matched route (``scope["route"].path``, e.g. ``/items/{item_id}``), read when the
+application has returned. While the application runs, the request's tag is current (see
+``pyinstrument_ai.request_context``): generations it starts carry its ``request_id``.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from typing import Any
+
+from pyinstrument_ai import hooks, request_context
+from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai.clock import now_ns
+from pyinstrument_ai.targets._http import Request
+
+__all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
+
+NAME = "asgi"
+MODULES = ("uvicorn.config", "starlette.applications")
+DISTRIBUTION = "starlette"
+SUPPORTED = (">=0.27", "<2")
+
+_MARK = "_pyinstrument_ai_original"
+_lock = threading.RLock()
+_recorder: Any = None
+_patched: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, wrapper)
+# the scope of the request being served in this task: a nested app passes it through
+_in_request: ContextVar[Any] = ContextVar("pyinstrument_ai.asgi.scope", default=None)
+_set_tag = request_context._current.set
+_reset_tag = request_context._current.reset
+
+
+def patch(recorder: Any) -> None:
+    """Wrap uvicorn's app loading and Starlette's ``__call__`` as each is imported."""
+    global _recorder
+    with _lock:
+        if _recorder is not None:
+            return
+        _recorder = recorder
+        request_context.acquire()
+        for module in MODULES:
+            hooks.when_imported(module, _on_import)
+
+
+def unpatch() -> None:
+    global _recorder
+    with _lock:
+        if _recorder is None:
+            return
+        _recorder = None
+        while _patched:
+            owner, attr, original, wrapper = _patched.pop()
+            if owner.__dict__.get(attr) is wrapper:
+                setattr(owner, attr, original)
+        request_context.release()
+
+
+def _on_import(module: Any) -> None:
+    with _lock:
+        if _recorder is None:
+            return
+        if module.__name__ == "uvicorn.config":
+            _replace(module.Config, "load", _make_load)
+        else:
+            _replace(module.Starlette, "__call__", _make_starlette_call)
+
+
+def _replace(owner: Any, attr: str, factory: Any) -> None:
+    import functools
+
+    original = owner.__dict__.get(attr)
+    if original is None or hasattr(original, _MARK):
+        return
+    wrapper = factory(original)
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _MARK, original)
+    setattr(owner, attr, wrapper)
+    _patched.append((owner, attr, original, wrapper))
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _make_load(original: Any) -> Any:
+    def load(self: Any) -> None:
+        original(self)
+        with guard("asgi.uvicorn"):
+            app = getattr(self, "loaded_app", None)
+            if app is not None and _recorder is not None and not isinstance(app, _App):
+                self.loaded_app = _App(app)
+
+    return load
+
+
+class _App:
+    """What uvicorn calls instead of the loaded application: the same call, watched."""
+
+    __slots__ = ("app", "__weakref__")
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        return await _serve(self.app, scope, receive, send, None)
+
+    def __getattr__(self, name: str) -> Any:  # uvicorn and tests may look at the app
+        return getattr(self.app, name)
+
+
+def _make_starlette_call(original: Any) -> Any:
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        return await _serve(self, scope, receive, send, original)
+
+    return __call__
+
+
+async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) -> Any:
+    """Call the application (``unbound(app, ...)`` for a wrapped method, else ``app(...)``)
+    exactly once, with the same scope and receive, and a ``send`` that only watches."""
+    t0 = now_ns()  # arrival: before anything of ours
+    req = None
+    record = None
+    try:
+        record = _recorder.record if _recorder is not None else None
+        if record is not None and scope["type"] == "http" and _in_request.get() is not scope:
+            req = _start(t0, scope)
+    except Exception as ours:
+        report("asgi.request", ours)
+    if req is None:
+        if unbound is not None:
+            return await unbound(app, scope, receive, send)
+        return await app(scope, receive, send)
+
+    async def watched_send(message: Any) -> Any:
+        t = now_ns()
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":
+                req.chunk(t, len(message.get("body", b"")))
+                if not message.get("more_body", False):
+                    req.last_t = t
+            elif kind == "http.response.start":
+                req.status = message.get("status")
+                if req.headers_t is None:
+                    req.headers_t = t
+        except Exception as ours:  # a malformed message is the server's to reject, not ours
+            report("asgi.send", ours)
+        return await send(message)
+
+    tag_token = _set_tag(req.tag)
+    scope_token = _in_request.set(scope)
+    error = None
+    try:
+        if unbound is not None:
+            return await unbound(app, scope, receive, watched_send)
+        return await app(scope, receive, watched_send)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        t1 = now_ns()
+        try:
+            _in_request.reset(scope_token)
+            _reset_tag(tag_token)
+        except ValueError:  # finished in another context (cannot happen for one await chain)
+            pass
+        route = None
+        with guard("asgi.route"):
+            route = getattr(scope.get("route"), "path", None)
+        req.finish(record, t1, route, error)
+        error = None  # no reference cycle through the traceback
+
+
+def _start(t0: int, scope: dict) -> Request:
+    # ASGI header names are lower-case bytes; latin-1 decodes any byte string
+    rid = tp = start = None
+    for k, v in scope.get("headers") or ():
+        if k == b"x-request-id":
+            rid = v.decode("latin-1")
+        elif k == b"traceparent":
+            tp = v.decode("latin-1")
+        elif k == b"x-request-start":
+            start = v.decode("latin-1")
+    return Request(t0, "asgi", scope.get("method"), rid, tp, start)

@@ -1,0 +1,271 @@
+"""WSGI target: one ``http.request`` event per request a WSGI application serves.
+
+What is wrapped (plain functions on the class, put back by ``unpatch()``):
+
+* ``flask.app.Flask.__call__`` -- Flask under any WSGI server (gunicorn's sync and gthread
+  workers, werkzeug, waitress, wsgiref, Flask's test client).
+* ``wsgiref.handlers.BaseHandler.run`` -- any WSGI application under the standard library's
+  server (``wsgiref.simple_server``): it is handed a watching callable around the application.
+
+The outermost wrapper records; a nested one (Flask under wsgiref) sees the same ``environ``
+already in flight and passes through. Watched, never changed: the ``start_response`` call
+(status, when the headers were given), the body iterable (when each chunk was handed to the
+server, bytes; a ``len()`` is kept so servers still set Content-Length) and the legacy
+``write`` callable. The event is recorded when the server closes the body (PEP 3333 requires
+it) or, if the application raised, at once. A ``wsgi.file_wrapper`` result is returned as is
+(so ``sendfile`` still works) and recorded without chunk times. The route template is Flask's
+matched rule (``/items/<int:item_id>``), read from ``environ["werkzeug.request"].url_rule``.
+The request's tag is current while the application runs and while each chunk is produced, on
+whichever thread the server iterates the body.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from typing import Any
+
+from pyinstrument_ai import hooks, request_context
+from pyinstrument_ai._guard import guard, report
+from pyinstrument_ai.clock import now_ns
+from pyinstrument_ai.targets._http import Request
+
+__all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
+
+NAME = "wsgi"
+MODULES = ("flask.app", "wsgiref.handlers")
+_FLASK_CTX = "flask.ctx"
+DISTRIBUTION = "flask"
+SUPPORTED = (">=2.0", "<4")
+
+_MARK = "_pyinstrument_ai_original"
+_lock = threading.RLock()
+_recorder: Any = None
+_patched: list[tuple[Any, str, Any, Any]] = []
+_in_request: ContextVar[Any] = ContextVar("pyinstrument_ai.wsgi.environ", default=None)
+_req_var: ContextVar[Request | None] = ContextVar("pyinstrument_ai.wsgi.request", default=None)
+_tag_var = request_context._current
+
+
+def patch(recorder: Any) -> None:
+    global _recorder
+    with _lock:
+        if _recorder is not None:
+            return
+        _recorder = recorder
+        request_context.acquire()
+        for module in MODULES:
+            hooks.when_imported(module, _on_import)
+
+
+def unpatch() -> None:
+    global _recorder
+    with _lock:
+        if _recorder is None:
+            return
+        _recorder = None
+        while _patched:
+            owner, attr, original, wrapper = _patched.pop()
+            if owner.__dict__.get(attr) is wrapper:
+                setattr(owner, attr, original)
+        request_context.release()
+
+
+def _on_import(module: Any) -> None:
+    with _lock:
+        if _recorder is None:
+            return
+        if module.__name__ == "flask.app":
+            _replace(module.Flask, "__call__", _make_flask_call)
+            # flask.app imports flask.ctx: this is no import on the host's behalf
+            from flask import ctx
+
+            _replace(ctx.RequestContext, "match_request", _make_match_request)
+        else:
+            _replace(module.BaseHandler, "run", _make_handler_run)
+
+
+def _replace(owner: Any, attr: str, factory: Any) -> None:
+    import functools
+
+    original = owner.__dict__.get(attr)
+    if original is None or hasattr(original, _MARK):
+        return
+    wrapper = factory(original)
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _MARK, original)
+    setattr(owner, attr, wrapper)
+    _patched.append((owner, attr, original, wrapper))
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _make_flask_call(original: Any) -> Any:
+    def __call__(self: Any, environ: Any, start_response: Any) -> Any:
+        return _serve(original, self, environ, start_response)
+
+    return __call__
+
+
+def _make_match_request(original: Any) -> Any:
+    # Flask forgets the matched rule when the request context is popped, before the server
+    # closes the body: read it as soon as Flask has matched it.
+    def match_request(self: Any) -> None:
+        try:
+            return original(self)
+        finally:
+            req = _req_var.get()
+            if req is not None:
+                with guard("wsgi.route"):
+                    rule = getattr(self.request, "url_rule", None)
+                    req.route = getattr(rule, "rule", None)
+
+    return match_request
+
+
+def _make_handler_run(original: Any) -> Any:
+    def run(self: Any, application: Any) -> Any:
+        return original(self, _App(application))
+
+    return run
+
+
+class _App:
+    """The callable wsgiref's handler runs instead of the application: the same call, watched."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return _serve(None, self.app, environ, start_response)
+
+
+def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
+    t0 = now_ns()
+    req = record = None
+    try:
+        record = _recorder.record if _recorder is not None else None
+        if record is not None and _in_request.get() is not environ:
+            get = environ.get
+            req = Request(
+                t0,
+                "wsgi",
+                get("REQUEST_METHOD"),
+                get("HTTP_X_REQUEST_ID"),
+                get("HTTP_TRACEPARENT"),
+                get("HTTP_X_REQUEST_START"),
+            )
+    except Exception as ours:
+        report("wsgi.request", ours)
+    if req is None:
+        return unbound(app, environ, start_response) if unbound else app(environ, start_response)
+
+    def watched_start_response(status: Any, headers: Any, *exc_info: Any) -> Any:
+        t = now_ns()
+        try:
+            req.status = int(status.split(None, 1)[0])
+            if req.headers_t is None:
+                req.headers_t = t
+        except Exception:  # not "200 OK": the server will say so; status stays unknown
+            req.status = None
+        write = start_response(status, headers, *exc_info)
+        return _watched_write(write, req) if callable(write) else write
+
+    tag_token = _tag_var.set(req.tag)
+    env_token = _in_request.set(environ)
+    req_token = _req_var.set(req)
+    try:
+        if unbound is not None:
+            result = unbound(app, environ, watched_start_response)
+        else:
+            result = app(environ, watched_start_response)
+    except BaseException as exc:
+        req.finish(record, now_ns(), _route(environ), exc)
+        raise
+    finally:
+        _req_var.reset(req_token)
+        _in_request.reset(env_token)
+        _tag_var.reset(tag_token)
+    try:
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):
+            req.finish(record, now_ns(), _route(environ), None)
+            return result
+        body = _SizedBody if hasattr(type(result), "__len__") else _Body
+        return body(result, req, record, environ)
+    except Exception as ours:
+        report("wsgi.body", ours)
+        return result
+
+
+def _route(environ: Any) -> Any:
+    with guard("wsgi.route"):
+        rule = getattr(environ.get("werkzeug.request"), "url_rule", None)
+        return getattr(rule, "rule", None)
+    return None
+
+
+def _watched_write(write: Any, req: Request) -> Any:
+    def watched_write(data: Any) -> Any:
+        try:
+            req.chunk(now_ns(), len(data))
+        except Exception as ours:
+            report("wsgi.write", ours)
+        return write(data)
+
+    return watched_write
+
+
+class _Body:
+    """The application's body iterable, handed to the server chunk by chunk, unchanged."""
+
+    __slots__ = ("_result", "_it", "_req", "_record", "_environ")
+
+    def __init__(self, result: Any, req: Request, record: Any, environ: Any) -> None:
+        self._result = result
+        self._it: Any = None
+        self._req = req
+        self._record = record
+        self._environ = environ
+
+    def __iter__(self) -> _Body:
+        return self
+
+    def __next__(self) -> Any:
+        req = self._req
+        token = _tag_var.set(req.tag)  # the body may be produced on another thread
+        try:
+            if self._it is None:
+                self._it = iter(self._result)
+            chunk = next(self._it)
+        except StopIteration:  # the body's normal end, not an error
+            raise
+        except BaseException as exc:
+            req.finish(self._record, now_ns(), _route(self._environ), exc)
+            raise
+        finally:
+            _tag_var.reset(token)
+        try:
+            req.chunk(now_ns(), len(chunk))
+        except Exception as ours:
+            report("wsgi.chunk", ours)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            req = self._req
+            req.finish(self._record, now_ns(), _route(self._environ), None)
+
+
+class _SizedBody(_Body):
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._result)

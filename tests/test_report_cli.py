@@ -1,0 +1,363 @@
+"""``pyinstrument-ai report`` and ``compare``, run as programs (the console script and
+``python -m pyinstrument_ai``) on hand-built event files.
+
+Expected numbers are worked out by hand from the events written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from conftest import clean_env
+
+try:
+    from tests._events import MS, WALL0, gen_events, header, shift, write, write_epoch
+except ImportError:  # plain `pytest`: tests/ itself is on sys.path
+    from _events import MS, WALL0, gen_events, header, shift, write, write_epoch  # type: ignore
+
+approx = pytest.approx
+
+SCRIPT = [str(Path(sys.executable).parent / "pyinstrument-ai")]
+MODULE = [sys.executable, "-m", "pyinstrument_ai"]
+ENTRIES = pytest.mark.parametrize("entry", [SCRIPT, MODULE], ids=["console-script", "python-m"])
+
+
+def cli(*args: str, entry: list[str] = SCRIPT, cwd: Path | None = None):
+    return subprocess.run(
+        [*entry, *map(str, args)],
+        env=clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def report_json(*args, **kw) -> dict:
+    r = cli("report", *args, "--json", **kw)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _ort(pid, t_ms, dur_ms, batch, session_id=1):
+    return {
+        "name": "onnxruntime.run",
+        "t_ns": WALL0 + int(t_ms * MS),
+        "dur_ns": int(dur_ms * MS),
+        "pid": pid,
+        "tid": 1,
+        "api": "run",
+        "session_id": session_id,
+        "batch_size": batch,
+        "input_names": ["x"],
+        "output_count": 1,
+    }
+
+
+def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny"):
+    return {
+        "name": "torchserve.predict",
+        "t_ns": WALL0 + int(t_ms * MS),
+        "dur_ns": int(dur_ms * MS),
+        "pid": pid,
+        "tid": 1,
+        "model_name": model,
+        "model_version": "1.0",
+        "batch_size": batch,
+        "request_ids": [f"r{seq}-{i}" for i in range(batch)],
+        "handler": "h.H",
+        "seq": seq,
+        "handler_ns": int(dur_ms * 0.95 * MS),
+        "preprocess_ns": int(dur_ms * 0.2 * MS),
+        "inference_ns": int(dur_ms * 0.6 * MS),
+        "postprocess_ns": int(dur_ms * 0.1 * MS),
+        "intermediate_count": 0,
+    }
+
+
+def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1") -> Path:
+    """Three processes of one run: generations (pid 101), ONNX Runtime (202), TorchServe (303).
+
+    Generations (slow=1): g1 0..400 ms tokens at 100,130,160,190; g2 200..500 ms tokens at
+    150,200 (from its start); g3 1000..2000 ms one token at 300.
+    """
+    versions = versions or {"transformers": "5.23.0"}
+    k = slow
+    gens = gen_events(101, 1, 0, 400 * k, [100 * k, 130 * k, 160 * k, 190 * k], model="A")
+    gens += gen_events(101, 2, 200, 300 * k, [150 * k, 200 * k], model="A")
+    gens += gen_events(101, 3, 1000, 1000 * k, [300 * k], model="B")
+    write_epoch(d / "p101.jsonl", header(101, run_id=run_id, versions=versions), shift(gens, WALL0))
+    sess = {
+        "name": "onnxruntime.session",
+        "t_ns": WALL0 + 2900 * MS,
+        "dur_ns": 5 * MS,
+        "pid": 202,
+        "tid": 1,
+        "session_id": 1,
+        "model_path": "m.onnx",
+        "providers": ["CPUExecutionProvider"],
+        "intra_op_num_threads": 2,
+        "inter_op_num_threads": 0,
+        "execution_mode": "ORT_SEQUENTIAL",
+    }
+    runs = [_ort(202, 3000 + 10 * i, 5 * k, 1 if i < 6 else 4) for i in range(10)]
+    write_epoch(
+        d / "p202.jsonl", header(202, run_id=run_id, versions={"onnxruntime": "1.32.0"}),
+        [sess, *runs],
+    )  # fmt: skip
+    preds = [_predict(303, i, 5000 + 100 * i * k, 100 * k, b) for i, b in enumerate([1, 2, 1, 4])]
+    write_epoch(
+        d / "p303.jsonl", header(303, run_id=run_id, versions={"torchserve": "0.12.0"}), preds
+    )
+    return d
+
+
+@pytest.fixture
+def run1(tmp_path):
+    return make_run(tmp_path / "run1")
+
+
+# -- the numbers ---------------------------------------------------------------------------------
+
+
+@ENTRIES
+def test_json_numbers(run1, entry):
+    d = report_json(run1, entry=entry)
+    assert d["schema"] == 1
+    assert d["inputs"]["files"] == 3
+    g = d["generations"]
+    assert g["count"] == 3 and g["output_tokens"] == 7
+    assert g["ttft_s"]["p50"] == approx(0.150)  # of 0.10, 0.15, 0.30
+    assert g["ttft_s"]["mean"] == approx(0.55 / 3)
+    assert g["itl_s"]["count"] == 4 and g["itl_s"]["p50"] == approx(0.030)  # .03 .03 .03 .05
+    assert g["tpot_s"]["count"] == 2 and g["tpot_s"]["p50"] == approx(0.125)  # .10 and .15
+    assert g["e2e_s"]["p50"] == approx(0.400) and g["e2e_s"]["max"] == approx(1.0)
+    assert g["window_s"] == approx(2.0)
+    assert g["requests_per_s"] == approx(1.5)
+    assert g["output_tokens_per_s"] == approx(3.5)
+    assert g["concurrency"] == {"peak": 2, "mean": approx(1.7 / 2.0)}
+    assert g["models"] == {"A": 2, "B": 1}
+    o = d["onnxruntime"]
+    assert o["runs"] == 10 and o["latency_s"]["p50"] == approx(0.005)
+    assert o["runs_per_s"] == approx(10 / 0.095)
+    (s,) = o["sessions"]
+    assert s["model"] == "m.onnx" and s["batch_sizes"] == {"1": 6, "4": 4}
+    assert s["threads"]["intra_op_num_threads"] == 2
+    t = d["torchserve"]
+    assert t["predictions"] == 4 and t["predictions_per_s"] == approx(10.0)
+    (m,) = t["models"]
+    assert m["requests"] == 8 and m["batch_sizes"] == {"1": 2, "2": 1, "4": 1}
+    assert m["stages"]["inference"]["share"] == approx(0.6)
+    assert m["stages"]["other"]["share"] == approx(0.1)
+    assert m["concurrency"]["peak"] == 1
+    kinds = {x["kind"]: x for x in d["littles_law"]}
+    assert kinds["predictions"]["L"] == approx(1.0) and kinds["predictions"]["W_s"] == approx(0.1)
+    assert kinds["predictions"]["lambda_per_s"] == approx(10.0)
+    assert [w["busy_fraction"] for w in kinds["predictions"]["workers"]] == [approx(1.0)]
+
+
+@ENTRIES
+def test_terminal_report(run1, entry):
+    r = cli("report", run1, "--width", "200", entry=entry)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "3 file(s), 3 process(es) on 1 host(s)" in out
+    assert "time to first token" in out and "150.0 ms" in out
+    assert "ONNX Runtime sessions" in out and "m.onnx" in out
+    assert "TorchServe models" in out
+    assert "frontend queue is not visible from the worker" in " ".join(out.split())
+
+
+# -- bad input: one line on stderr, exit 2 ------------------------------------------------------
+
+
+def _one_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("pyinstrument-ai report: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert r.stdout == ""
+
+
+def test_malformed_line_names_file_and_line(run1):
+    p = run1 / "p101.jsonl"
+    lines = p.read_text().splitlines(keepends=True)
+    lines.insert(2, '{"name": "token", "t_mono_\n')
+    p.write_text("".join(lines))
+    _one_error(cli("report", run1), f"{p}:3:", "--lenient")
+    _one_error(cli("report", run1, "--json"), f"{p}:3:")
+
+
+def test_lenient_skips_and_counts(run1):
+    p = run1 / "p101.jsonl"
+    lines = p.read_text().splitlines(keepends=True)
+    lines.insert(2, "not json\n")
+    lines.insert(5, '{"name": "token"}\n')  # JSON, but no time: not an event line
+    p.write_text("".join(lines))
+    r = cli("report", run1, "--json", "--lenient")
+    assert r.returncode == 0, r.stderr
+    (note,) = r.stderr.strip().splitlines()
+    assert "skipped 2 malformed line(s)" in note and f"{p}:3:" in note
+    d = json.loads(r.stdout)
+    assert d["inputs"]["skipped_lines"] == 2
+    assert d["generations"]["count"] == 3  # the good lines are all there
+
+
+def test_truncated_last_line_is_a_one_line_note(run1):
+    p = run1 / "p303.jsonl"
+    with open(p, "a") as f:
+        f.write('{"name": "torchserve.predict", "t_mono_ns": 12')  # killed mid-write
+    r = cli("report", run1, "--json")
+    assert r.returncode == 0, r.stderr
+    (note,) = r.stderr.strip().splitlines()
+    assert note == (
+        f"pyinstrument-ai report: note: {p}: last line cut short (a process killed "
+        "mid-write); ignored"
+    )
+    d = json.loads(r.stdout)
+    assert d["torchserve"]["predictions"] == 4
+    assert d["inputs"]["truncated_files"] == [str(p)]
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_error(cli("report", tmp_path / "empty"), str(tmp_path / "empty"), "no *.jsonl")
+
+
+def test_missing_path(tmp_path):
+    _one_error(cli("report", tmp_path / "nope"), "no such file or folder", "nope")
+    _one_error(cli("report", cwd=tmp_path), "instrument-out")  # the default folder
+
+
+def test_file_that_is_not_ours(tmp_path):
+    p = tmp_path / "other.jsonl"
+    p.write_text('{"level": "info", "msg": "hello"}\n{"level": "info", "msg": "bye"}\n')
+    _one_error(cli("report", p), str(p), "not a pyinstrument-ai event file")
+    q = tmp_path / "bin.jsonl"
+    q.write_bytes(b"\x00\x01\x02\xff\n")
+    _one_error(cli("report", q), str(q), "not a pyinstrument-ai event file")
+
+
+def test_newer_schema(tmp_path):
+    p = write(tmp_path / "new.jsonl", header(1, schema=2), [])
+    _one_error(cli("report", p), str(p), "schema version 2 is newer", "upgrade")
+    h = header(1)
+    del h["schema"]
+    q = write(tmp_path / "noschema.jsonl", h, [])
+    _one_error(cli("report", q), str(q), "no integer schema version")
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--slo", "ttft=200"], "no unit"),
+        (["--slo", "speed=1s"], "unknown metric"),
+        (["--since", "yesterday"], "--since"),
+        (["--until", "5"], "--until"),
+        (["--pid", "abc"], "--pid"),
+    ],
+)
+def test_bad_flags(run1, flags, needle):
+    _one_error(cli("report", run1, *flags), needle)
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+
+def test_csv_files_and_rows(run1, tmp_path):
+    out = tmp_path / "csv"
+    r = cli("report", run1, "--csv", out, "--json")
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)
+    assert "wrote" in r.stderr
+    rows = {}
+    for kind in ("generations", "predictions", "ort_runs"):
+        with open(out / f"{kind}.csv", newline="") as f:
+            rows[kind] = list(csv.DictReader(f))
+    assert len(rows["generations"]) == 3
+    assert len(rows["predictions"]) == 4
+    assert len(rows["ort_runs"]) == 10
+    g1 = rows["generations"][0]
+    assert float(g1["ttft_s"]) == approx(0.1) and float(g1["tpot_s"]) == approx(0.1)
+    assert rows["generations"][2]["tpot_s"] == ""  # one token: no TPOT
+    assert rows["predictions"][3]["request_ids"] == "r3-0 r3-1 r3-2 r3-3"
+    assert {r["model"] for r in rows["ort_runs"]} == {"m.onnx"}
+
+
+def test_slo_goodput(run1):
+    # g1 (ttft .10, tpot .10, e2e .4) good; g2 ttft .15 > 120ms; g3 has no TPOT
+    d = report_json(run1, "--slo", "ttft=120ms,tpot=120ms,e2e=2s")
+    gp = d["goodput"]
+    assert gp["slo_s"] == {"ttft": 0.12, "tpot": 0.12, "e2e": 2.0}
+    assert (gp["generations"], gp["good"]) == (3, 1)
+    assert gp["share"] == approx(1 / 3) and gp["rate_per_s"] == approx(1 / 2.0)
+    assert gp["missed"] == {"ttft": 2, "tpot": 2, "e2e": 0}
+    r = cli("report", run1, "--slo", "ttft=120ms,tpot=120ms,e2e=2s", "--width", "200")
+    assert r.returncode == 0, r.stderr
+    assert "1 of 3 generations good (33.3%)" in r.stdout
+
+
+def test_filters(run1, tmp_path):
+    assert report_json(run1, "--pid", "101")["onnxruntime"]["runs"] == 0
+    d = report_json(run1, "--pid", "202,303")
+    assert (
+        d["generations"]["count"],
+        d["onnxruntime"]["runs"],
+        d["torchserve"]["predictions"],
+    ) == (0, 10, 4)
+    assert report_json(run1, "--model", "B")["generations"]["count"] == 1
+    d = report_json(run1, "--model", "m.onnx")
+    assert (d["onnxruntime"]["runs"], d["generations"]["count"]) == (10, 0)
+    assert report_json(run1, "--model", "tiny")["torchserve"]["predictions"] == 4
+    assert report_json(run1, "--run", "other")["generations"]["count"] == 0
+    # relative times: from the earliest session start (the headers' anchor: wall0)
+    d = report_json(run1, "--since", "150ms", "--until", "3.05s")
+    assert d["generations"]["count"] == 2  # g2 (200 ms), g3 (1 s)
+    assert d["onnxruntime"]["runs"] == 6  # 3000 .. 3050 ms
+    assert d["torchserve"]["predictions"] == 0
+    # absolute ISO date-times
+    iso = datetime.fromtimestamp((WALL0 + 5150 * MS) / 1e9, tz=timezone.utc).isoformat()
+    assert report_json(run1, "--since", iso)["torchserve"]["predictions"] == 2
+
+
+# -- compare ---------------------------------------------------------------------------------------
+
+
+def test_compare_ratios_and_configuration(tmp_path):
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", slow=2.0, versions={"transformers": "4.57.6"})
+    r = cli("compare", a, b, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["runs"] == [str(a), str(b)]
+    rows = {m["key"]: m for m in d["metrics"]}
+    ttft = rows["generations.ttft_s.p50"]
+    assert ttft["values"] == [approx(0.15), approx(0.30)] and ttft["ratios"] == [1.0, approx(2.0)]
+    assert rows["generations.count"]["ratios"] == [1.0, 1.0]
+    assert rows["torchserve.predictions_per_s"]["ratios"][1] == approx(0.5)
+    diffs = {x["key"]: x["values"] for x in d["config_differences"]}
+    assert diffs == {"transformers": ["5.23.0", "4.57.6"]}
+    r = cli("compare", a, b)
+    assert r.returncode == 0, r.stderr
+    assert "(2.00×)" in r.stdout and "4.57.6" in r.stdout
+    r = cli("compare", a, a)
+    assert "configuration: no differences recorded" in r.stdout
+
+
+def test_compare_needs_two_runs_and_good_inputs(tmp_path):
+    a = make_run(tmp_path / "a")
+    r = cli("compare", a)
+    assert r.returncode == 2 and "at least two runs" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = cli("compare", a, tmp_path / "empty")
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("pyinstrument-ai compare: error: ") and "no *.jsonl" in line
