@@ -11,8 +11,10 @@ from pyinstrument_ai._version import __version__
 
 USAGE = """\
 usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]
-       pyinstrument-ai report [PATH...] [--json | --csv DIR] [--slo BOUNDS] [filters]
+       pyinstrument-ai report [PATH...] [--json | --csv DIR] [--html FILE] [--png DIR]
+                              [--slo BOUNDS] [filters]
        pyinstrument-ai compare PATH PATH [PATH...]
+       pyinstrument-ai export [PATH...] --perfetto FILE [filters]
        pyinstrument-ai doctor [PATH...] [--json]
        pyinstrument-ai targets
        pyinstrument-ai --version
@@ -21,6 +23,7 @@ commands:
   run       run a program with instrumentation (same as `python -m instrument`)
   report    latency tables, throughput, Little's law and goodput of recorded files
   compare   recorded runs side by side, with ratios and configuration differences
+  export    recorded files as a Perfetto / chrome://tracing trace (--perfetto FILE)
   doctor    known CPU-inference pitfalls (threads, quota throttling, hyperthreads, fork)
   targets   list the known targets
 
@@ -32,6 +35,7 @@ commands:
 _COMMANDS = {
     "report": "pyinstrument_ai.commands.report",
     "compare": "pyinstrument_ai.commands.compare",
+    "export": "pyinstrument_ai.commands.export",
     "doctor": "pyinstrument_ai.commands.doctor",
 }
 

@@ -18,7 +18,7 @@ from pyinstrument_ai.analysis.littles_law import LittlesLaw
 from pyinstrument_ai.analysis.result import SCHEMA, Analysis, Throughput
 from pyinstrument_ai.analysis.stats import Stats, percentile, summarize
 from pyinstrument_ai.analysis.units import parse_duration
-from pyinstrument_ai.analysis.work import OrtRun, Prediction
+from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
 __all__ = [
     "SCHEMA",
@@ -30,6 +30,7 @@ __all__ = [
     "LittlesLaw",
     "OrtRun",
     "Prediction",
+    "Stage",
     "Stats",
     "Throughput",
     "analyze",

@@ -12,7 +12,7 @@ from typing import Any
 
 from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
-from pyinstrument_ai.analysis.work import OrtRun, Prediction
+from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
 __all__ = ["Builder", "Filters", "analyze"]
 
@@ -76,6 +76,7 @@ class Builder:
         self._sessions: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
         self._runs: list[OrtRun] = []
         self._preds: list[Prediction] = []
+        self._stages: list[Stage] = []
         self._samples: list[dict[str, Any]] = []
         self._http: list[tuple[dict[str, Any], Any]] = []
         self._other: dict[str, int] = {}
@@ -134,11 +135,15 @@ class Builder:
         elif name == "torchserve.predict":
             if f.keeps_time(t) and f.keeps_model(e.get("model_name")):
                 self._preds.append(_prediction(e, host))
+        elif name == "torchserve.stage":
+            if f.keeps_time(t) and f.keeps_model(e.get("model_name")):
+                self._stages.append(_stage(e, host))
         elif name == "http.request":
             if f.keeps_time(t):
                 self._http.append((e, host))
         elif name == "system.sample":
             if f.keeps_time(t):
+                e.setdefault("host", host)  # samples are per process, as on a picture
                 self._samples.append(e)
         else:
             self._other[name] = self._other.get(name, 0) + 1
@@ -161,6 +166,7 @@ class Builder:
             runs = [r for r in runs if self.filters.keeps_model(r.model)]
         runs.sort(key=lambda r: r.start_ns)
         self._preds.sort(key=lambda p: p.start_ns)
+        self._stages.sort(key=lambda s: s.start_ns)
         from pyinstrument_ai.analysis.requests import build_requests
 
         result = Analysis(
@@ -173,6 +179,7 @@ class Builder:
             other_events=dict(self._other),
             events=self.events,
         )
+        result.stages = self._stages
         result.requests = build_requests(self._http, gens)
         return result
 
@@ -213,6 +220,21 @@ def _prediction(e: dict[str, Any], host: Any) -> Prediction:
         first_response_ns=e.get("first_response_ns"),
         error=e.get("error"),
         request_id=e.get("request_id"),
+    )
+
+
+def _stage(e: dict[str, Any], host: Any) -> Stage:
+    t = e["t_ns"]
+    return Stage(
+        host=host,
+        pid=e.get("pid"),
+        tid=e.get("tid"),
+        model=e.get("model_name"),
+        seq=e.get("seq"),
+        stage=e.get("stage"),
+        start_ns=t,
+        end_ns=t + (e.get("dur_ns") or 0),
+        error=e.get("error"),
     )
 
 

@@ -17,7 +17,7 @@ from pyinstrument_ai.analysis.concurrency import mean_in_flight, peak_in_flight
 from pyinstrument_ai.analysis.generations import Generation
 from pyinstrument_ai.analysis.goodput import Goodput, goodput
 from pyinstrument_ai.analysis.stats import Stats
-from pyinstrument_ai.analysis.work import OrtRun, Prediction
+from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
 __all__ = ["SCHEMA", "Analysis", "Throughput"]
 
@@ -112,6 +112,8 @@ class Analysis:
         self.ort_runs = ort_runs
         self.ort_sessions = ort_sessions
         self.predictions = predictions
+        #: ``torchserve.stage`` events, for pictures (set by the builder)
+        self.stages: list[Stage] = []
         #: ``system.sample`` events (``--sample``), raw
         self.samples = samples
         #: counts of events no metric reads (``put``, ``end``, ``target``, ...)

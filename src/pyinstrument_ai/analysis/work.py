@@ -1,10 +1,11 @@
-"""ONNX Runtime runs and TorchServe predictions as plain objects (one per recorded event)."""
+"""ONNX Runtime runs, TorchServe predictions and their stages as plain objects (one per
+recorded event)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OrtRun", "Prediction"]
+__all__ = ["OrtRun", "Prediction", "Stage"]
 
 
 class _Plain:
@@ -73,3 +74,11 @@ class Prediction(_Plain):
     def first_response_s(self) -> float | None:
         v = self.first_response_ns
         return None if v is None else v / 1e9
+
+
+class Stage(_Plain):
+    """One ``torchserve.stage`` event: a ``preprocess`` / ``inference`` / ``postprocess`` call
+    inside the prediction with the same (host, pid, seq). Kept for pictures (Perfetto nests
+    them in their prediction); the stage shares come from the prediction's ``*_ns`` fields."""
+
+    __slots__ = ("host", "pid", "tid", "model", "seq", "stage", "start_ns", "end_ns", "error")

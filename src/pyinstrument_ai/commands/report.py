@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from pyinstrument_ai.commands.common import (
     CommandError,
@@ -45,6 +46,13 @@ def parser() -> argparse.ArgumentParser:
         help="also write generations.csv, predictions.csv, ort_runs.csv to DIR",
     )
     out.add_argument("--width", type=int, default=None, help="terminal width for the tables")
+    out.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write a self-contained HTML report: every token a dot, distributions, "
+        "concurrency, system samples, the tables (docs/pictures.md)",
+    )
+    out.add_argument("--png", metavar="DIR", help="also write the main plots as PNG files to DIR")
     return p
 
 
@@ -58,8 +66,12 @@ def main(argv: list[str]) -> None:
             slo = parse_slo(args.slo)
         except ValueError as exc:
             fail(CMD, str(exc))
-    if not args.json:
+    if not args.json or args.html:
         need("rich", "report", CMD)
+    if args.html:
+        need("bokeh", "pictures", CMD)
+    if args.png:
+        need("matplotlib", "pictures", CMD)
     try:
         a = load_analysis(CMD, args.paths, args)
     except CommandError as exc:
@@ -74,6 +86,7 @@ def main(argv: list[str]) -> None:
         sys.stderr.write(
             f"pyinstrument-ai report: wrote {', '.join(written) or 'no rows (nothing recorded)'}\n"
         )
+    _pictures(a, args, slo)
     if args.json:
         from pyinstrument_ai.analysis.findings import find
         from pyinstrument_ai.renderers import json as json_renderer
@@ -91,6 +104,28 @@ def main(argv: list[str]) -> None:
     sys.stdout.write(
         terminal.render(a, slo, width=width, color=sys.stdout.isatty(), extra=extra)
     )
+
+
+def _pictures(a: Any, args: argparse.Namespace, slo: dict[str, float] | None) -> None:
+    """``--html`` / ``--png``: written before the tables, named on stderr."""
+    if args.html:
+        from pyinstrument_ai.renderers import html
+
+        try:
+            n = html.write(a, args.html, slo)
+        except OSError as exc:
+            fail(CMD, f"--html {args.html}: {exc.strerror or exc}")
+        sys.stderr.write(f"pyinstrument-ai report: wrote {args.html} ({n / 1e6:.1f} MB)\n")
+    if args.png:
+        from pyinstrument_ai.renderers import png
+
+        try:
+            written = png.render(a, args.png)
+        except OSError as exc:
+            fail(CMD, f"--png {args.png}: {exc.strerror or exc}")
+        sys.stderr.write(
+            f"pyinstrument-ai report: wrote {', '.join(written) or 'no plots (nothing recorded)'}\n"
+        )
 
 
 def _width() -> int:

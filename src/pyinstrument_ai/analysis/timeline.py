@@ -1,0 +1,401 @@
+"""Quantities over time, for pictures (HTML, PNG, Perfetto): what the renderers draw.
+
+Everything is relative to the run's start ``t0`` (epoch ns, :func:`run_start_ns`) and in
+seconds, as numpy arrays (pictures of 100,000 tokens must be built in well under a second).
+
+- :func:`token_dots`: one dot per token, one row per generation, grouped by process and model;
+  sampled beyond :data:`DOT_LIMIT` (rule in the function's doc, stated in every picture).
+- :func:`buckets`: output tokens per second and inter-token latency p50/p90 per time bucket.
+- :func:`in_flight`: generations (or any work) in flight as a step series.
+- :func:`cdf`: a distribution as quantiles, small enough to embed whatever the count.
+- :func:`sample_series`: ``system.sample`` counters as rates, gauges as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pyinstrument_ai.analysis.concurrency import in_flight_series
+
+__all__ = [
+    "DOT_LIMIT",
+    "Buckets",
+    "Series",
+    "TokenDots",
+    "buckets",
+    "cdf",
+    "in_flight",
+    "run_start_ns",
+    "sample_series",
+    "thin",
+    "token_dots",
+    "wants_log",
+]
+
+#: most token dots drawn: a zoom step over 100,000 takes ~0.4 s on a canvas (docs/pictures.md)
+DOT_LIMIT = 100_000
+
+
+def run_start_ns(a: Any) -> int | None:
+    """The run's start: the earliest session start in the headers (what ``--since`` counts
+    from), or the first work or sample when there are no headers."""
+    starts = []
+    for h in a.headers:
+        anc = h.get("anchor") or {}
+        if "wall_ns" in anc and "mono_ns" in anc:
+            mono = h.get("started_mono_ns", anc["mono_ns"])
+            starts.append(anc["wall_ns"] + (mono - anc["mono_ns"]))
+    w = a.window()
+    if w is not None:
+        starts.append(w[0])
+    if a.samples:
+        starts.append(min(s["t_ns"] for s in a.samples))
+    return min(starts) if starts else None
+
+
+class TokenDots:
+    """Token dots as parallel arrays (one entry per dot drawn).
+
+    ``rows``: one ``(group, label)`` per generation, in row order (row ``i`` is ``y == i``);
+    ``groups``: labels of the (host, pid, model) groups; ``total``: tokens recorded;
+    ``stride``/``stall_s``: the sampling (stride 1: every token drawn).
+    """
+
+    __slots__ = (
+        "x_s",
+        "row",
+        "group",
+        "pid",
+        "gen",
+        "index",
+        "gap_s",
+        "prefill",
+        "rows",
+        "groups",
+        "total",
+        "stride",
+        "stall_s",
+        "gen_spans",
+    )
+
+    @property
+    def shown(self) -> int:
+        return len(self.x_s)
+
+    @property
+    def sampled(self) -> bool:
+        return self.shown < self.total
+
+    def note(self) -> str:
+        """One sentence saying what is drawn (the sampling, when there is some)."""
+        if not self.sampled:
+            return f"every token drawn ({self.total:,})"
+        return (
+            f"sampled: {self.shown:,} of {self.total:,} tokens drawn (more than {DOT_LIMIT:,}): "
+            f"every prefill token, every gap above the p99 inter-token latency "
+            f"({self.stall_s * 1e3:.3g} ms), and 1 in {self.stride} of the others"
+        )
+
+
+def _group_label(host: Any, pid: Any, model: Any, many_hosts: bool) -> str:
+    where = f"{host} pid {pid}" if many_hosts else f"pid {pid}"
+    return f"{where} · {model or '?'}"
+
+
+def token_dots(a: Any, t0: int, limit: int = DOT_LIMIT) -> TokenDots:
+    """Every token of every generation (x: seconds since ``t0``; row: the generation).
+
+    Rows are grouped by (host, pid, model), each group in start order. Beyond ``limit`` tokens
+    the dots are sampled: every prefill token and every token after a gap above the pooled p99
+    inter-token latency (stalls are what one looks for) are kept, plus every ``stride``-th
+    of the others, ``stride = ceil(total / limit)``.
+    """
+    gens = a.generations
+    many_hosts = len({g.host for g in gens}) > 1
+    order = sorted(
+        range(len(gens)),
+        key=lambda i: (str(gens[i].host), gens[i].pid or 0, str(gens[i].model), gens[i].start_ns),
+    )
+    group_ids: dict[tuple[Any, Any, Any], int] = {}
+    groups: list[str] = []
+    rows: list[tuple[int, str]] = []
+    total = sum(len(g.token_t_ns) for g in gens)
+    stride = max(1, math.ceil(total / limit)) if total > limit else 1
+    stall_ns = None
+    if stride > 1:
+        p99 = a.stats("itl_s").p99
+        stall_ns = None if p99 is None else p99 * 1e9
+    xs, rws, grs, pids, gids, idxs, gaps = [], [], [], [], [], [], []
+    spans = np.zeros((len(gens), 2))
+    for row, i in enumerate(order):
+        g = gens[i]
+        key = (g.host, g.pid, g.model)
+        gid = group_ids.get(key)
+        if gid is None:
+            gid = group_ids[key] = len(groups)
+            groups.append(_group_label(g.host, g.pid, g.model, many_hosts))
+        rows.append((gid, f"{groups[gid]} · gen {g.gen}"))
+        spans[row] = ((g.start_ns - t0) / 1e9, (g.end_ns - t0) / 1e9)
+        t = np.frombuffer(g.token_t_ns, dtype=np.int64) if len(g.token_t_ns) else None
+        if t is None:
+            continue
+        gap = np.empty(len(t), dtype=np.float64)
+        gap[0] = (t[0] - g.start_ns) / 1e9  # the prefill token's "gap" is its TTFT
+        gap[1:] = np.diff(t) / 1e9
+        index = np.arange(len(t), dtype=np.int32)
+        if stride > 1:
+            keep = index % stride == 0
+            keep[0] = True
+            if stall_ns is not None:
+                keep[1:] |= np.diff(t) > stall_ns
+            t, gap, index = t[keep], gap[keep], index[keep]
+        xs.append((t - t0) / 1e9)
+        n = len(t)
+        rws.append(np.full(n, row, dtype=np.int32))
+        grs.append(np.full(n, gid, dtype=np.int32))
+        pids.append(np.full(n, g.pid or 0, dtype=np.int64))
+        gids.append(np.full(n, g.gen if isinstance(g.gen, int) else -1, dtype=np.int64))
+        idxs.append(index)
+        gaps.append(gap)
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    d = TokenDots()
+    d.x_s = cat(xs, np.float64)
+    d.row = cat(rws, np.int32)
+    d.group = cat(grs, np.int32)
+    d.pid = cat(pids, np.int64)
+    d.gen = cat(gids, np.int64)
+    d.index = cat(idxs, np.int32)
+    d.gap_s = cat(gaps, np.float64)
+    d.prefill = d.index == 0
+    d.rows = rows
+    d.groups = groups
+    d.total = total
+    d.stride = stride
+    d.stall_s = None if stall_ns is None else stall_ns / 1e9
+    d.gen_spans = spans
+    return d
+
+
+class Buckets:
+    """Per time bucket (``start_s`` is each bucket's left edge, seconds since t0)."""
+
+    __slots__ = ("width_s", "start_s", "tokens_per_s", "itl_p50_s", "itl_p90_s")
+
+
+def _nice_width(span_s: float, target: int) -> float:
+    raw = max(span_s / target, 1e-6)
+    exp = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def buckets(a: Any, t0: int, width_s: float | None = None, target: int = 60) -> Buckets:
+    """Output tokens per second and the p50/p90 of the inter-token gaps ending in each bucket.
+
+    A token counts toward its generation's sequences at that position (``seqs``: a batched
+    step yields several tokens). The default width is a round number (1, 2 or 5 × 10^k s)
+    giving about ``target`` buckets over the generations' window.
+    """
+    b = Buckets()
+    w = a.generation_throughput()
+    if w.start_ns is None:
+        b.width_s, b.start_s = width_s or 1.0, np.zeros(0)
+        b.tokens_per_s = b.itl_p50_s = b.itl_p90_s = np.zeros(0)
+        return b
+    lo, hi = (w.start_ns - t0) / 1e9, (w.end_ns - t0) / 1e9
+    width = width_s or _nice_width(hi - lo, target)
+    first = math.floor(lo / width)
+    n = max(1, math.ceil(hi / width) - first)
+    counts = np.zeros(n)
+    ends, gaps = [], []
+    for g in a.generations:
+        t = np.frombuffer(g.token_t_ns, dtype=np.int64) if len(g.token_t_ns) else None
+        if t is None:
+            continue
+        x = (t - t0) / 1e9
+        k = np.clip(np.floor(x / width).astype(np.int64) - first, 0, n - 1)
+        seqs = np.asarray(g.seqs, dtype=np.float64) if g.seqs else None
+        if seqs is not None and len(seqs) == len(k):
+            np.add.at(counts, k, seqs)
+        else:
+            np.add.at(counts, k, float(g.batch or 1))
+        if len(t) > 1:
+            ends.append(k[1:])
+            gaps.append(np.diff(t) / 1e9)
+    b.width_s = width
+    b.start_s = (first + np.arange(n)) * width
+    b.tokens_per_s = counts / width
+    p50 = np.full(n, np.nan)
+    p90 = np.full(n, np.nan)
+    if gaps:
+        k, v = np.concatenate(ends), np.concatenate(gaps)
+        o = np.lexsort((v, k))
+        k, v = k[o], v[o]
+        bounds = np.searchsorted(k, np.arange(n + 1))
+        for j in range(n):
+            s, e = bounds[j], bounds[j + 1]
+            if e > s:
+                p50[j], p90[j] = np.percentile(v[s:e], (50, 90))
+    b.itl_p50_s, b.itl_p90_s = p50, p90
+    return b
+
+
+def in_flight(intervals: Sequence[tuple[int, int]], t0: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x_s, n)``: the number in flight from each ``x_s`` on (a step function, 'post')."""
+    series = in_flight_series(intervals)
+    if not series:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    t = np.array([s for s, _ in series], dtype=np.int64)
+    n = np.array([c for _, c in series], dtype=np.int64)
+    return (t - t0) / 1e9, n
+
+
+def cdf(values: Sequence[float], points: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(value, share)``: the empirical CDF at ``points`` evenly spaced shares (type-7
+    quantiles, as :mod:`~pyinstrument_ai.analysis.stats`), so its size does not grow with the
+    count."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return np.zeros(0), np.zeros(0)
+    q = np.linspace(0.0, 1.0, min(points, max(2, v.size)))
+    return np.quantile(v, q), q
+
+
+def wants_log(values: Any) -> bool:
+    """Whether a latency axis reads better on a log scale: positive values over more than a
+    factor 20 (a tail many times the median)."""
+    v = np.asarray(values, dtype=np.float64)
+    return bool(v.size) and float(v.min()) > 0 and float(v.max()) / float(v.min()) > 20
+
+
+def thin(n: int, limit: int = DOT_LIMIT) -> int:
+    """Stride that keeps at most ``limit`` of ``n`` items (1: keep all)."""
+    return max(1, math.ceil(n / limit)) if n > limit else 1
+
+
+class Series:
+    """One ``system.sample`` field of one process over time."""
+
+    __slots__ = ("host", "pid", "field", "panel", "unit", "x_s", "y")
+
+    def __init__(self, **kw: Any) -> None:
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    @property
+    def label(self) -> str:
+        return f"pid {self.pid} {self.field}"
+
+
+# Counters (cumulative: drawn as a rate between consecutive samples) are recognised by name;
+# anything else numeric is a gauge, drawn as sampled. ``sample_ns`` is our own cost, a gauge.
+_TIME_COUNTER_SCALE = {"_ns": 1e9, "_usec": 1e6}
+_COUNT_PREFIXES = ("ctx_", "nr_")
+_GAUGE_NAMES = {"sample_ns"}
+
+
+def _counter_scale(field: str) -> float | None:
+    base = field.split(".")[-1]
+    if base in _GAUGE_NAMES:
+        return None
+    for suffix, scale in _TIME_COUNTER_SCALE.items():
+        if base.endswith(suffix):
+            return scale
+    if base.startswith(_COUNT_PREFIXES):
+        return 1.0
+    return None
+
+
+def _flatten(e: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in e.items():
+        if k in ("t_ns", "t_mono_ns", "pid", "tid", "dur_ns", "seq", "name"):
+            continue
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+        elif (
+            isinstance(v, list)
+            and v
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
+            if k == "cpus":
+                continue  # CPU numbers, not a quantity
+            out[k] = float(sum(v))  # per-CPU counters: their total
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                if isinstance(item, dict):
+                    tag = item.get("index", i)
+                    for kk, vv in item.items():
+                        if (
+                            kk != "index"
+                            and isinstance(vv, (int, float))
+                            and not isinstance(vv, bool)
+                        ):
+                            out[f"{k}[{tag}].{kk}"] = float(vv)
+    return out
+
+
+def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
+    """Every numeric ``system.sample`` field per process, generically.
+
+    Counters become rates between consecutive samples, plotted at the later sample:
+    ``*_ns`` and ``*_usec`` counters in seconds per second (CPU time: cores busy; throttled
+    or pressure time: the share of the interval), ``ctx_*``/``nr_*`` counts per second.
+    Panels: ``cpu`` (time rates), ``events`` (count rates), ``memory`` (bytes), ``other``.
+    """
+    by_proc: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for e in samples:
+        by_proc.setdefault((e.get("host"), e.get("pid")), []).append(e)
+    out: list[Series] = []
+    for (host, pid), evs in sorted(by_proc.items(), key=lambda kv: str(kv[0])):
+        evs = sorted(evs, key=lambda e: e["t_ns"])
+        flat = [_flatten(e) for e in evs]
+        t = np.array([e["t_ns"] for e in evs], dtype=np.int64)
+        fields = sorted({k for f in flat for k in f})
+        for field in fields:
+            y = np.array([f.get(field, np.nan) for f in flat], dtype=np.float64)
+            scale = _counter_scale(field)
+            if scale is not None:
+                if len(y) < 2:
+                    continue
+                dt = np.diff(t) / 1e9
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    rate = np.diff(y) / scale / dt
+                rate[dt <= 0] = np.nan
+                panel, unit = ("cpu", "s/s") if scale != 1.0 else ("events", "/s")
+                out.append(
+                    Series(
+                        host=host,
+                        pid=pid,
+                        field=field,
+                        panel=panel,
+                        unit=unit,
+                        x_s=(t[1:] - t0) / 1e9,
+                        y=rate,
+                    )
+                )
+            else:
+                panel = "memory" if field.endswith("bytes") else "other"
+                out.append(
+                    Series(
+                        host=host,
+                        pid=pid,
+                        field=field,
+                        panel=panel,
+                        unit="",
+                        x_s=(t - t0) / 1e9,
+                        y=y,
+                    )
+                )
+    return out
