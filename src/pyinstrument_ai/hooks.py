@@ -113,6 +113,23 @@ def when_imported(name: str, callback: Callback) -> None:
         callback(module)
 
 
+def forget(callback: Callback) -> None:
+    """Take ``callback`` off every name it waits for; the finder leaves ``sys.meta_path``
+    once nothing waits any more."""
+    with _lock:
+        for name in list(_callbacks):
+            left = [cb for cb in _callbacks[name] if cb is not callback]
+            if left:
+                _callbacks[name] = left
+            else:
+                del _callbacks[name]
+        if not _callbacks:
+            try:
+                sys.meta_path.remove(_finder)
+            except ValueError:
+                pass
+
+
 def clear() -> None:
     """Forget every waiting callback and take our finder off ``sys.meta_path``."""
     with _lock:
