@@ -194,10 +194,12 @@ def select(
 def load(spec: str | ModuleType) -> ModuleType:
     if isinstance(spec, ModuleType):
         return spec
-    import importlib
-
     module_path, _, attr = spec.partition(":")
-    mod = importlib.import_module(module_path.strip())
+    module_path = module_path.strip()
+    # what importlib.import_module does for an absolute name, without importing importlib
+    # (and warnings) at the start of every auto-loaded process with a third-party target
+    __import__(module_path)
+    mod = sys.modules[module_path]
     return getattr(mod, attr.strip()) if attr else mod
 
 
