@@ -255,10 +255,15 @@ def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
     from pyinstrument_ai import _lazy, hooks
 
     try:
-        # Recording starts when the program imports a target library (and replaces an
-        # auto-load waiting with the environment's settings): a program that loads no model
-        # does not pay for the runtime at start.
-        _lazy.defer(config)
+        if _records_from_start(config):
+            from pyinstrument_ai import runtime
+
+            runtime.instrument(config).start()
+        else:
+            # Recording starts when the program imports a target library (and replaces an
+            # auto-load waiting with the environment's settings): a program that loads no
+            # model does not pay for the runtime at start.
+            _lazy.defer(config)
     except Exception as exc:  # instrumentation must never stop the program
         from pyinstrument_ai import _log
 
@@ -275,6 +280,13 @@ def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
     else:
         _run_module(inv.target, inv.args)
     sys.exit(0)
+
+
+def _records_from_start(config: cfg.Config) -> bool:
+    """Whether a setting records before any target library is imported (system sampling,
+    where the build has it: its samples before the first inference are the baseline); then
+    the runtime starts at once instead of at the first target's import."""
+    return bool(getattr(config, "sample_interval", None))
 
 
 def _run_script(path: str, args: list[str]) -> None:

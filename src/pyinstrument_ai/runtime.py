@@ -4,8 +4,12 @@ There is at most one active :class:`Session` per process. Process-wide hooks are
 once, when this module is first imported, and always consult the active session: an at-exit
 flush, an after-fork hook (the child writes its own file) and a multiprocessing finalizer
 (forked workers leave through ``os._exit``, which skips ``atexit``). SIGTERM gets a handler that
-flushes and then re-delivers the signal with the default action, but only where the program
-left SIGTERM at its default, and only once a target is patched (a process that records).
+flushes, runs the :func:`at_sigterm` callbacks (the launcher's summary) and then re-delivers the
+signal with the default action, but only where the program left SIGTERM at its default, and
+only once a target is patched (a process that records).
+
+The auto-load hook and the launcher import this module only when a target library is
+imported (see :mod:`pyinstrument_ai._lazy`): its imports are not start-up cost.
 """
 
 from __future__ import annotations
