@@ -22,19 +22,18 @@ import pyinstrument_ai
 TESTS = Path(__file__).parent
 
 # What the auto-load hook imports in a process that imports no target library: the package,
-# the settings, the target registry and the import finder. No runtime, session or sink, and
-# none of the stdlib modules they need (threading, contextlib, functools, collections...).
+# the settings, the target registry and the import finder. No runtime, session or sink, none
+# of the stdlib modules they need (threading, contextlib, functools, collections...), and not
+# even our guard and log modules (imported when there is a callback to run or a warning).
 AUTOLOAD_MODULES = {
     "__future__",  # `from __future__ import annotations` in our modules
     "pyinstrument_ai",
     "pyinstrument_ai._version",
     "pyinstrument_ai._autoload",
-    "pyinstrument_ai._log",
     "pyinstrument_ai.config",
     "pyinstrument_ai._lazy",
     "pyinstrument_ai.targets",
     "pyinstrument_ai.hooks",
-    "pyinstrument_ai._guard",
 }
 
 # never on the way in or out of a launched program that generated nothing
@@ -76,6 +75,8 @@ def test_autoload_imports_a_third_party_target_module_to_learn_its_triggers(tmp_
     off = _modules(clean_env(), tmp_path)
     on = _modules(clean_env(PYINSTRUMENT_AI="1"), tmp_path)
     assert on - off == AUTOLOAD_MODULES | {"toylib_target", "pyinstrument_ai.clock"}
+    # the target's module was imported to read its MODULES, toylib itself was not
+    assert "toylib" not in on
 
 
 def test_autoload_starts_recording_at_the_first_target_import(tmp_path):

@@ -19,7 +19,6 @@ import sys
 
 def autoload() -> None:
     try:
-        from pyinstrument_ai import _log
         from pyinstrument_ai import config as cfg
 
         try:
@@ -27,7 +26,7 @@ def autoload() -> None:
                 return
             config = cfg.from_env()
         except cfg.ConfigError as exc:
-            _log.warn(f"{exc}; running without instrumentation", key="autoload-config")
+            _warn(f"{exc}; running without instrumentation")
             return
         runtime = sys.modules.get("pyinstrument_ai.runtime")
         if runtime is not None and runtime.active() is not None:
@@ -43,12 +42,19 @@ def autoload() -> None:
         try:
             _lazy.defer(config)
         except targets.UnknownTarget as exc:
-            _log.warn(f"{exc}; running without instrumentation", key="autoload-config")
+            _warn(f"{exc}; running without instrumentation")
     except Exception as exc:  # never break interpreter start
         try:
             sys.stderr.write(f"pyinstrument-ai: warning: auto-load failed: {exc!r}\n")
         except Exception:
             pass
+
+
+def _warn(message: str) -> None:
+    # _log is imported only when there is something to say (start-up time, see above)
+    from pyinstrument_ai import _log
+
+    _log.warn(message, key="autoload-config")
 
 
 autoload()

@@ -11,7 +11,7 @@ tests/test_startup_imports.py lists, nothing else.
 
 from __future__ import annotations
 
-from pyinstrument_ai import _log, hooks, targets
+from pyinstrument_ai import hooks, targets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ def defer(config: Config) -> None:
             # built-in targets declare their modules: nothing is imported here
             modules.extend(targets.TargetInfo(name, spec).modules)
         except Exception as exc:
+            from pyinstrument_ai import _log
+
             _log.warn(f"target {name}: cannot load {spec!r}: {exc}", key=f"load:{name}")
     _pending = config
     for modname in modules:

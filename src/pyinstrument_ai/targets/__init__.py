@@ -95,8 +95,15 @@ def _discover_entry_points() -> dict[str, str]:
     if _entry_points is None:
         found: dict[str, str] = {}
         try:
+            import os
+
+            # The standard library's folders hold no distributions; listing them is a third
+            # of the scan's time.
+            stdlib = os.path.dirname(os.__file__)
+            skip = {stdlib, os.path.join(stdlib, "lib-dynload")}
             for folder in sys.path:
-                _scan_folder(folder or ".", found)
+                if folder not in skip:
+                    _scan_folder(folder or ".", found)
         except Exception as exc:  # a broken distribution must not stop us
             from pyinstrument_ai._guard import report
 
