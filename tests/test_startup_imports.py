@@ -29,7 +29,6 @@ AUTOLOAD_MODULES = {
     "__future__",  # `from __future__ import annotations` in our modules
     "pyinstrument_ai",
     "pyinstrument_ai._version",
-    "pyinstrument_ai._autoload",
     "pyinstrument_ai.config",
     "pyinstrument_ai._lazy",
     "pyinstrument_ai.targets",
@@ -68,6 +67,15 @@ def test_autoload_without_a_target_import_imports_only_the_listed_modules(tmp_pa
     on = _modules(_no_fixtures_env(PYINSTRUMENT_AI="1"), tmp_path)
     assert on - off == AUTOLOAD_MODULES
     assert not (tmp_path / "instrument-out").exists()
+
+
+def test_autoload_through_the_bootstrap_sitecustomize_imports_one_module_more(tmp_path):
+    # `-- COMMAND` puts the bootstrap sitecustomize on PYTHONPATH; it imports _autoload
+    from pyinstrument_ai.launcher import bootstrap_dir
+
+    off = _modules(_no_fixtures_env(), tmp_path)
+    on = _modules(_no_fixtures_env(PYINSTRUMENT_AI="1", PYTHONPATH=bootstrap_dir()), tmp_path)
+    assert on - off == AUTOLOAD_MODULES | {"pyinstrument_ai._autoload", "sitecustomize"}
 
 
 def test_autoload_imports_a_third_party_target_module_to_learn_its_triggers(tmp_path):
