@@ -101,6 +101,26 @@ def test_autoload_starts_recording_at_the_first_target_import(tmp_path):
     assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
 
 
+def test_recording_refuses_while_a_start_is_pending_as_while_recording(tmp_path):
+    prog = textwrap.dedent(
+        """
+        import pyinstrument_ai
+        try:
+            with pyinstrument_ai.recording():
+                pass
+        except RuntimeError as exc:
+            print("refused:", exc)
+        import toylib
+        toylib.add(1, 2)
+        """
+    )
+    res = run_py(["-c", prog], cwd=tmp_path, PYINSTRUMENT_AI="1", PYINSTRUMENT_AI_OUT="o")
+    assert (res.returncode, res.stderr) == (0, "")
+    assert res.stdout.startswith("refused: pyinstrument-ai is already recording")
+    # the pending auto-load was left alone
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+
+
 def test_uninstrument_cancels_a_pending_autoload(tmp_path):
     prog = (
         "import pyinstrument_ai\npyinstrument_ai.uninstrument()\nimport toylib\ntoylib.add(1, 2)\n"

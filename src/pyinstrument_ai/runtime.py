@@ -151,7 +151,10 @@ def recording(
     ...     session.run(None, feeds)
     >>> [e["name"] for e in rec.events]
     """
-    if _session is not None:
+    lazy = sys.modules.get("pyinstrument_ai._lazy")
+    if _session is not None or (lazy is not None and lazy.pending() is not None):
+        # (a start waiting for a target's import, under the launcher or auto-load, counts:
+        # the block's instrument() would replace it, and uninstrument() end it for good)
         raise RuntimeError(
             "pyinstrument-ai is already recording in this process; call uninstrument() first"
         )
