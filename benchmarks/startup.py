@@ -117,6 +117,8 @@ def main() -> None:
         cmds: dict[str, tuple[list[str], dict[str, str]]] = {
             "bare: python -c pass": ([bare, "-c", "pass"], env),
             "bare: python empty.py": ([bare, empty], env),
+            # the same command again: its ratio to the first is the noise floor (A/A)
+            "bare: python -c pass (again)": ([bare, "-c", "pass"], env),
         }
         for kind, py in pys.items():
             cmds[f"{kind}: python -c pass (installed, off)"] = ([py, "-c", "pass"], env)
@@ -152,7 +154,14 @@ def main() -> None:
     def ratio(b: str, a: str, i: int) -> tuple[float, float, float]:
         return _stats([y[i] / x[i] for x, y in zip(times[a], times[b], strict=True)])
 
-    rows: list[tuple[str, str, str, float | None]] = []
+    rows: list[tuple[str, str, str, float | None]] = [
+        (
+            "[control, A/A] the same python -c pass twice: the noise floor",
+            "bare: python -c pass (again)",
+            "bare: python -c pass",
+            None,
+        )
+    ]
     for kind in pys:
         rows += [
             (
