@@ -2,47 +2,18 @@
 
 Imported by the ``pyinstrument_ai_autoload.pth`` hook in site-packages and by the bootstrap
 ``sitecustomize`` that ``python -m instrument -- COMMAND`` puts on ``PYTHONPATH``; whichever
-comes second finds the session already active and does nothing (no double instrumentation).
+comes second finds the work done and does nothing (no double instrumentation).
 A bad setting costs one warning line and the program runs uninstrumented: an auto-loaded
 process must never fail because of us.
+
+The work is :func:`pyinstrument_ai._lazy.autoload` (the ``.pth`` line calls it directly: one
+module less at the start of every process): it reads the settings and waits for a target
+library's import; until then ``pyinstrument_ai.active()`` is None and nothing is recorded, no
+thread started, no file made.
 """
 
 from __future__ import annotations
 
-import os
-
-
-def autoload() -> None:
-    try:
-        from pyinstrument_ai import _log
-        from pyinstrument_ai import config as cfg
-
-        try:
-            if not cfg.is_on():
-                return
-            config = cfg.from_env()
-        except cfg.ConfigError as exc:
-            _log.warn(f"{exc}; running without instrumentation", key="autoload-config")
-            return
-        from pyinstrument_ai import runtime, targets
-
-        if runtime.active() is not None:
-            return
-        if not os.path.isabs(config.out_dir):
-            # every process beneath must write into the same folder, whatever its cwd
-            config = config.replace(out_dir=os.path.abspath(config.out_dir))
-            os.environ[cfg.ENV_OUT] = config.out_dir
-        try:
-            runtime.instrument(config)
-        except targets.UnknownTarget as exc:
-            _log.warn(f"{exc}; running without instrumentation", key="autoload-config")
-    except Exception as exc:  # never break interpreter start
-        try:
-            import sys
-
-            sys.stderr.write(f"pyinstrument-ai: warning: auto-load failed: {exc!r}\n")
-        except Exception:
-            pass
-
+from pyinstrument_ai._lazy import autoload
 
 autoload()

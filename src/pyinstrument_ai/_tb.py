@@ -36,18 +36,19 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 if sys.version_info >= (3, 11):
 
-    def hide(exc: BaseException) -> None:
+    def hide(exc: BaseException, depth: int = 1) -> None:
         """Drop the calling wrapper's entry from ``exc``'s traceback; call it in ``except``,
-        then re-raise with a bare ``raise``."""
+        then re-raise with a bare ``raise``. ``depth``: how far up the wrapper's frame is
+        (2 when called through a helper)."""
         tb = exc.__traceback__
         # The entry at the head is the caller's frame whenever the exception came out of a call
         # made in that frame; checked, so that a call from anywhere else changes nothing.
-        if tb is not None and tb.tb_frame is sys._getframe(1):
+        if tb is not None and tb.tb_frame is sys._getframe(depth):
             exc.__traceback__ = tb.tb_next
 
 else:  # pragma: no cover - exercised on 3.10 only
 
-    def hide(exc: BaseException) -> None:
+    def hide(exc: BaseException, depth: int = 1) -> None:
         """No-op on Python 3.10: a bare ``raise`` restores the saved traceback there."""
 
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import _thread  # not threading: its import is start-up time we need not spend
 import sys
 
-from pyinstrument_ai._guard import guard
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import ModuleType
+    from typing import Any
 
     Callback = Callable[[ModuleType], None]
 
@@ -93,11 +92,19 @@ def _ensure_finder() -> None:
         sys.meta_path.insert(0, _finder)
 
 
+def _guard(name: str) -> Any:
+    # imported here, not at the top: at interpreter start (auto-load) only the finder is
+    # needed, and every module imported then is start-up time of every Python process
+    from pyinstrument_ai._guard import guard
+
+    return guard(f"import hook for {name}")
+
+
 def _fire(name: str, module: ModuleType) -> None:
     with _lock:
         callbacks = _callbacks.pop(name, [])
     for cb in callbacks:
-        with guard(f"import hook for {name}"):
+        with _guard(name):
             cb(module)
 
 
@@ -109,8 +116,25 @@ def when_imported(name: str, callback: Callback) -> None:
             _callbacks.setdefault(name, []).append(callback)
             _ensure_finder()
             return
-    with guard(f"import hook for {name}"):
+    with _guard(name):
         callback(module)
+
+
+def forget(callback: Callback) -> None:
+    """Take ``callback`` off every name it waits for; the finder leaves ``sys.meta_path``
+    once nothing waits any more."""
+    with _lock:
+        for name in list(_callbacks):
+            left = [cb for cb in _callbacks[name] if cb is not callback]
+            if left:
+                _callbacks[name] = left
+            else:
+                del _callbacks[name]
+        if not _callbacks:
+            try:
+                sys.meta_path.remove(_finder)
+            except ValueError:
+                pass
 
 
 def clear() -> None:

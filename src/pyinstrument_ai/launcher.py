@@ -280,18 +280,23 @@ def _exec_command(command: str, args: list[str]) -> NoReturn:
 
 
 def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
-    from pyinstrument_ai import runtime
-
-    if runtime.active() is not None:
-        # the auto-load hook got here first (PYINSTRUMENT_AI=1 in this environment): the
-        # launcher's own flags win
+    runtime = sys.modules.get("pyinstrument_ai.runtime")
+    if runtime is not None and runtime.active() is not None:
+        # a session started before us (a target imported at interpreter start under
+        # PYINSTRUMENT_AI=1): the launcher's own flags win
         runtime.uninstrument()
+    from pyinstrument_ai import _lazy, hooks
+
     try:
-        session = runtime.instrument(config)
-        if config.sample_interval:
-            # --sample: this process samples from the start, not only once a target is
-            # patched (the samples before the first inference are the baseline)
-            session.start()
+        if _records_from_start(config):
+            from pyinstrument_ai import runtime
+
+            runtime.instrument(config).start()
+        else:
+            # Recording starts when the program imports a target library (and replaces an
+            # auto-load waiting with the environment's settings): a program that loads no
+            # model does not pay for the runtime at start.
+            _lazy.defer(config)
     except Exception as exc:  # instrumentation must never stop the program
         from pyinstrument_ai import _log
 
@@ -299,12 +304,22 @@ def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
     if config.summary:
         import atexit
 
-        atexit.register(_print_summary, config)
+        summary = _ExitSummary(config)
+        atexit.register(summary.at_exit)
+        # SIGTERM's handler belongs to the runtime, which exists once something records
+        hooks.when_imported("pyinstrument_ai.runtime", lambda rt: rt.at_sigterm(summary.at_exit))
     if inv.mode == "script":
         _run_script(inv.target, inv.args)
     else:
         _run_module(inv.target, inv.args)
     sys.exit(0)
+
+
+def _records_from_start(config: cfg.Config) -> bool:
+    """Whether a setting records before any target library is imported (system sampling,
+    where the build has it: its samples before the first inference are the baseline); then
+    the runtime starts at once instead of at the first target's import."""
+    return bool(getattr(config, "sample_interval", None))
 
 
 def _run_script(path: str, args: list[str]) -> None:
@@ -474,30 +489,88 @@ def _uncaught(exc: BaseException) -> NoReturn:
     sys.exit(1)
 
 
+class _ExitSummary:
+    """The short summary on stderr when the program ends: at exit, or on SIGTERM (the runtime's
+    handler calls it after the final flush, before the process dies of the signal).
+
+    When it runs: only if this run recorded something to summarize, which is decided without
+    reading a file or importing the reader, orjson or the summary (a program that generated
+    nothing must not pay for them at exit):
+
+    - this process flushed ``generate`` records (the session counts them as it flushes), or
+    - a process of this run started after us wrote an event file into the output folder: file
+      names are ``HOST-PID-STARTMS-RANDOM.jsonl``, so one listing of the folder finds files
+      started since this launcher did (a child may generate while this process does not).
+
+    Only then are the files read, those of this run (same ``run_id``) kept, and a summary
+    printed if they hold a generation. Printed once, by the launcher's own process (not by a
+    forked child that inherited the hooks).
+    """
+
+    def __init__(self, config: cfg.Config) -> None:
+        import time
+
+        self.config = config
+        self.pid = os.getpid()
+        self.started_ms = time.time_ns() // 1_000_000
+        self.done = False
+
+    def at_exit(self) -> None:
+        if self.done or os.getpid() != self.pid:
+            return
+        self.done = True
+        try:
+            # never imports the runtime: when it is not loaded, this process recorded nothing
+            runtime = sys.modules.get("pyinstrument_ai.runtime")
+            session = runtime.active() if runtime is not None else None
+            if session is not None:
+                session.flush(timeout=5)
+            if self.due(session):
+                _print_summary(self.config)
+        except Exception as exc:
+            from pyinstrument_ai._guard import report
+
+            report("summary at exit", exc)
+
+    def due(self, session: Any) -> bool:
+        """Whether this run may have generated: the cheap test described above."""
+        if session is not None and getattr(session, "generations", 0):
+            return True
+        try:
+            names = os.listdir(self.config.out_dir)
+        except OSError:
+            return False  # no folder: nobody of this run wrote an event
+        own = getattr(getattr(session, "sink", None), "path", None)
+        own = os.path.basename(own) if own else None
+        # the clock may have stepped back a little between two processes' readings
+        since = self.started_ms - 1000
+        for name in names:
+            if not name.endswith(".jsonl") or name == own:
+                continue
+            parts = name[: -len(".jsonl")].rsplit("-", 3)  # the host may contain "-"
+            if len(parts) == 4 and parts[2].isdigit() and int(parts[2]) >= since:
+                return True
+        return False
+
+
 def _print_summary(config: cfg.Config) -> None:
     try:
-        from pyinstrument_ai import runtime
-
-        session = runtime.active()
-        if session is not None:
-            session.flush(timeout=5)
-        from pyinstrument_ai.reader import find_files, read_file
-
+        if not os.path.isdir(config.out_dir) or not any(
+            n.endswith(".jsonl") for n in os.listdir(config.out_dir)
+        ):
+            return
         try:
-            from pyinstrument_ai.summary import render_summary
+            from pyinstrument_ai.analysis import Filters
+            from pyinstrument_ai.reader import analyze_paths
+            from pyinstrument_ai.summary import render_analysis
         except ImportError:
             return
-        if not os.path.isdir(config.out_dir):
-            return
-        events: list[dict[str, Any]] = []
-        for path in find_files([config.out_dir]):
-            header, file_events = read_file(path, strict=False)  # each file read once
-            if header is not None and header.get("run_id") == config.run_id:
-                events.extend(file_events)
-        if not any(e["name"] == "generate" for e in events):
+        # streamed through the analysis (token columns, not event dicts): a long-running
+        # server's millions of tokens summarize in seconds and bounded memory
+        a = analyze_paths(config.out_dir, filters=Filters(run_ids={config.run_id}), strict=False)
+        if not a.generations:
             return  # the summary is about generations; say nothing (stderr unchanged) otherwise
-        events.sort(key=lambda e: e["t_ns"])
-        text = render_summary(events, config.out_dir)
+        text = render_analysis(a, config.out_dir)
         if text:
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
             sys.stderr.flush()

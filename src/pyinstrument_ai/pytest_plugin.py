@@ -249,6 +249,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
 
 
+def _hide(exc: BaseException) -> None:
+    from pyinstrument_ai._tb import hide
+
+    hide(exc, depth=2)
+
+
 def _window(item: pytest.Item) -> Any:
     w = item.stash.get(_WINDOW, None)
     if w is None:
@@ -271,13 +277,23 @@ def instrument(request: pytest.FixtureRequest) -> Any:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
+    # A test's exception passes through this wrapper's frame: keep it out of every report
+    # (__tracebackhide__ for pytest's own styles, hide() for --tb=native and other printers)
+    __tracebackhide__ = True
     spec = pyfuncitem.stash.get(_SPEC, None)
     if spec is None and not pyfuncitem.stash.get(_WANTS, False):
-        return (yield)
+        try:
+            return (yield)
+        except BaseException as e:
+            _hide(e)
+            raise
     window = _window(pyfuncitem)
     window.start()
     try:
         result = yield
+    except BaseException as e:
+        _hide(e)
+        raise
     finally:
         window.stop()
     _check(pyfuncitem, window, spec)

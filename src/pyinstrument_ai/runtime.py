@@ -4,8 +4,12 @@ There is at most one active :class:`Session` per process. Process-wide hooks are
 once, when this module is first imported, and always consult the active session: an at-exit
 flush, an after-fork hook (the child writes its own file) and a multiprocessing finalizer
 (forked workers leave through ``os._exit``, which skips ``atexit``). SIGTERM gets a handler that
-flushes and then re-delivers the signal with the default action, but only where the program
-left SIGTERM at its default, and only once a target is patched (a process that records).
+flushes, runs the :func:`at_sigterm` callbacks (the launcher's summary) and then re-delivers the
+signal with the default action, but only where the program left SIGTERM at its default, and
+only once a target is patched (a process that records).
+
+The auto-load hook and the launcher import this module only when a target library is
+imported (see :mod:`pyinstrument_ai._lazy`): its imports are not start-up cost.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import _signal as signal
 import _thread  # not threading (start-up cost): locks and thread ids are all we need
 import atexit
 import os
+import sys
 from contextlib import contextmanager
 from functools import partial
 
@@ -26,13 +31,14 @@ from pyinstrument_ai.session import Session
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from types import FrameType, ModuleType
     from typing import Any
 
 _session: Session | None = None
 _lock = _thread.RLock()
 _sigterm_installed = False
+_sigterm_callbacks: list[Callable[[], None]] = []
 
 
 def active() -> Session | None:
@@ -58,6 +64,7 @@ def instrument(
     with _lock:
         if _session is not None:
             return _session
+        _cancel_autoload()  # an explicit start replaces one waiting for a target's import
         if config is None:
             from pyinstrument_ai.config import from_env
 
@@ -93,6 +100,7 @@ def uninstrument() -> Session | None:
     """Unpatch every target, flush and close the active session; returns it (or None)."""
     global _session
     with _lock:
+        _cancel_autoload()
         session, _session = _session, None
         if session is None:
             return None
@@ -101,6 +109,14 @@ def uninstrument() -> Session | None:
         session.close()
         _restore_sigterm()
         return session
+
+
+def _cancel_autoload() -> None:
+    # The auto-load hook and the launcher wait for a target's import before they start a
+    # session (see _lazy, loaded only in processes where one of them ran).
+    lazy = sys.modules.get("pyinstrument_ai._lazy")
+    if lazy is not None:
+        lazy.cancel()
 
 
 class Recording:
@@ -135,7 +151,10 @@ def recording(
     ...     session.run(None, feeds)
     >>> [e["name"] for e in rec.events]
     """
-    if _session is not None:
+    lazy = sys.modules.get("pyinstrument_ai._lazy")
+    if _session is not None or (lazy is not None and lazy.pending() is not None):
+        # (a start waiting for a target's import, under the launcher or auto-load, counts:
+        # the block's instrument() would replace it, and uninstrument() end it for good)
         raise RuntimeError(
             "pyinstrument-ai is already recording in this process; call uninstrument() first"
         )
@@ -225,6 +244,13 @@ def _mp_after_fork(_token: object) -> None:
     util.Finalize(None, _at_exit, exitpriority=-100)
 
 
+def at_sigterm(callback: Callable[[], None]) -> None:
+    """Call ``callback()`` from our SIGTERM handler, after the final flush and before the
+    process dies of the signal (the launcher prints its summary there). Runs only where the
+    handler is installed: in a process that records, whose program left SIGTERM alone."""
+    _sigterm_callbacks.append(callback)
+
+
 def _install_sigterm() -> None:
     global _sigterm_installed
     try:
@@ -258,6 +284,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if s is not None:
         with guard("flush on SIGTERM"):
             s.close(timeout=2)
+    for callback in list(_sigterm_callbacks):
+        with guard("on SIGTERM"):
+            callback()
     # End as SIGTERM always ended this program: default action, same exit status.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

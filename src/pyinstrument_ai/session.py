@@ -65,6 +65,9 @@ class Session:
         self._close_lock = _thread.allocate_lock()
         #: set by a signal handler that interrupted our flush/close: runs once it is done
         self.deferred: Any = None
+        #: ``generate`` records flushed so far, counted by the flush (off the hot path): the
+        #: launcher's exit summary runs only when there is a generation to summarize
+        self.generations = 0
 
     # -- header -----------------------------------------------------------------------------
     def make_header(self) -> dict[str, Any]:
@@ -151,6 +154,8 @@ class Session:
         try:
             self.flushing_in = _thread.get_ident()
             records = self.recorder.drain()
+            if records:
+                self.generations += [r[0] for r in records].count("generate")
             self.sink.write(records)
         finally:
             self.flushing_in = None
