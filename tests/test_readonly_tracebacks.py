@@ -305,6 +305,8 @@ def test_every_wrapper_is_marked_for_pytest():
         ort_target._make_init(_Rec(), None, on).__code__,
         tf_target._make_generate_wrapper(_Rec()).__code__,
         tf_target._step_wrapper.__code__,
+        tf_target._make_step_method(len).__code__,
+        tf_target._make_put_method(len).__code__,
         tf_target._decoding_wrapper.__code__,
         tf_target._accepted_wrapper.__code__,
         tf_target._put_wrapper.__code__,

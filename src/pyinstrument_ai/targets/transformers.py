@@ -26,6 +26,7 @@ way: the put times when the streamer delivered tokens, otherwise the decoding-st
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import threading
@@ -34,7 +35,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from pyinstrument_ai import tagging
-from pyinstrument_ai._guard import guard
+from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
 
@@ -95,6 +96,7 @@ class _Gen:
         "out",
         "kwargs",
         "tags",
+        "put_fields",
     )
 
     def __init__(self, gid: int, model: Any, streamer: Any, source: Any, threads: int) -> None:
@@ -115,6 +117,7 @@ class _Gen:
         self.out: Any = None
         self.kwargs: dict = {}  # generate's keyword arguments (settings when cfg is unseen)
         self.tags: dict | None = None  # request_id / trace ids current when it started
+        self.put_fields: dict[tuple[int, bool], dict] = {}  # shared fields of put events
 
 
 _current: ContextVar[_Gen | None] = ContextVar("pyinstrument_ai.transformers.gen", default=None)
@@ -146,7 +149,9 @@ def patch(recorder: Any) -> None:
         _torch = torch
         _recorder = recorder
         _wrap(GenerationMixin, "generate", _make_generate_wrapper(recorder))
-        _wrap(GenerationMixin, "_has_unfinished_sequences", _step_wrapper)
+        # per decoding step: a plain method, not a wrapt wrapper (wrapt's descriptor binds a
+        # new wrapper object on every attribute access, ~1 µs a step)
+        _wrap_plain(GenerationMixin, "_has_unfinished_sequences", _make_step_method)
         for name in _DECODING_METHODS:
             if name in GenerationMixin.__dict__:
                 _wrap(GenerationMixin, name, _decoding_wrapper)
@@ -168,6 +173,16 @@ def _wrap(owner: type, attr: str, wrapper: Any) -> None:
 
     original = owner.__dict__[attr]
     setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
+    _patched.append((owner, attr, original))
+
+
+def _wrap_plain(owner: type, attr: str, factory: Any) -> None:
+    """Replace a plain function on a class by ``factory(original)``, a plain function too: the
+    per-token paths, where wrapt's per-call binding is most of the cost."""
+    original = owner.__dict__[attr]
+    method = factory(original)
+    functools.update_wrapper(method, original)
+    setattr(owner, attr, method)
     _patched.append((owner, attr, original))
 
 
@@ -247,6 +262,24 @@ def _tags(streamer: Any) -> dict | None:
         if owned:
             tags = {**tags, **owned} if tags else owned
     return tags
+
+
+def _make_step_method(original: Any) -> Any:
+    get, now = _current.get, now_ns  # closure cells: no global lookups per step
+
+    def _has_unfinished_sequences(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+        try:
+            more = original(self, *args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
+        gen = get()
+        if gen is not None and gen.model is self:
+            gen.steps.append(now())
+        return more
+
+    return _has_unfinished_sequences
 
 
 def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -340,8 +373,41 @@ def _ensure_streamer_wrapped(cls: type) -> None:
             if not isinstance(original, (types.FunctionType, wrapt.FunctionWrapper)):
                 continue  # staticmethod, builtin, ...: leave it alone
             with guard("transformers.streamer"):
-                setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
-                _patched.append((owner, attr, original))
+                if attr == "put" and isinstance(original, types.FunctionType):
+                    _wrap_plain(owner, attr, _make_put_method)  # one call per token
+                else:
+                    setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
+                    _patched.append((owner, attr, original))
+
+
+def _make_put_method(original: Any) -> Any:
+    get, now = _current.get, now_ns
+
+    def put(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+        gen = get()
+        if gen is None or gen.streamer is not self or gen.in_put:
+            try:
+                return original(self, *args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
+        t = now()  # the tokens are on the host: put() receives a .cpu() copy
+        gen.in_put = True  # a subclass's put calling super().put is one put
+        try:
+            return original(self, *args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
+        finally:
+            dur = now() - t
+            gen.in_put = False
+            try:
+                _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
+            except Exception as ours:  # our failure never reaches the host
+                report("transformers.put", ours)
+
+    return put
 
 
 def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -370,16 +436,27 @@ def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 def _on_put(gen: _Gen, t: int, dur: int, value: Any) -> None:
     prompt = gen.nput == 0
     gen.nput += 1
-    numel = int(value.numel())
+    shape = value.shape  # one attribute read instead of numel(), dim() and shape (~1 µs)
+    numel = 1
+    for n in shape:
+        numel *= n
     if not prompt:
         # (batch,) for one decoding step; (1, n) when assisted decoding accepts n tokens at once
-        gen.puts.append((t, int(value.shape[-1]) if value.dim() >= 2 else 1))
-    fields = {"gen": gen.id, "numel": numel, "prompt": prompt}
+        gen.puts.append((t, shape[-1] if len(shape) >= 2 else 1))
     rec = _recorder
     if rec is None:
         return
     if rec.capture_content:
-        fields["ids"] = value.tolist()
+        rec.record(
+            "put", t, dur, {"gen": gen.id, "numel": numel, "prompt": prompt, "ids": value.tolist()}
+        )
+        return
+    # the same fields for every step of a generation: one dict, handed out again (the core
+    # never modifies a fields dict)
+    key = (numel, prompt)
+    fields = gen.put_fields.get(key)
+    if fields is None:
+        fields = gen.put_fields[key] = {"gen": gen.id, "numel": int(numel), "prompt": prompt}
     rec.record("put", t, dur, fields)
 
 
