@@ -46,10 +46,24 @@ def write_events(out_dir: str, tokens: int) -> int:
         for g in range(gens):
             start = t + g * 10_000_000  # a generation every 10 ms per process: 4-way overlap
             times = [start + 5_000_000 + i * 2_000_000 for i in range(TOKENS_PER_GEN)]
-            batch.append(("generate", start, times[-1] - start + 100_000, 1,
-                          {"gen": g, "model": "GPT2LMHeadModel", "tokens": TOKENS_PER_GEN,
-                           "new_tokens": [TOKENS_PER_GEN], "batch": 1, "threads": 2,
-                           "mode": "sample", "token_times": "put"}))
+            batch.append(
+                (
+                    "generate",
+                    start,
+                    times[-1] - start + 100_000,
+                    1,
+                    {
+                        "gen": g,
+                        "model": "GPT2LMHeadModel",
+                        "tokens": TOKENS_PER_GEN,
+                        "new_tokens": [TOKENS_PER_GEN],
+                        "batch": 1,
+                        "threads": 2,
+                        "mode": "sample",
+                        "token_times": "put",
+                    },
+                )
+            )
             for i, tt in enumerate(times):
                 fields = {"gen": g, "index": i, "seqs": 1}
                 if not i:
@@ -64,12 +78,39 @@ def write_events(out_dir: str, tokens: int) -> int:
     return n_events
 
 
+def write_in_child(out_dir: str, tokens: int) -> int:
+    """Write the events in a child process: a report process forked from a parent that grew
+    while writing would count the parent's pages in its peak RSS (ru_maxrss includes the
+    forked image before exec)."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import report_speed as r; "
+        "print(r.write_events(sys.argv[2], int(sys.argv[3])))"
+    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", code, here, out_dir, str(tokens)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def run_report(out_dir: str, extra: list[str]) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds and peak RSS (MB) of one report process."""
     exe = shutil.which("pyinstrument-ai", path=os.path.dirname(sys.executable))
-    cmd = [exe, "report", out_dir, *extra] if exe else [
-        sys.executable, "-c", "from pyinstrument_ai.cli import main; main()", "report", out_dir,
-        *extra]
+    cmd = (
+        [exe, "report", out_dir, *extra]
+        if exe
+        else [
+            sys.executable,
+            "-c",
+            "from pyinstrument_ai.cli import main; main()",
+            "report",
+            out_dir,
+            *extra,
+        ]
+    )
     t0 = time.perf_counter()
     # a fresh process per round; its peak RSS comes back through wait4
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -84,10 +125,12 @@ def bench(tokens: int, rounds: int) -> None:
     tmp = tempfile.mkdtemp(prefix="report-speed-")
     try:
         t0 = time.perf_counter()
-        n = write_events(tmp, tokens)
+        n = write_in_child(tmp, tokens)
         size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
-        print(f"{tokens:,} token events ({n:,} events, {size / 1e6:.0f} MB in {FILES} files) "
-              f"written by the JSONL sink in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"{tokens:,} token events ({n:,} events, {size / 1e6:.0f} MB in {FILES} files) "
+            f"written by the JSONL sink in {time.perf_counter() - t0:.1f} s"
+        )
         for label, extra in (("report (default, terminal)", []), ("report --json", ["--json"])):
             walls, cpus, rss = [], [], []
             for _ in range(rounds):
@@ -97,9 +140,33 @@ def bench(tokens: int, rounds: int) -> None:
                 rss.append(r)
             med = statistics.median(walls)
             # CPU time beside wall time: on a busy machine wall time includes waiting for a core
-            print(f"  {label:28s} wall median {med:6.2f} s (min {min(walls):.2f}, max "
-                  f"{max(walls):.2f}, {rounds} rounds), CPU median {statistics.median(cpus):.2f} s"
-                  f"  {n / med / 1e6:5.2f} M events/s  peak RSS {max(rss):6.0f} MB")
+            print(
+                f"  {label:28s} wall median {med:6.2f} s (min {min(walls):.2f}, max "
+                f"{max(walls):.2f}, {rounds} rounds), CPU median {statistics.median(cpus):.2f} s"
+                f"  {n / med / 1e6:5.2f} M events/s  peak RSS {max(rss):6.0f} MB"
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_html(tokens: int, rounds: int) -> None:
+    """``report --html`` as users run it (the whole command: reading, tables, the HTML file).
+    The HTML renderer alone is timed by benchmarks/html_speed.py."""
+    tmp = tempfile.mkdtemp(prefix="report-html-")
+    try:
+        write_in_child(tmp, tokens)
+        html = os.path.join(tmp, "report.html")
+        walls, cpus = [], []
+        for _ in range(rounds):
+            w, c, _rss = run_report(tmp, ["--html", html])
+            walls.append(w)
+            cpus.append(c)
+        print(
+            f"{tokens:,} tokens: report --html (whole command) wall median "
+            f"{statistics.median(walls):.2f} s (min {min(walls):.2f}, max {max(walls):.2f}), "
+            f"CPU median {statistics.median(cpus):.2f} s, file "
+            f"{os.path.getsize(html) / 1e6:.1f} MB"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -109,12 +176,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--big", action="store_true", help="also 10,000,000 tokens (one round)")
+    ap.add_argument(
+        "--html-tokens",
+        type=int,
+        default=100_000,
+        help="tokens for the report --html figure (0: skip)",
+    )
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     bench(args.tokens, args.rounds)
+    if args.html_tokens:
+        bench_html(args.html_tokens, args.rounds)
     if args.big:
         bench(10_000_000, 1)
-
 
 
 if __name__ == "__main__":

@@ -307,7 +307,8 @@ def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress
         host = header.get("hostname") or ""
         lineno = 1
         pending = len(first)
-        last_key: Any = None
+        last_gen: Any = None
+        last_pid: Any = None
         idx_append = t_append = seqs_map = None
         n_tokens = 0
         for raw in f:
@@ -328,16 +329,18 @@ def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress
                     raise EventFileError(path, lineno, why) from None
                 stats.skipped.append((path, lineno, why))
                 continue
-            if e.get("name") == "token":
-                key = (host, e.get("pid", pid), e.get("gen"))
-                if key != last_key:
-                    cols = columns(key)
+            get = e.get
+            if get("name") == "token":
+                g = get("gen")
+                p = get("pid", pid)
+                if g != last_gen or p != last_pid or idx_append is None:
+                    cols = columns((host, p, g))
                     idx_append, t_append, seqs_map = cols[0].append, cols[1].append, cols[2]
-                    last_key = key
-                index = e.get("index", -1)
+                    last_gen, last_pid = g, p
+                index = get("index", -1)
                 idx_append(index)
                 t_append(t + offset)
-                seqs = e.get("seqs", 1)
+                seqs = get("seqs", 1)
                 if seqs != 1:
                     seqs_map[index] = seqs
                 n_tokens += 1
