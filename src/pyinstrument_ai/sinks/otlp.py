@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from pyinstrument_ai import _log, tagging
 from pyinstrument_ai._guard import guard
@@ -220,6 +219,7 @@ class OtlpSink:
         if self._failed or self.closed:
             return
         ready: list[list[Any]] = [g for g in self._gens.values() if g[2]]  # held last time
+        ended = self.stats.ended
         for rec in records:
             name, fields = rec[0], rec[4] or {}
             if name == "token":
@@ -248,6 +248,10 @@ class OtlpSink:
         if len(self._stages) > self.MAX_PENDING:  # predictions that never came (killed)
             for seq in sorted(self._stages)[: len(self._stages) - self.MAX_PENDING]:
                 del self._stages[seq]
+        if self._p is not None and self.stats.ended != ended:
+            # Out now, not at the processor's next schedule: a TorchServe worker is SIGKILLed
+            # at `torchserve --stop`, and the program's own processor may wait 5 s.
+            self._p.export_soon()
 
     def _export(self, fn: Callable[..., None], *args: Any) -> None:
         if self._p is None and not self._build():
@@ -503,6 +507,9 @@ class _Pipeline:
                 mp = self._own_mp = _own_meter_provider(resource, stats)
         #: spans go through a pipeline of ours (whose losses we count and report)
         self.own = self._own_tp is not None
+        self._tp = tp
+        self._soon: Any = None  # threading.Event of the export thread, once started
+        self._stopping = False
         self.tracer = tp.get_tracer("pyinstrument_ai", __version__)
         meter = mp.get_meter("pyinstrument_ai", __version__)
         names = NAMES["latest" if latest else "default"]
@@ -639,13 +646,48 @@ class _Pipeline:
             attrs["error.type"] = error
         self.h_ts.record(dur / 1e9, attrs)
 
+    # -- delivery ------------------------------------------------------------------------------
+    def export_soon(self) -> None:
+        """Have the span processor export what it holds now, on a thread of ours.
+
+        ``force_flush`` exports in the calling thread (SDK >= 1.33, without a timeout), and a
+        receiver that stalls would hold it for the exporter's whole timeout: not on the
+        flusher thread, whose next JSONL write must not wait for it. One thread per pipeline
+        (a forked child builds its own pipeline, hence its own thread); while it exports,
+        further requests collapse into one more flush."""
+        if self._soon is None:
+            if not hasattr(self._tp, "force_flush"):  # a no-op provider (traces off)
+                return
+            import threading
+
+            self._soon = threading.Event()
+            threading.Thread(
+                target=self._export_loop, name="pyinstrument-ai-otlp-export", daemon=True
+            ).start()
+        self._soon.set()
+
+    def _export_loop(self) -> None:
+        soon = self._soon
+        while True:
+            soon.wait()
+            if self._stopping:
+                return
+            soon.clear()
+            with guard("OTLP export after a batch"):
+                self._tp.force_flush()
+
     # -- end -----------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Deliver what is queued, within a bound: a receiver that is down or stalls must not
         hold the program's exit (the exporters' own retries can take their full timeout)."""
+        self._stopping = True
+        if self._soon is not None:
+            self._soon.set()  # ends the export thread's loop
         own = [p for p in (self._own_tp, self._own_mp) if p is not None]
         if not own:
             return
+        import threading
+
         t = threading.Thread(
             target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close", daemon=True
         )
@@ -679,7 +721,11 @@ def _resource(config: Config) -> Any:
             "telemetry.sdk.version": sdk_version,
         }
     ).merge(OTELResourceDetector().detect())  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
-    extra: dict[str, Any] = {"pyinstrument_ai.run_id": config.run_id} if config.run_id else {}
+    # process.pid (semantic conventions): which process of a run a span came from (forked
+    # workers, `-- COMMAND` children and TorchServe workers each export their own)
+    extra: dict[str, Any] = {"process.pid": os.getpid()}
+    if config.run_id:
+        extra["pyinstrument_ai.run_id"] = config.run_id
     if not resource.attributes.get("service.name"):
         extra["service.name"] = "unknown_service:python"  # the SDK's default
     return resource.merge(Resource(extra))
