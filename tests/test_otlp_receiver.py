@@ -208,3 +208,72 @@ def test_tiny_gpt2_spans_in_phoenix(phoenix, tmp_path):
     # the second ran outside any span: a root of its own trace
     assert not second.get("parent_span_id") or second["parent_span_id"] not in by_id
     assert "trace_id" not in gens[1]
+
+
+def test_torchserve_two_workers_every_prediction_reaches_phoenix(phoenix, tmp_path):
+    """TorchServe with 2 workers under `python -m instrument --sink jsonl,otlp -- torchserve`:
+    the frontend SIGKILLs its workers at `--stop`, right after the last response. Each
+    prediction's span (with its stage children) must be in Phoenix all the same, matching the
+    JSONL `torchserve.predict` events one for one, to Phoenix's microsecond.
+
+    The span processor's schedule is set to 30 s (the SDK's default is 5 s, and a program's own
+    provider keeps it): only the export the sink starts right after each batch can beat the
+    kill, so this fails if that export is missing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import _torchserve_harness as harness
+
+    project = "torchserve-2w"
+    out = tmp_path / "events"
+    env = clean_env(
+        PYINSTRUMENT_AI_FLUSH_INTERVAL="3600",  # only the per-batch flush gets events out
+        PYINSTRUMENT_AI_SUMMARY="0",
+        OTEL_EXPORTER_OTLP_ENDPOINT=phoenix,
+        OTEL_METRICS_EXPORTER="none",
+        OTEL_RESOURCE_ATTRIBUTES=f"openinference.project.name={project}",
+        OTEL_BSP_SCHEDULE_DELAY="30000",
+    )
+    ts = harness.TorchServe(
+        tmp_path / "ts",
+        prefix=[sys.executable, "-m", "instrument", "--sink", "jsonl,otlp", "--out", str(out),
+                "--"],
+        env=env,
+    )  # fmt: skip
+    harness.archive("tiny", harness.ASSETS / "tiny_handler.py", ts.store)
+    n = 10
+    with ts:
+        ts.register("tiny.mar", workers=2, batch_size=1, max_batch_delay_ms=10)
+        workers = set(ts.worker_pids())
+        with ThreadPoolExecutor(4) as pool:  # concurrent: both workers get predictions
+            results = list(pool.map(lambda i: ts.predict("tiny", {"x": [i, 1, 2, 3]}), range(n)))
+        assert [r[0] for r in results] == [200] * n, results
+    assert not any(harness._pid_alive(p) for p in workers)  # stopped (killed) by now
+
+    events = pyinstrument_ai.load(out)
+    predicts = [e for e in events if e["name"] == "torchserve.predict"]
+    assert len(predicts) == n  # batch_size 1: one prediction per request
+    assert len({p["pid"] for p in predicts}) == 2, "one worker took every request"
+    stages = {
+        (e["pid"], e["seq"], e["stage"]): e for e in events if e["name"] == "torchserve.stage"
+    }
+    spans = _spans(phoenix, project, want=4 * n, timeout=30)
+    roots = {
+        tuple(_attrs(s)["pyinstrument_ai.torchserve.request_ids"]): s
+        for s in spans
+        if s["name"] == "predict tiny"
+    }
+    assert len(roots) == n, f"{len(roots)} of {n} predictions in Phoenix"
+    for p in predicts:
+        s = roots[tuple(p["request_ids"])]
+        a = _attrs(s)
+        assert a["pyinstrument_ai.torchserve.seq"] == p["seq"]
+        assert a["pyinstrument_ai.torchserve.batch_size"] == 1
+        assert abs(int(s["start_time_unix_nano"]) - p["t_ns"]) <= 1000
+        assert abs(int(s["end_time_unix_nano"]) - (p["t_ns"] + p["dur_ns"])) <= 1000
+        kids = {k["name"]: k for k in spans if k.get("parent_span_id") == s["span_id"]}
+        assert set(kids) == {"preprocess", "inference", "postprocess"}
+        for name, k in kids.items():
+            st = stages[(p["pid"], p["seq"], name)]
+            assert k["trace_id"] == s["trace_id"]
+            assert abs(int(k["start_time_unix_nano"]) - st["t_ns"]) <= 1000
+            assert abs(int(k["end_time_unix_nano"]) - (st["t_ns"] + st["dur_ns"])) <= 1000

@@ -6,11 +6,12 @@ fact: the hot path never touches an OpenTelemetry object. Spans get the recorded
 (converted to epoch nanoseconds with the same header anchor as the JSONL events), so a span's
 start and end equal its event's ``t_ns`` and ``t_ns + dur_ns`` exactly.
 
-Pipeline: built on the first batch that has something to export (so OpenTelemetry is imported
-on the flusher thread, not on the program's start-up path). If the program has installed an
-SDK ``TracerProvider`` / ``MeterProvider`` by then (``opentelemetry-instrument``, or its own
-set-up), ours are not made: the spans and metrics go through the program's pipeline. Else we
-build a private one (never set as the global provider) from the standard ``OTEL_*`` variables.
+Pipeline (:mod:`._otlp_pipeline`): built on the first batch that has something to export
+(so it and OpenTelemetry are imported on the flusher thread, not on the program's start-up
+path). If the program has installed an SDK ``TracerProvider`` / ``MeterProvider`` by then
+(``opentelemetry-instrument``, or its own set-up), ours are not made: the spans and metrics go
+through the program's pipeline. Else we build a private one (never set as the global provider)
+from the standard ``OTEL_*`` variables.
 
 Names follow the GenAI semantic conventions; which ones depends on
 ``OTEL_SEMCONV_STABILITY_OPT_IN`` (see :data:`NAMES` and ``docs/otel.md``).
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 from pyinstrument_ai import _log, tagging
 from pyinstrument_ai._guard import guard
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from pyinstrument_ai.analysis.generations import Generation
     from pyinstrument_ai.config import Config
     from pyinstrument_ai.recorder import Record
 
@@ -220,6 +219,7 @@ class OtlpSink:
         if self._failed or self.closed:
             return
         ready: list[list[Any]] = [g for g in self._gens.values() if g[2]]  # held last time
+        ended = self.stats.ended
         for rec in records:
             name, fields = rec[0], rec[4] or {}
             if name == "token":
@@ -248,6 +248,10 @@ class OtlpSink:
         if len(self._stages) > self.MAX_PENDING:  # predictions that never came (killed)
             for seq in sorted(self._stages)[: len(self._stages) - self.MAX_PENDING]:
                 del self._stages[seq]
+        if self._p is not None and self.stats.ended != ended:
+            # Out now, not at the processor's next schedule: a TorchServe worker is SIGKILLed
+            # at `torchserve --stop`, and the program's own processor may wait 5 s.
+            self._p.export_soon()
 
     def _export(self, fn: Callable[..., None], *args: Any) -> None:
         if self._p is None and not self._build():
@@ -258,7 +262,12 @@ class OtlpSink:
     # -- pipeline ------------------------------------------------------------------------------
     def _build(self) -> bool:
         try:
-            self._p = _Pipeline(self.config, self.stats, self.latest)
+            # the pipeline's module, like OpenTelemetry, is imported here on the flusher
+            # thread: its compilation (no .pyc in an editable install or a container with
+            # PYTHONDONTWRITEBYTECODE) is not on the program's start-up path either
+            from pyinstrument_ai.sinks._otlp_pipeline import Pipeline
+
+            self._p = Pipeline(self.config, self.stats, self.latest)
             return True
         except Exception as exc:
             self._failed = True
@@ -460,372 +469,6 @@ def _model_of_session(f: dict[str, Any]) -> str:
         return os.path.basename(str(path))
     sha = f.get("model_sha256")
     return f"sha256:{sha[:12]}" if sha else f"session-{f.get('session_id')}"
-
-
-# --------------------------------------------------------------------------- OpenTelemetry
-
-
-class _Pipeline:
-    """Tracer and instruments: the program's providers if it has SDK ones, else ours."""
-
-    def __init__(self, config: Config, stats: _Stats, latest: bool) -> None:
-        from opentelemetry import context, metrics, trace
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.trace import TracerProvider
-
-        from pyinstrument_ai import __version__
-
-        self._trace = trace
-        self._context = context
-        self.stats = stats
-        self.latest = latest
-        self.endpoint = "the program's OpenTelemetry pipeline"
-        self._own_tp = self._own_mp = None
-        tp = trace.get_tracer_provider()
-        mp = metrics.get_meter_provider()
-        if not isinstance(tp, TracerProvider) or not isinstance(mp, MeterProvider):
-            resource = _resource(config)
-            if not isinstance(tp, TracerProvider) and not isinstance(mp, MeterProvider):
-                _quiet_sdk_logs(stats, _ALL_SDK_LOGGERS)  # no SDK of the program's: all ours
-            elif not isinstance(mp, MeterProvider):
-                _quiet_sdk_logs(stats, _METRIC_LOGGERS)  # the program traces, we meter
-        if not isinstance(tp, TracerProvider):
-            if _exporter_off("traces"):
-                tp = trace.NoOpTracerProvider()
-            else:
-                tp = self._own_tp = _own_tracer_provider(resource, stats)
-                self.endpoint = _endpoint("traces")
-
-        if not isinstance(mp, MeterProvider):
-            if _exporter_off("metrics"):  # e.g. a receiver that takes traces only (Phoenix)
-                mp = metrics.NoOpMeterProvider()
-            else:
-                mp = self._own_mp = _own_meter_provider(resource, stats)
-        #: spans go through a pipeline of ours (whose losses we count and report)
-        self.own = self._own_tp is not None
-        self.tracer = tp.get_tracer("pyinstrument_ai", __version__)
-        meter = mp.get_meter("pyinstrument_ai", __version__)
-        names = NAMES["latest" if latest else "default"]
-
-        def hist(name: str, unit: str, desc: str, buckets: tuple[float, ...]) -> Any:
-            return meter.create_histogram(
-                name, unit=unit, description=desc, explicit_bucket_boundaries_advisory=list(buckets)
-            )
-
-        self.h_duration = hist(
-            names["duration"], "s", "GenAI operation duration.", DURATION_BUCKETS
-        )
-        self.h_ttfc = hist(names["ttfc"], "s", "Time to receive the first chunk.", DURATION_BUCKETS)
-        self.h_tpoc = hist(
-            names["tpoc"], "s", "Time per output chunk after the first one.", DURATION_BUCKETS
-        )
-        self.h_ttft = hist(SERVER_TTFT, "s", "Time to generate first token.", TTFT_BUCKETS)
-        self.h_tpot = hist(
-            SERVER_TPOT, "s", "Time per output token generated after the first.", TPOT_BUCKETS
-        )
-        if latest:
-            self.h_in = hist(
-                names["input_tokens"],
-                "{token}",
-                "Input tokens per inference operation.",
-                TOKEN_BUCKETS,
-            )
-            self.h_out = hist(
-                names["output_tokens"],
-                "{token}",
-                "Output tokens per inference operation.",
-                TOKEN_BUCKETS,
-            )
-            self.c_in = meter.create_counter(
-                names["usage_input"], unit="{token}", description="Input tokens used."
-            )
-            self.c_out = meter.create_counter(
-                names["usage_output"], unit="{token}", description="Output tokens used."
-            )
-        else:
-            self.h_tokens = hist(
-                names["token_usage"],
-                "{token}",
-                "Number of input and output tokens used.",
-                TOKEN_BUCKETS,
-            )
-        self.h_ort = hist(ORT_RUN_DURATION, "s", "ONNX Runtime run duration.", FAST_BUCKETS)
-        self.h_ts = hist(
-            TORCHSERVE_DURATION, "s", "TorchServe prediction and stage duration.", FAST_BUCKETS
-        )
-
-    # -- spans ---------------------------------------------------------------------------------
-    def parent(self, trace_id: str | None, span_id: str | None, sampled: bool) -> Any:
-        """A context whose current span is the application's span where the call started (a
-        ``NonRecordingSpan`` with that SpanContext), or an empty context: a root span."""
-        if not trace_id or not span_id:
-            return self._context.Context()
-        trace = self._trace
-        sc = trace.SpanContext(
-            int(trace_id, 16),
-            int(span_id, 16),
-            is_remote=False,
-            trace_flags=trace.TraceFlags(1 if sampled else 0),
-        )
-        return trace.set_span_in_context(trace.NonRecordingSpan(sc), self._context.Context())
-
-    def child_context(self, span: Any) -> Any:
-        return self._trace.set_span_in_context(span, self._context.Context())
-
-    def start(self, name: str, start: int, attrs: dict[str, Any], ctx: Any) -> Any:
-        return self.tracer.start_span(
-            name,
-            context=ctx,
-            kind=self._trace.SpanKind.INTERNAL,
-            attributes=attrs,
-            start_time=start,
-        )
-
-    def end(self, span: Any, end: int, error: str | None = None) -> None:
-        if error:
-            span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, error))
-        span.end(end_time=end)
-        self.stats.ended += 1
-
-    # -- metrics -------------------------------------------------------------------------------
-    def generation_metrics(
-        self, m: Generation, common: dict[str, Any], error: str | None, streamed: bool
-    ) -> None:
-        attrs = dict(common, **{"error.type": error}) if error else common
-        self.h_duration.record(m.e2e_s, attrs)
-        tin, tout = m.input_tokens, m.tokens
-        if self.latest:
-            text = dict(attrs, **{"gen_ai.token.modality": "text"})
-            if tin is not None:
-                self.h_in.record(tin, attrs)
-                self.c_in.add(tin, text)
-            if tout is not None:
-                self.h_out.record(tout, attrs)
-                self.c_out.add(tout, text)
-        else:
-            if tin is not None:
-                self.h_tokens.record(tin, dict(attrs, **{"gen_ai.token.type": "input"}))
-            if tout is not None:
-                self.h_tokens.record(tout, dict(attrs, **{"gen_ai.token.type": "output"}))
-        if error:
-            return  # TTFT/TPOT: "for successful responses"
-        ttft, tpot = m.ttft_s, m.tpot_s
-        if ttft is not None:
-            self.h_ttft.record(ttft, common)
-            if streamed:
-                self.h_ttfc.record(ttft, common)
-        if tpot is not None:
-            self.h_tpot.record(tpot, common)
-        if streamed:
-            for gap in m.itl_s:
-                self.h_tpoc.record(gap, common)
-
-    def ort_run(self, model: str, sid: Any, api: str | None, dur: int, error: str | None) -> None:
-        attrs = {
-            "pyinstrument_ai.model": model,
-            "pyinstrument_ai.onnxruntime.session_id": sid,
-            "pyinstrument_ai.onnxruntime.api": api or "run",
-        }
-        if error:
-            attrs["error.type"] = error
-        self.h_ort.record(dur / 1e9, attrs)
-
-    def torchserve_stage(self, model: str, stage: str, dur: int, error: str | None) -> None:
-        attrs = {
-            "pyinstrument_ai.torchserve.model_name": model,
-            "pyinstrument_ai.torchserve.stage": stage,
-        }
-        if error:
-            attrs["error.type"] = error
-        self.h_ts.record(dur / 1e9, attrs)
-
-    # -- end -----------------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Deliver what is queued, within a bound: a receiver that is down or stalls must not
-        hold the program's exit (the exporters' own retries can take their full timeout)."""
-        own = [p for p in (self._own_tp, self._own_mp) if p is not None]
-        if not own:
-            return
-        t = threading.Thread(
-            target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close", daemon=True
-        )
-        t.start()
-        t.join(_close_timeout())
-
-
-def _shutdown_all(providers: list[Any]) -> None:
-    for p in providers:
-        with guard("OTLP shutdown"):
-            p.shutdown()
-
-
-def _close_timeout() -> float:
-    try:
-        return float(os.environ.get("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT", "5"))
-    except ValueError:
-        return 5.0
-
-
-def _resource(config: Config) -> Any:
-    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
-    from opentelemetry.sdk.version import __version__ as sdk_version
-
-    # Not Resource.create(): it runs its detectors on a thread pool, which refuses work once
-    # the interpreter is shutting down, and our last export may happen at exit.
-    resource = Resource(
-        {
-            "telemetry.sdk.language": "python",
-            "telemetry.sdk.name": "opentelemetry",
-            "telemetry.sdk.version": sdk_version,
-        }
-    ).merge(OTELResourceDetector().detect())  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
-    extra: dict[str, Any] = {"pyinstrument_ai.run_id": config.run_id} if config.run_id else {}
-    if not resource.attributes.get("service.name"):
-        extra["service.name"] = "unknown_service:python"  # the SDK's default
-    return resource.merge(Resource(extra))
-
-
-def _exporter_off(signal: str) -> bool:
-    """``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` = ``none``, as the SDK reads them."""
-    return os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower() == "none"
-
-
-def _protocol(signal: str) -> str:
-    env = os.environ
-    value = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL") or env.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-    )
-    return value.strip().lower()
-
-
-def _endpoint(signal: str) -> str:
-    env = os.environ
-    own = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    if own:
-        return own
-    grpc = _protocol(signal) == "grpc"
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or (
-        "http://localhost:4317" if grpc else "http://localhost:4318"
-    )
-    return base if grpc else base.rstrip("/") + f"/v1/{signal}"
-
-
-def _own_tracer_provider(resource: Any, stats: _Stats) -> Any:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    if _protocol("traces") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    # shutdown_on_exit=False: the SDK's own atexit shutdown is unbounded; ours is bounded
-    tp = TracerProvider(resource=resource, shutdown_on_exit=False)
-    tp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
-    # Spans reach the processor in batches already (one per flush); a short schedule delay
-    # gets them out soon after each batch: a TorchServe worker is SIGKILLed at --stop.
-    delay = None if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else 200
-    tp.add_span_processor(
-        BatchSpanProcessor(
-            _CountingSpanExporter(OTLPSpanExporter(), stats), schedule_delay_millis=delay
-        )
-    )
-    return tp
-
-
-def _own_meter_provider(resource: Any, stats: _Stats) -> Any:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-    if _protocol("metrics") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    exporter = OTLPMetricExporter()
-    _count_metric_failures(exporter, stats)
-    reader = PeriodicExportingMetricReader(exporter)  # OTEL_METRIC_EXPORT_INTERVAL, 60 s
-    mp = MeterProvider(resource=resource, metric_readers=[reader], shutdown_on_exit=False)
-    mp._pyinstrument_ai_own = True  # type: ignore[attr-defined]
-    return mp
-
-
-class _CountingSpanExporter:
-    """Counts delivered and failed spans around the real exporter (drops in the processor's
-    queue are the spans neither delivered nor failed)."""
-
-    def __init__(self, inner: Any, stats: _Stats) -> None:
-        self._inner = inner
-        self._stats = stats
-
-    def export(self, spans: Any) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        result = self._inner.export(spans)
-        if result is SpanExportResult.SUCCESS:
-            self._stats.sent += len(spans)
-        else:
-            self._stats.failed += len(spans)
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._inner.force_flush(timeout_millis)
-
-
-def _count_metric_failures(exporter: Any, stats: _Stats) -> None:
-    from opentelemetry.sdk.metrics.export import MetricExportResult
-
-    inner = exporter.export
-
-    def export(*args: Any, **kwargs: Any) -> Any:
-        result = inner(*args, **kwargs)
-        if result is not MetricExportResult.SUCCESS:
-            stats.metric_failures += 1
-        return result
-
-    exporter.export = export
-
-
-class _SdkLogCounter:
-    """Keeps the SDK's warnings (retries, "queue is full") off the program's stderr: we report
-    once, at exit, with counts. Only for loggers of a pipeline we made."""
-
-    def __init__(self, stats: _Stats) -> None:
-        import logging
-
-        class Handler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                if stats.first_error is None and record.levelno >= logging.WARNING:
-                    try:
-                        stats.first_error = record.getMessage()[:200]
-                    except Exception:
-                        stats.first_error = record.msg if isinstance(record.msg, str) else None
-
-        self.handler = Handler()
-
-
-_ALL_SDK_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
-_METRIC_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
-    "opentelemetry.sdk.metrics",
-)
-_quieted = False
-
-
-def _quiet_sdk_logs(stats: _Stats, names: tuple[str, ...]) -> None:
-    global _quieted
-    import logging
-
-    if _quieted:
-        return
-    _quieted = True
-    handler = _SdkLogCounter(stats).handler
-    for name in names:
-        log = logging.getLogger(name)
-        log.addHandler(handler)
-        log.propagate = False
 
 
 _wrapped: list[tuple[type, Any]] = []  # (provider class, original shutdown)
