@@ -40,6 +40,12 @@ class Recorder:
 
     __slots__ = ("_buf", "record", "capture_content", "__weakref__")
 
+    def record_many(self, records: list[Record]) -> None:
+        """Append ready-made records ``(name, t_ns, dur_ns, tid, fields)`` at once (one
+        ``list.extend``, atomic under the GIL): for a target that has many at one moment, e.g.
+        a generation's token events when it ends."""
+        self._buf.extend(records)
+
     def __init__(self, capture_content: bool = False) -> None:
         self._buf: list[Record] = []
         self.capture_content = capture_content

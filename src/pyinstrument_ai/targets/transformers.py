@@ -26,6 +26,7 @@ way: the put times when the streamer delivered tokens, otherwise the decoding-st
 
 from __future__ import annotations
 
+import _thread
 import functools
 import itertools
 import sys
@@ -593,22 +594,22 @@ def _finish(
         return
     gid, last = gen.id, len(times) - 1
     rows = len(new_tokens) if new_tokens else 1
-    for i in range(positions):
-        # more positions than times only when ids came back but steps were not all seen; a
-        # step makes >= 1 token, so the last time seen is an upper bound for the rest
-        record(
-            "token",
-            times[i] if i < last else times[last],
-            None,
-            {"gen": gid, "index": i, "seqs": per_position[i] if per_position else rows}
-            if i
-            else {
-                "gen": gid,
-                "index": 0,
-                "seqs": per_position[0] if per_position else rows,
-                "prefill": True,
-            },
-        )
+    # more positions than times only when ids came back but steps were not all seen; a step
+    # makes >= 1 token, so the last time seen is an upper bound for the rest
+    if positions > len(times):
+        times = [*times, *[times[last]] * (positions - len(times))]
+    seqs = per_position if per_position else [rows] * positions
+    tid = _thread.get_ident()
+    # one list of records, appended at once: a generation's tokens cost a dict each and no
+    # call per token (this runs on the caller's thread, at the end of generate)
+    records = [("token", times[i], None, tid, {"gen": gid, "index": i, "seqs": seqs[i]})
+               for i in range(1, positions)]
+    if positions:
+        records.insert(
+            0, ("token", times[0], None, tid,
+                {"gen": gid, "index": 0, "seqs": seqs[0], "prefill": True}),
+        )  # fmt: skip
+    recorder.record_many(records)
 
 
 def _count_new(new: Any, eos: Any, rows: int, positions: int) -> tuple[list[int], list[int] | None]:
