@@ -26,7 +26,11 @@ class EventFileError(ValueError):
     def __init__(self, path: str, line: int, why: str) -> None:
         self.path = path
         self.line = line
+        self.why = why
         super().__init__(f"{path}:{line}: {why}" if line else f"{path}: {why}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # raised in a reading worker, re-raised here
+        return (EventFileError, (self.path, self.line, self.why))
 
 
 def find_files(paths: Iterable[str | os.PathLike[str]], *, require: bool = False) -> list[str]:
@@ -146,6 +150,14 @@ class ScanStats:
         self.truncated: list[str] = []
         self.empty: list[str] = []
 
+    def merge(self, other: ScanStats) -> None:
+        self.files += other.files
+        self.lines += other.lines
+        self.bytes += other.bytes
+        self.skipped.extend(other.skipped)
+        self.truncated.extend(other.truncated)
+        self.empty.extend(other.empty)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "files": self.files,
@@ -252,13 +264,16 @@ def analyze_paths(
     filters: Any = None,
     strict: bool = True,
     progress: Any = None,
+    workers: int = 1,
 ) -> Any:
     """Stream every event of ``paths`` through :class:`pyinstrument_ai.analysis.Builder`.
 
     Memory grows with the number of generations and calls, not with the number of lines: token
     events are kept as compact arrays. ``progress`` is ``(total_bytes) -> update(n)`` or None.
-    Raises :class:`EventFileError` (bad file, bad line with ``strict``, no files) and
-    ``FileNotFoundError``.
+    ``workers`` > 1 reads big multi-file inputs in that many forked processes (the commands do;
+    the default stays in-process, because forking inside a program that ran OpenMP compute can
+    deadlock the child). Raises :class:`EventFileError` (bad file, bad line with ``strict``, no
+    files) and ``FileNotFoundError``.
     """
     from pyinstrument_ai.analysis import Builder
 
@@ -275,17 +290,77 @@ def analyze_paths(
     _apply_relative_times(builder.filters, [h for _, h in headers])
     update = progress(sum(os.path.getsize(p) for p in files)) if progress else None
     keep = {p: builder.add_header({**h, "path": p}) for p, h in headers}
+    todo = []
     for path in files:
         if not keep.get(path, True):
             stats.files += 1
             if update is not None:
                 update(os.path.getsize(path))
             continue
-        _scan_into(builder, path, stats, strict, update)
+        todo.append(path)
+    groups = _groups(todo, workers)
+    if len(groups) > 1:
+        _scan_parallel(builder, groups, stats, strict, update)
+    else:
+        for path in todo:
+            _scan_into(builder, path, stats, strict, update)
     result = builder.finish()
     result.inputs = stats.to_dict()
     result.inputs["skipped"] = [f"{p}:{n}: {why}" for p, n, why in stats.skipped[:20]]
     return result
+
+
+#: below this many bytes in all, reading in one process beats starting workers
+PARALLEL_MIN_BYTES = 16 << 20
+
+
+def _groups(files: list[str], workers: int) -> list[list[str]]:
+    """Files split into at most ``workers`` groups of similar total size (largest first)."""
+    if workers <= 1 or len(files) < 2:
+        return [files]
+    sizes = {p: os.path.getsize(p) for p in files}
+    if sum(sizes.values()) < PARALLEL_MIN_BYTES:
+        return [files]
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return [files]
+    n = min(workers, len(files))
+    groups: list[list[str]] = [[] for _ in range(n)]
+    load = [0] * n
+    for p in sorted(files, key=lambda p: -sizes[p]):
+        i = load.index(min(load))
+        groups[i].append(p)
+        load[i] += sizes[p]
+    return [g for g in groups if g]
+
+
+def _scan_group(builder: Any, paths: list[str], strict: bool) -> tuple[dict[str, Any], ScanStats]:
+    """In a worker: read ``paths`` into the (forked) builder's empty parts; return them."""
+    builder.reset_parts()
+    stats = ScanStats()
+    for path in paths:
+        _scan_into(builder, path, stats, strict, None)
+    return builder.parts(), stats
+
+
+def _scan_parallel(
+    builder: Any, groups: list[list[str]], stats: ScanStats, strict: bool, update: Any
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forked workers inherit the builder (headers, filters) as it is now; each returns the
+    # parts it read, merged here in the order of the groups
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx) as pool:
+        futures = [pool.submit(_scan_group, builder, g, strict) for g in groups]
+        for fut, group in zip(futures, groups, strict=True):
+            parts, part_stats = fut.result()
+            builder.merge_parts(parts)
+            stats.merge(part_stats)
+            if update is not None:
+                update(sum(os.path.getsize(p) for p in group))
 
 
 def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress: Any) -> None:

@@ -84,6 +84,41 @@ class Builder:
         self._pid_host: dict[Any, Any] = {}
         self._pid_run: dict[Any, Any] = {}
 
+    #: what add() collects, in the order parts() hands them over
+    _PARTS = (
+        "_gens", "_tokens", "_sessions", "_runs", "_preds", "_stages", "_samples", "_http",
+        "_other",
+    )  # fmt: skip
+
+    def reset_parts(self) -> None:
+        """Forget what was collected (headers and filters stay): a reading worker's start."""
+        self.events = 0
+        for name in self._PARTS:
+            setattr(self, name, type(getattr(self, name))())
+
+    def parts(self) -> dict[str, Any]:
+        """What was collected, for :meth:`merge_parts` in another builder (picklable)."""
+        d = {name: getattr(self, name) for name in self._PARTS}
+        d["events"] = self.events
+        return d
+
+    def merge_parts(self, parts: dict[str, Any]) -> None:
+        """Add another builder's :meth:`parts` (files read by a worker) to this one."""
+        self.events += parts["events"]
+        for name in ("_gens", "_runs", "_preds", "_stages", "_samples", "_http"):
+            getattr(self, name).extend(parts[name])
+        self._sessions.update(parts["_sessions"])
+        for k, n in parts["_other"].items():
+            self._other[k] = self._other.get(k, 0) + n
+        for key, (idx, times, seqs) in parts["_tokens"].items():
+            mine = self._tokens.get(key)
+            if mine is None:
+                self._tokens[key] = (idx, times, seqs)
+            else:  # one generation's tokens in two files: cannot happen with our sink, kept
+                mine[0].extend(idx)
+                mine[1].extend(times)
+                mine[2].update(seqs)
+
     def add_header(self, header: dict[str, Any]) -> bool:
         """Register a file's header; False when the filters drop that process."""
         self.headers.append(header)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import datetime
 from typing import Any, NoReturn
@@ -140,6 +141,14 @@ def progress_factory(cmd: str) -> Any:
     return start
 
 
+def _workers() -> int:
+    """Reading processes for big multi-file inputs: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def load_analysis(cmd: str, paths: list[str], args: argparse.Namespace) -> Any:
     """Read ``paths`` into an Analysis, or exit 2 with one line saying what is wrong."""
     from pyinstrument_ai.reader import EventFileError, analyze_paths
@@ -147,7 +156,11 @@ def load_analysis(cmd: str, paths: list[str], args: argparse.Namespace) -> Any:
     try:
         filters = filters_from(args)
         a = analyze_paths(
-            *paths, filters=filters, strict=not args.lenient, progress=progress_factory(cmd)
+            *paths,
+            filters=filters,
+            strict=not args.lenient,
+            progress=progress_factory(cmd),
+            workers=_workers(),
         )
     except CommandError as exc:
         fail(cmd, str(exc))
