@@ -27,5 +27,8 @@ async def probe():
         from opentelemetry import trace
 
         provider = type(trace.get_tracer_provider()).__name__
+    where = asgi.__file__ if asgi is not None else None  # which checkout (--also)
     # OpenTelemetry's FastAPI instrumentation swaps FastAPI for a subclass of its own
-    return JSONResponse({"ours": ours, "otel_provider": provider, "app": type(app).__name__})
+    return JSONResponse(
+        {"ours": ours, "from": where, "otel_provider": provider, "app": type(app).__name__}
+    )
