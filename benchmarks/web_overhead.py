@@ -1,35 +1,320 @@
-"""Per-request cost of the asgi target on a trivial FastAPI endpoint, beside
+"""Per-request cost of the asgi target on a live uvicorn server, beside
 opentelemetry-instrumentation-fastapi (what a user would otherwise reach for).
 
-    python benchmarks/web_overhead.py [--requests 2000] [--rounds 7]
+    python benchmarks/web_overhead.py [--rounds 9] [--duration 3] [--connections 8]
+    python benchmarks/web_overhead.py --in-process [--requests 2000] [--rounds 7]
 
-The application is called in process, as a server would call it (scope, receive, send), so the
-figures are the instrumentation's own cost with no network noise; a real server adds its own
-per-request time (tens of µs for uvicorn), which makes the ratio on a live server closer to 1.
-Variants run interleaved in one process, round by round; medians and spread (min..max) printed.
+**Live (default).** Three uvicorn servers (`--workers 1`, no access log) serve the same trivial
+FastAPI endpoint (`benchmarks/_web_app.py`, `GET /items/{item_id}` -> `"ok"`):
+
+- ``bare``: ``python -m uvicorn _web_app:app ...``
+- ``ours``: ``python -m instrument --out TMP -m uvicorn ...`` (the README's default flags; events
+  are written to disk as in production)
+- ``otel``: ``opentelemetry-instrument python -m uvicorn ...`` with opentelemetry-distro, so the
+  SDK's TracerProvider and MeterProvider are set and every request makes and ends real spans
+  (the FastAPI instrumentation's server span plus its send/receive spans) and records its
+  metrics; ``OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none`` only leaves out the exporter. That is
+  OpenTelemetry's floor (a deployment adds a batch processor and an exporter), while ``ours``
+  includes writing every event to disk: the comparison errs in OpenTelemetry's favour. Without
+  the distro ``opentelemetry-instrument`` would leave the no-op provider and measure nothing.
+
+A load generator in another process (``wrk``, else a keep-alive asyncio client of ours) keeps
+``--connections`` requests in flight for ``--duration`` seconds per server per round; the order
+of the servers rotates every round. A round gives each server's requests/s and the server
+process's CPU time (user + sys, all threads, from /proc/PID/stat) per request. Printed: medians
+with spread (min..max over rounds) and, paired within each round, the requests/s ratio against
+``bare`` and the added µs per request, both as wall time (1/throughput: the single-threaded
+server is saturated, so that is its time per request) and as server CPU time. On a shared or
+noisy machine trust the CPU figures first: other processes' load moves wall time much more.
+
+**In-process (``--in-process``).** The application is called directly, as a server would call
+it (scope, receive, send): the instrumentation's own cost with no server and no network. The
+variants run interleaved in one process, round by round.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import pyinstrument_ai
+HERE = Path(__file__).resolve().parent
+PATH = "/items/1"
+
+# ----------------------------------------------------------------------------- live servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env() -> dict[str, str]:
+    # nothing of ours or of OpenTelemetry's leaks in from the caller's environment (PYTHONPATH
+    # stays: it may be where the dependencies are)
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYINSTRUMENT_AI", "OTEL_"))}
+
+
+def _configs(out_dir: str, also: list[str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    py = sys.executable
+    uvicorn = ["-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1", "--workers", "1"]
+    uvicorn += ["--no-access-log", "--log-level", "warning"]
+    configs = {
+        "bare": ([py, *uvicorn], _clean_env()),
+        "ours": ([py, "-m", "instrument", "--out", out_dir, *uvicorn], _clean_env()),
+    }
+    for spec in also:  # NAME=DIR: ours, imported from another checkout's src (before/after)
+        name, _, src = spec.partition("=")
+        env = _clean_env()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        configs[name] = ([py, "-m", "instrument", "--out", out_dir, *uvicorn], env)
+    # `opentelemetry-instrument` is this entry point; called so, it need not be on PATH
+    otel = [py, "-c", "from opentelemetry.instrumentation.auto_instrumentation import run; run()"]
+    try:
+        import opentelemetry.distro  # noqa: F401
+        import opentelemetry.instrumentation.fastapi  # noqa: F401
+
+        have_otel = True
+    except ImportError:
+        have_otel = False
+    if have_otel:
+        env = _clean_env()
+        env.update(
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+            OTEL_SERVICE_NAME="web-overhead",
+        )
+        configs["otel"] = ([*otel, py, *uvicorn], env)
+    else:
+        print(
+            "otel: skipped (pip install opentelemetry-distro opentelemetry-instrumentation-fastapi)"
+        )
+    return configs
+
+
+def _pinned(cpu: int | None):
+    # in the child before exec: the process and every thread it starts stay on that CPU
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], cpu: int | None) -> None:
+        self.name = name
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [*argv, "--port", str(self.port)],
+            cwd=HERE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_pinned(cpu),
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return data
+
+    def wait_up(self) -> dict:
+        import json
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name}: server exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                head, _, body = self.get("/_probe").partition(b"\r\n\r\n")
+                if head.startswith(b"HTTP/1.1 200"):
+                    return json.loads(body)
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{self.name}: server did not come up")
+
+    def cpu_s(self) -> float:
+        # utime + stime of every thread of the process (our flusher thread included)
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)  # by PID: only what we started
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _run_wrk(url: str, connections: int, duration: int, cpu: int | None) -> tuple[int, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url + PATH],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_pinned(cpu),
+    ).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    if m is None or "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk: unexpected output:\n{out}")
+    n, t, unit = int(m.group(1)), float(m.group(2)), m.group(3)
+    seconds = t * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+    return n, seconds
+
+
+async def _client(port: int, connections: int, duration: float) -> tuple[int, float]:
+    """A keep-alive HTTP/1.1 load generator (when wrk is not installed)."""
+    request = f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    count = 0
+    stop_at = 0.0
+
+    async def conn() -> None:
+        nonlocal count
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.monotonic() < stop_at:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(head[:100])
+            m = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(m.group(1)) if m else 0)
+            count += 1
+        writer.close()
+
+    t0 = time.monotonic()
+    stop_at = t0 + duration
+    await asyncio.gather(*(conn() for _ in range(connections)))
+    return count, time.monotonic() - t0
+
+
+def _run_python_client(
+    port: int, connections: int, duration: float, cpu: int | None
+) -> tuple[int, float]:
+    # in a process of its own, so the client never shares the server's interpreter
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", str(port), str(connections), str(duration)],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=_pinned(cpu),
+    ).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def _spread(v: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}..{fmt.format(max(v))})"
+
+
+def live(a: argparse.Namespace) -> None:
+    use_wrk = shutil.which("wrk") is not None and a.load != "python"
+    print(
+        f"live uvicorn --workers 1, FastAPI GET {PATH}; load: "
+        f"{'wrk -t1' if use_wrk else 'asyncio keep-alive client'}, {a.connections} connections, "
+        f"{a.duration} s per server per round, {a.rounds} rounds (+1 warm-up), "
+        f"{os.cpu_count()} CPUs"
+    )
+    server_cpu, load_cpu = (int(c) for c in a.cpus.split(",")) if a.cpus else (None, None)
+    out_dir = tempfile.mkdtemp(prefix="web-overhead-")
+    configs = _configs(out_dir, a.also)
+    servers = [Server(n, argv, env, server_cpu) for n, (argv, env) in configs.items()]
+    try:
+        for s in servers:
+            probe = s.wait_up()
+            print(f"  {s.name:6s} pid {s.proc.pid}: {probe}")
+            want_ours, want_otel = s.name not in ("bare", "otel"), s.name == "otel"
+            if probe["ours"] != want_ours or (probe["otel_provider"] == "TracerProvider") != (
+                want_otel
+            ):
+                raise SystemExit(f"{s.name}: not the configuration it should be: {probe}")
+        rps: dict[str, list[float]] = {s.name: [] for s in servers}
+        cpu_us: dict[str, list[float]] = {s.name: [] for s in servers}
+        for r in range(a.rounds + 1):
+            k = r % len(servers)
+            for s in servers[k:] + servers[:k]:  # the order rotates: no server always goes first
+                c0 = s.cpu_s()
+                if use_wrk:
+                    n, secs = _run_wrk(s.url, a.connections, a.duration, load_cpu)
+                else:
+                    n, secs = _run_python_client(s.port, a.connections, a.duration, load_cpu)
+                c1 = s.cpu_s()
+                if r:  # round 0 warms up every server (imports, caches, JIT-less but lazy)
+                    rps[s.name].append(n / secs)
+                    cpu_us[s.name].append((c1 - c0) / n * 1e6)
+            if r:
+                print(
+                    f"  round {r}: "
+                    + "  ".join(
+                        f"{name} {rps[name][-1]:7.0f} req/s {cpu_us[name][-1]:6.1f} µs CPU"
+                        for name in rps
+                    ),
+                    flush=True,
+                )
+        # every file: a header line, then one line per event
+        events = sum(sum(1 for _ in p.open()) - 1 for p in Path(out_dir).glob("*.jsonl"))
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    print(f"(ours wrote {events} events)")
+    print("\nmedian (min..max) over rounds")
+    for name in rps:
+        print(
+            f"  {name:6s} {_spread(rps[name], '{:.0f}')} req/s   "
+            f"wall {_spread([1e6 / x for x in rps[name]])} µs/request   "
+            f"server CPU {_spread(cpu_us[name])} µs/request"
+        )
+    print("paired within rounds: median (min..max)")
+    for name in rps:
+        if name == "bare":
+            continue
+        ratio = [o / b for o, b in zip(rps[name], rps["bare"], strict=True)]
+        wall = [1e6 / o - 1e6 / b for o, b in zip(rps[name], rps["bare"], strict=True)]
+        cpu = [o - b for o, b in zip(cpu_us[name], cpu_us["bare"], strict=True)]
+        print(
+            f"  {name:6s} vs bare: requests/s ratio {_spread(ratio, '{:.3f}')}; added "
+            f"{_spread(wall, '{:+.1f}')} µs/request wall, {_spread(cpu, '{:+.1f}')} µs CPU"
+        )
+    # Other processes' load only ever slows a round down, so each server's best round is the
+    # least disturbed estimate of its own cost (timeit's reasoning); on a shared machine
+    # these are the figures to compare, the paired ones show how much the noise moves them.
+    print("best round of each (fastest requests/s, least CPU per request)")
+    for name in rps:
+        if name == "bare":
+            continue
+        print(
+            f"  {name:6s} vs bare: requests/s ratio {max(rps[name]) / max(rps['bare']):.3f}; "
+            f"added {1e6 / max(rps[name]) - 1e6 / max(rps['bare']):+.1f} µs/request wall, "
+            f"{min(cpu_us[name]) - min(cpu_us['bare']):+.1f} µs CPU"
+        )
+
+
+# ----------------------------------------------------------------------------- in process
 
 
 def make_app():
-    from fastapi import FastAPI
-    from fastapi.responses import PlainTextResponse
+    sys.path.insert(0, str(HERE))
+    import importlib
 
-    app = FastAPI()
+    import _web_app
 
-    @app.get("/items/{item_id}")
-    async def item(item_id: int):
-        return PlainTextResponse("ok")
-
-    return app
+    return importlib.reload(_web_app).app  # a fresh FastAPI instance per call
 
 
 SCOPE = {
@@ -38,8 +323,8 @@ SCOPE = {
     "http_version": "1.1",
     "method": "GET",
     "scheme": "http",
-    "path": "/items/1",
-    "raw_path": b"/items/1",
+    "path": PATH,
+    "raw_path": PATH.encode(),
     "query_string": b"",
     "root_path": "",
     "server": ("127.0.0.1", 8000),
@@ -55,17 +340,17 @@ async def drive(app, n: int) -> float:
     async def send(message):
         pass
 
-    t0 = time.perf_counter_ns()
+    t0, c0 = time.perf_counter_ns(), time.process_time_ns()
     for _ in range(n):
         await app(dict(SCOPE), receive, send)
-    return (time.perf_counter_ns() - t0) / n / 1e3  # µs per request
+    wall, cpu = time.perf_counter_ns() - t0, time.process_time_ns() - c0
+    return wall / n / 1e3, cpu / n / 1e3  # µs per request
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--rounds", type=int, default=7)
-    a = p.parse_args()
+def in_process(a: argparse.Namespace) -> None:
+    import pyinstrument_ai
+
+    print(f"in-process: the app called directly, {a.requests} requests x {a.rounds} rounds")
     plain_app, ours_app, otel_app = make_app(), make_app(), make_app()
     otel = None
     try:
@@ -76,30 +361,63 @@ def main() -> None:
         otel = otel_app
     except ImportError:
         print("opentelemetry-instrumentation-fastapi / -sdk not installed: skipped")
-    res: dict[str, list[float]] = {"plain": [], "ours": [], "otel": []}
+    res: dict[str, list[tuple[float, float]]] = {"plain": [], "ours": [], "otel": []}
     for app in (plain_app, ours_app) + ((otel,) if otel else ()):  # warm-up
         asyncio.run(drive(app, 200))
     for _ in range(a.rounds):
         res["plain"].append(asyncio.run(drive(plain_app, a.requests)))
-        with pyinstrument_ai.recording(targets=["asgi"]):
+        with pyinstrument_ai.recording(targets=["asgi"]):  # in memory: no flusher, no file
             res["ours"].append(asyncio.run(drive(ours_app, a.requests)))
         if otel:
             res["otel"].append(asyncio.run(drive(otel, a.requests)))
-    med = {k: statistics.median(v) for k, v in res.items() if v}
     for k, v in res.items():
         if v:
-            print(f"{k:6s} {med[k]:7.1f} µs/request  (min {min(v):.1f} .. max {max(v):.1f})")
-    ratios = [p / o for p, o in zip(res["plain"], res["ours"], strict=True)]
-    print(
-        f"ours:  +{med['ours'] - med['plain']:.1f} µs/request; requests/s ratio "
-        f"{statistics.median(ratios):.3f} (rounds {min(ratios):.3f}..{max(ratios):.3f})"
+            print(
+                f"  {k:6s} wall {_spread([w for w, _ in v])} µs/request, "
+                f"CPU {_spread([c for _, c in v])}"
+            )
+    for k in ("ours", "otel"):
+        if res[k]:
+            pairs = list(zip(res["plain"], res[k], strict=True))
+            added = [o[1] - p[1] for p, o in pairs]
+            ratios = [p[0] / o[0] for p, o in pairs]
+            best = min(c for _, c in res[k]) - min(c for _, c in res["plain"])
+            print(
+                f"  {k}: added CPU {_spread(added, '{:+.1f}')} µs/request (best rounds "
+                f"{best:+.1f}); requests/s ratio {_spread(ratios, '{:.3f}')}"
+            )
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--client"]:
+        port, conns, duration = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+        n, secs = asyncio.run(_client(port, conns, duration))
+        print(n, secs)
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("--in-process", action="store_true", help="the microbenchmark, no server")
+    p.add_argument("--rounds", type=int, default=None, help="live: 9, in-process: 7")
+    p.add_argument("--duration", type=int, default=3, help="live: seconds per server/round")
+    p.add_argument("--connections", type=int, default=8, help="live: requests in flight")
+    p.add_argument("--load", choices=("wrk", "python"), default="wrk", help="live: generator")
+    p.add_argument(
+        "--cpus", help="live: SERVER,LOAD: pin the servers to one CPU, the load to another"
     )
-    if otel:
-        r2 = [p / o for p, o in zip(res["plain"], res["otel"], strict=True)]
-        print(
-            f"otel:  +{med['otel'] - med['plain']:.1f} µs/request; requests/s ratio "
-            f"{statistics.median(r2):.3f} (rounds {min(r2):.3f}..{max(r2):.3f})"
-        )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="live: one more server, ours imported from DIR (another checkout's src)",
+    )
+    p.add_argument("--requests", type=int, default=2000, help="in-process: per round")
+    a = p.parse_args()
+    if a.in_process:
+        a.rounds = a.rounds or 7
+        in_process(a)
+    else:
+        a.rounds = a.rounds or 9
+        live(a)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,33 @@ def test_privacy_default_off_and_opt_in(tmp_path):
         ]
     )
     assert res.stdout == "1\n"
+
+
+def test_encoded_lines_are_the_plain_serialization_byte_for_byte():
+    # the JSONL sink's fast path must write exactly what dumps(to_dict(...)) writes
+    from pyinstrument_ai.sinks.jsonl import _default, encode
+    from pyinstrument_ai.sinks.serialize import to_dict
+
+    class Odd:
+        def __repr__(self):
+            return "<odd>"
+
+    big = 2**62
+    records = [
+        ("http.request", big, 12, 140000000000000, {"request_id": "r-1", "status": 200}),
+        ("token", 5, None, 1, {"gen": 3, "i": 0, "t": None}),
+        ("token", 5, None, 1, {}),
+        ("token", 5, None, 1, None),
+        ("généré \"q\"\n", 1, 2, 3, {"ü": "ß\u2028", "nested": {"a": [1, 2.5, None]}}),
+        ("x", 1, 2, 3, {"pid": 99, "name": "theirs", "z": 1}),  # reserved keys: ours win
+        ("x", 1, 2.5, 3, {"a": 1}),  # a float duration
+        ("x", True, 2, 3, {"a": 1}),  # a bool is no int here
+        ("x", 1, 2, 3, {"a": Odd()}),  # written as its repr
+        (None, 1, 2, 3, {"a": 1}),
+    ]
+    for rec in records:
+        assert encode(rec, 4321, orjson.dumps) == orjson.dumps(
+            to_dict(rec, 4321), default=_default
+        ), rec
+    with pytest.raises(TypeError):  # a non-str key: the sink drops this one record
+        encode(("x", 1, 2, 3, {1: "a"}), 4321, orjson.dumps)

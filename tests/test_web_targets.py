@@ -353,6 +353,51 @@ def test_a_thread_started_in_a_request_stops_claiming_it_when_the_request_ends()
     assert box == {"during": {"request_id": "first"}, "after": None}
 
 
+def test_a_thread_started_in_a_request_keeps_neither_its_scope_nor_the_servers_send():
+    # the thread remembers the request's tag for as long as the thread lives; the connection
+    # (the server's send) and the scope must not live that long with it
+    import gc
+    import weakref
+
+    from fastapi import FastAPI
+
+    go = threading.Event()
+    app = FastAPI()
+
+    @app.get("/start")
+    def start():
+        threading.Thread(target=go.wait, args=(10,), daemon=True).start()
+        return "ok"
+
+    class Scope(dict):  # a dict that a weak reference can point to
+        pass
+
+    async def call():
+        sent = []
+
+        async def send(message):
+            sent.append(message["type"])
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = Scope(type="http", method="GET", path="/start", raw_path=b"/start")
+        scope.update(query_string=b"", headers=[], root_path="", scheme="http")
+        scope.update(asgi={"version": "3.0"}, http_version="1.1", server=("t", 80))
+        await app(scope, receive, send)
+        assert sent == ["http.response.start", "http.response.body"]
+        return weakref.ref(send), weakref.ref(scope)
+
+    try:
+        with web() as rec:
+            send_ref, scope_ref = asyncio.run(call())
+            gc.collect()
+            assert send_ref() is None and scope_ref() is None
+    finally:
+        go.set()
+    assert requests_of(rec.events)[0]["status"] == 200
+
+
 # -- generate: in the handler, in a worker thread that feeds a streamer -------------------------
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from pyinstrument_ai import _log
-from pyinstrument_ai.sinks.serialize import to_dict
+from pyinstrument_ai.sinks.serialize import RESERVED, to_dict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +39,41 @@ def _default(obj: object) -> object:
         return repr(obj)
     except Exception:
         return f"<unrepresentable {type(obj).__name__}>"
+
+
+_heads: dict[str, bytes] = {}  # event name -> the line's start, up to the first value
+
+
+def encode(rec: Record, pid: int, dumps: Callable[..., bytes]) -> bytes:
+    """One event's line (without the newline): exactly ``dumps(to_dict(rec, pid))``'s bytes.
+
+    The common record (a str name, int times, fields without a reserved key) is written as its
+    core keys formatted straight into bytes, followed by ``dumps(fields)`` spliced in after its
+    ``{``: no merged dict is built, and orjson encodes 5 keys fewer. A third of the cost per
+    event, on the flusher thread, which shares the GIL with the application
+    (``tests/test_sink_reader.py`` checks the bytes against the plain path). Anything else
+    takes the plain path."""
+    name, t, dur, tid, fields = rec
+    if (
+        name.__class__ is str
+        and t.__class__ is int
+        and tid.__class__ is int
+        and (dur is None or dur.__class__ is int)
+        and (not fields or (fields.__class__ is dict and RESERVED.isdisjoint(fields)))
+    ):
+        head = _heads.get(name)
+        if head is None:
+            head = b'{"name":' + dumps(name) + b',"t_mono_ns":'
+            if len(_heads) < 1024:  # targets use a few names; a bound all the same
+                _heads[name] = head
+        if dur is None:
+            core = b'%s%d,"pid":%d,"tid":%d' % (head, t, pid, tid)
+        else:
+            core = b'%s%d,"dur_ns":%d,"pid":%d,"tid":%d' % (head, t, dur, pid, tid)
+        if not fields:
+            return core + b"}"
+        return core + b"," + dumps(fields, default=_default)[1:]
+    return dumps(to_dict(rec, pid), default=_default)
 
 
 class JsonlSink:
@@ -89,11 +124,10 @@ class JsonlSink:
             import orjson
 
             pid = self.header["pid"]
-            dumps = orjson.dumps
             parts = []
             for rec in records:
                 try:
-                    parts.append(dumps(to_dict(rec, pid), default=_default))
+                    parts.append(encode(rec, pid, orjson.dumps))
                 except Exception:
                     # one unencodable record (e.g. a non-str dict key) must not cost the batch
                     self.dropped += 1

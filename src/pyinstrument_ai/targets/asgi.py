@@ -21,7 +21,6 @@ application has returned. While the application runs, the request's tag is curre
 from __future__ import annotations
 
 import threading
-from contextvars import ContextVar
 from typing import Any
 
 from pyinstrument_ai import hooks, request_context
@@ -42,7 +41,9 @@ _lock = threading.RLock()
 _recorder: Any = None
 _patched: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, wrapper)
 # the scope of the request being served in this task: a nested app passes it through
-_in_request: ContextVar[Any] = ContextVar("pyinstrument_ai.asgi.scope", default=None)
+# The request's tag (our Request) is the one context variable we set per request; a wrapper
+# that finds the same scope in it is nested in ours and passes through.
+_get_tag = request_context._current.get
 _set_tag = request_context._current.set
 _reset_tag = request_context._current.reset
 
@@ -117,22 +118,26 @@ class _App:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
-        try:
-            return await _serve(self.app, scope, receive, send, None)
-        except BaseException as e:
-            hide(e)
-            raise
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        # Not a coroutine function: it hands uvicorn _serve's coroutine to await, so there is
+        # no frame of ours here to resume on every await and none in any traceback. (uvicorn
+        # chose the ASGI interface from the application before this wrapper existed.)
+        return _serve(self.app, scope, receive, send, None)
 
     def __getattr__(self, name: str) -> Any:  # uvicorn and tests may look at the app
         return getattr(self.app, name)
 
 
 def _make_starlette_call(original: Any) -> Any:
+    # A coroutine function, as Starlette's is: servers tell ASGI 3 from ASGI 2 by that.
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        __tracebackhide__ = True
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
         try:
+            cur = _get_tag()
+            if cur.__class__ is _Request and cur.key is scope:
+                # under uvicorn this is FastAPI's super().__call__ inside our _App: already
+                # watched, so straight through, without _serve's frame
+                return await original(self, scope, receive, send)
             return await _serve(self, scope, receive, send, original)
         except BaseException as e:
             hide(e)
@@ -150,8 +155,10 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
     record = None
     try:
         record = _recorder.record if _recorder is not None else None
-        if record is not None and scope["type"] == "http" and _in_request.get() is not scope:
-            req = _start(t0, scope)
+        if record is not None and scope["type"] == "http":
+            cur = _get_tag()
+            if cur.__class__ is not _Request or cur.key is not scope:
+                req = _start(t0, scope)
     except Exception as ours:
         report("asgi.request", ours)
     if req is None:
@@ -163,29 +170,8 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
             hide(e)
             raise
 
-    async def watched_send(message: Any) -> Any:
-        __tracebackhide__ = True
-        t = now_ns()
-        try:
-            kind = message["type"]
-            if kind == "http.response.body":
-                req.chunk(t, len(message.get("body", b"")))
-                if not message.get("more_body", False):
-                    req.last_t = t
-            elif kind == "http.response.start":
-                req.status = message.get("status")
-                if req.headers_t is None:
-                    req.headers_t = t
-        except Exception as ours:  # a malformed message is the server's to reject, not ours
-            report("asgi.send", ours)
-        try:
-            return await send(message)
-        except BaseException as e:  # e.g. the client went away: the app's to handle
-            hide(e)
-            raise
-
-    tag_token = _set_tag(req.tag)
-    scope_token = _in_request.set(scope)
+    watched_send = _watch(req, send)
+    tag_token = _set_tag(req)  # the request's tag, and what tells a nested wrapper it is nested
     error = None
     try:
         if unbound is not None:
@@ -198,18 +184,64 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
     finally:
         t1 = now_ns()
         try:
-            _in_request.reset(scope_token)
             _reset_tag(tag_token)
         except ValueError:  # finished in another context (cannot happen for one await chain)
             pass
         route = None
-        with guard("asgi.route"):
-            route = getattr(scope.get("route"), "path", None)
+        try:
+            route = scope.get("route")
+            if route is not None:
+                route = getattr(route, "path", None)
+        except Exception as ours:
+            report("asgi.route", ours)
         req.finish(record, t1, route, error)
         error = None  # no reference cycle through the traceback
 
 
-def _start(t0: int, scope: dict) -> Request:
+class _Request(Request):
+    """A request served over ASGI (its class tells a nested wrapper's check it is ours)."""
+
+    __slots__ = ()
+
+
+def _watch(req: _Request, send: Any) -> Any:
+    """The ``send`` the application gets. It is a closure, not a method of ``req``: a thread
+    started during the request may keep ``req`` (its tag) for long, and must not keep the
+    server's ``send`` (its connection) alive with it."""
+
+    def watched_send(message: Any) -> Any:
+        # Not a coroutine function: it notes the message and returns the server's own
+        # awaitable, which the application awaits. One coroutine fewer per message, and the
+        # server's exceptions (a client gone away) never pass through a frame of ours.
+        __tracebackhide__ = True
+        t = now_ns()
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":
+                n = len(message.get("body", b""))
+                if n:
+                    if req.first_t is None:
+                        req.first_t = t
+                    req.nbytes += n
+                    req.chunks += 1
+                if n or not message.get("more_body", False):
+                    req.last_t = t
+            elif kind == "http.response.start":
+                req.status = message.get("status")
+                if req.headers_t is None:
+                    req.headers_t = t
+        except Exception as ours:  # a malformed message is the server's to reject, not ours
+            report("asgi.send", ours)
+        try:
+            return send(message)  # raises here only if the server's send is no coroutine
+        except BaseException as e:
+            hide(e)
+            raise
+
+    return watched_send
+
+
+def _start(t0: int, scope: dict) -> _Request:
     # ASGI header names are lower-case bytes; latin-1 decodes any byte string
     rid = tp = start = None
     for k, v in scope.get("headers") or ():
@@ -219,4 +251,4 @@ def _start(t0: int, scope: dict) -> Request:
             tp = v.decode("latin-1")
         elif k == b"x-request-start":
             start = v.decode("latin-1")
-    return Request(t0, "asgi", scope.get("method"), rid, tp, start)
+    return _Request(t0, "asgi", scope, scope.get("method"), rid, tp, start)

@@ -22,7 +22,6 @@ whichever thread the server iterates the body.
 from __future__ import annotations
 
 import threading
-from contextvars import ContextVar
 from typing import Any
 
 from pyinstrument_ai import hooks, request_context
@@ -43,8 +42,9 @@ _MARK = "_pyinstrument_ai_original"
 _lock = threading.RLock()
 _recorder: Any = None
 _patched: list[tuple[Any, str, Any, Any]] = []
-_in_request: ContextVar[Any] = ContextVar("pyinstrument_ai.wsgi.environ", default=None)
-_req_var: ContextVar[Request | None] = ContextVar("pyinstrument_ai.wsgi.request", default=None)
+# The request's tag (our Request) is the one context variable we set per request: a nested
+# wrapper finds the same environ in it and passes through; Flask's match_request finds the
+# request to note the route on.
 _tag_var = request_context._current
 
 
@@ -125,8 +125,8 @@ def _make_match_request(original: Any) -> Any:
             hide(e)
             raise
         finally:
-            req = _req_var.get()
-            if req is not None:
+            req = _tag_var.get()
+            if req.__class__ is Request and req.server == "wsgi":
                 with guard("wsgi.route"):
                     rule = getattr(self.request, "url_rule", None)
                     req.route = getattr(rule, "rule", None)
@@ -169,11 +169,13 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
     req = record = None
     try:
         record = _recorder.record if _recorder is not None else None
-        if record is not None and _in_request.get() is not environ:
+        cur = _tag_var.get()
+        if record is not None and (cur.__class__ is not Request or cur.key is not environ):
             get = environ.get
             req = Request(
                 t0,
                 "wsgi",
+                environ,
                 get("REQUEST_METHOD"),
                 get("HTTP_X_REQUEST_ID"),
                 get("HTTP_TRACEPARENT"),
@@ -206,9 +208,7 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
             raise
         return _watched_write(write, req) if callable(write) else write
 
-    tag_token = _tag_var.set(req.tag)
-    env_token = _in_request.set(environ)
-    req_token = _req_var.set(req)
+    tag_token = _tag_var.set(req)
     try:
         if unbound is not None:
             result = unbound(app, environ, watched_start_response)
@@ -219,8 +219,6 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
         hide(exc)
         raise
     finally:
-        _req_var.reset(req_token)
-        _in_request.reset(env_token)
         _tag_var.reset(tag_token)
     try:
         wrapper = environ.get("wsgi.file_wrapper")
@@ -275,7 +273,7 @@ class _Body:
     def __next__(self) -> Any:
         __tracebackhide__ = True
         req = self._req
-        token = _tag_var.set(req.tag)  # the body may be produced on another thread
+        token = _tag_var.set(req)  # the body may be produced on another thread
         try:
             if self._it is None:
                 self._it = iter(self._result)
