@@ -12,7 +12,7 @@ anywhere else is an error naming the file and line (``strict=False`` skips it wi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -202,63 +202,6 @@ def _check_header(path: str, raw: bytes) -> dict[str, Any]:
 SCHEMA_SUPPORTED = 1
 
 
-def iter_file(
-    path: str,
-    stats: ScanStats | None = None,
-    strict: bool = True,
-    progress: Any = None,
-) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """Yield ``(header, event)`` for every event of one file, aligned (``t_ns``), in file order.
-
-    ``progress(n_bytes)`` is called now and then with the bytes read since its last call.
-    """
-    stats = stats if stats is not None else ScanStats()
-    stats.files += 1
-    loads = orjson.loads
-    with open(path, "rb") as f:
-        first = f.readline()
-        if not first.strip():
-            stats.empty.append(path)
-            return
-        header = _check_header(path, first)
-        anchor = header["anchor"]
-        offset = anchor["wall_ns"] - anchor["mono_ns"]
-        pid = header.get("pid")
-        lineno = 1
-        pending = len(first)
-        for raw in f:
-            lineno += 1
-            pending += len(raw)
-            if pending > 1 << 22 and progress is not None:
-                progress(pending)
-                stats.bytes += pending
-                pending = 0
-            try:
-                e = loads(raw)
-                t = e["t_mono_ns"]
-                if type(t) is not int:
-                    raise ValueError("t_mono_ns is not an integer")
-            except (ValueError, TypeError, KeyError) as exc:
-                if not raw.endswith(b"\n"):  # only the last line can lack its newline
-                    stats.truncated.append(path)  # the tail of a killed process
-                    break
-                if not raw.strip():
-                    continue
-                why = f"not an event line ({type(exc).__name__}: {exc})"
-                if strict:
-                    raise EventFileError(path, lineno, why) from None
-                stats.skipped.append((path, lineno, why))
-                continue
-            e["t_ns"] = t + offset
-            if "pid" not in e:
-                e["pid"] = pid
-            yield header, e
-        stats.lines += lineno
-        stats.bytes += pending
-        if progress is not None:
-            progress(pending)
-
-
 def analyze_paths(
     *paths: str | os.PathLike[str],
     filters: Any = None,
@@ -364,8 +307,9 @@ def _scan_parallel(
 
 
 def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress: Any) -> None:
-    """:func:`iter_file` fused with the builder: token lines (most lines) skip the event dict's
-    alignment and the builder's dispatch, and go straight into their generation's columns."""
+    """One file into the builder. Token lines (most lines) skip the event dict's alignment and
+    the builder's dispatch, and go straight into their generation's columns; every other event
+    gets ``t_ns`` (through the header's anchor) and goes to ``builder.add``."""
     stats.files += 1
     loads = orjson.loads
     add = builder.add
