@@ -200,3 +200,34 @@ class Request(Tag):
             record(HTTP_REQUEST, t0, t1 - t0, fields)
         except Exception as ours:
             report(f"{self.server}.request", ours)
+
+
+#: attribute on each of our wrappers holding the function it replaced
+MARK = "_pyinstrument_ai_original"
+
+
+class Patches:
+    """The wrappers one web target put on library classes, so that ``unpatch`` takes off
+    exactly those (and only where nobody wrapped on top of them since)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, wrapper)
+
+    def replace(self, owner: Any, attr: str, factory: Any) -> None:
+        """Put ``factory(original)`` in place of ``owner.attr`` (once: ours are marked)."""
+        import functools
+
+        original = owner.__dict__.get(attr)
+        if original is None or hasattr(original, MARK):
+            return
+        wrapper = factory(original)
+        functools.update_wrapper(wrapper, original)
+        setattr(wrapper, MARK, original)
+        setattr(owner, attr, wrapper)
+        self.done.append((owner, attr, original, wrapper))
+
+    def restore(self) -> None:
+        while self.done:
+            owner, attr, original, wrapper = self.done.pop()
+            if owner.__dict__.get(attr) is wrapper:
+                setattr(owner, attr, original)

@@ -27,7 +27,7 @@ from pyinstrument_ai import hooks, request_context
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
-from pyinstrument_ai.targets._http import Request
+from pyinstrument_ai.targets._http import Patches, Request
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
 
@@ -36,10 +36,9 @@ MODULES = ("uvicorn.config", "starlette.applications")
 DISTRIBUTION = "starlette"
 SUPPORTED = (">=0.27", "<2")
 
-_MARK = "_pyinstrument_ai_original"
 _lock = threading.RLock()
 _recorder: Any = None
-_patched: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, wrapper)
+_patches = Patches()
 # the scope of the request being served in this task: a nested app passes it through
 # The request's tag (our Request) is the one context variable we set per request; a wrapper
 # that finds the same scope in it is nested in ours and passes through.
@@ -66,10 +65,7 @@ def unpatch() -> None:
         if _recorder is None:
             return
         _recorder = None
-        while _patched:
-            owner, attr, original, wrapper = _patched.pop()
-            if owner.__dict__.get(attr) is wrapper:
-                setattr(owner, attr, original)
+        _patches.restore()
         request_context.release()
 
 
@@ -78,22 +74,9 @@ def _on_import(module: Any) -> None:
         if _recorder is None:
             return
         if module.__name__ == "uvicorn.config":
-            _replace(module.Config, "load", _make_load)
+            _patches.replace(module.Config, "load", _make_load)
         else:
-            _replace(module.Starlette, "__call__", _make_starlette_call)
-
-
-def _replace(owner: Any, attr: str, factory: Any) -> None:
-    import functools
-
-    original = owner.__dict__.get(attr)
-    if original is None or hasattr(original, _MARK):
-        return
-    wrapper = factory(original)
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(owner, attr, wrapper)
-    _patched.append((owner, attr, original, wrapper))
+            _patches.replace(module.Starlette, "__call__", _make_starlette_call)
 
 
 # --------------------------------------------------------------------------- wrappers

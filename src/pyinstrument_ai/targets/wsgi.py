@@ -28,7 +28,7 @@ from pyinstrument_ai import hooks, request_context
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
-from pyinstrument_ai.targets._http import Request
+from pyinstrument_ai.targets._http import Patches, Request
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
 
@@ -38,10 +38,9 @@ _FLASK_CTX = "flask.ctx"
 DISTRIBUTION = "flask"
 SUPPORTED = (">=2.0", "<4")
 
-_MARK = "_pyinstrument_ai_original"
 _lock = threading.RLock()
 _recorder: Any = None
-_patched: list[tuple[Any, str, Any, Any]] = []
+_patches = Patches()
 # The request's tag (our Request) is the one context variable we set per request: a nested
 # wrapper finds the same environ in it and passes through; Flask's match_request finds the
 # request to note the route on.
@@ -65,10 +64,7 @@ def unpatch() -> None:
         if _recorder is None:
             return
         _recorder = None
-        while _patched:
-            owner, attr, original, wrapper = _patched.pop()
-            if owner.__dict__.get(attr) is wrapper:
-                setattr(owner, attr, original)
+        _patches.restore()
         request_context.release()
 
 
@@ -77,26 +73,13 @@ def _on_import(module: Any) -> None:
         if _recorder is None:
             return
         if module.__name__ == "flask.app":
-            _replace(module.Flask, "__call__", _make_flask_call)
+            _patches.replace(module.Flask, "__call__", _make_flask_call)
             # flask.app imports flask.ctx: this is no import on the host's behalf
             from flask import ctx
 
-            _replace(ctx.RequestContext, "match_request", _make_match_request)
+            _patches.replace(ctx.RequestContext, "match_request", _make_match_request)
         else:
-            _replace(module.BaseHandler, "run", _make_handler_run)
-
-
-def _replace(owner: Any, attr: str, factory: Any) -> None:
-    import functools
-
-    original = owner.__dict__.get(attr)
-    if original is None or hasattr(original, _MARK):
-        return
-    wrapper = factory(original)
-    functools.update_wrapper(wrapper, original)
-    setattr(wrapper, _MARK, original)
-    setattr(owner, attr, wrapper)
-    _patched.append((owner, attr, original, wrapper))
+            _patches.replace(module.BaseHandler, "run", _make_handler_run)
 
 
 # --------------------------------------------------------------------------- wrappers
