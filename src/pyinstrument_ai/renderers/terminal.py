@@ -304,8 +304,7 @@ def _littles_law(d: dict[str, Any]) -> list[Any]:
             notes.append(
                 Text(
                     f"{r['kind']}: {len(saturated)} of {len(r['workers'])} worker(s) busy ≥ 90% "
-                    "of the window (at capacity): work arriving faster than they finish waits "
-                    "in front of them"
+                    "of the window (at capacity): any more work would wait in front of them"
                     + (
                         " (requests waiting: see the requests line above)"
                         if (d.get("requests") or {}).get("count")
