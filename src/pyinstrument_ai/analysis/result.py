@@ -122,6 +122,9 @@ class Analysis:
         #: set by the reader: files read, lines skipped, truncated tails
         self.inputs: dict[str, Any] = {}
         self._itl: array | None = None
+        # an Analysis is read, not changed, once built: the summary, report, doctor and the
+        # pictures each ask for the same distributions (a sort of every gap, for the pooled ITL)
+        self._stats: dict[str, Stats] = {}
         #: analysis.requests.Request per ``http.request`` event, with its generations
         self.requests: list[Any] = []
 
@@ -154,7 +157,10 @@ class Analysis:
         )
 
     def stats(self, metric: str) -> Stats:
-        return Stats(self.values(metric))
+        st = self._stats.get(metric)
+        if st is None:
+            st = self._stats[metric] = Stats(self.values(metric))
+        return st
 
     def percentile(self, metric: str, q: float) -> float | None:
         from pyinstrument_ai.analysis.stats import percentile

@@ -32,7 +32,19 @@ def need(module: str, extra: str, cmd: str) -> Any:
         fail(cmd, f'this needs {module}: pip install "pyinstrument-ai[{extra}]"')
 
 
-def add_input_options(p: argparse.ArgumentParser) -> None:
+def add_input_options(p: argparse.ArgumentParser, default_paths: bool) -> None:
+    """The event files to read (``default_paths``: none given means ./instrument-out; else at
+    least one is required) and the filters every reading command takes."""
+    if default_paths:
+        p.add_argument(
+            "paths",
+            nargs="*",
+            default=["instrument-out"],
+            metavar="PATH",
+            help="event files or folders (default ./instrument-out)",
+        )
+    else:
+        p.add_argument("paths", nargs="+", metavar="PATH")
     g = p.add_argument_group("inputs")
     g.add_argument(
         "--pid", action="append", default=[], metavar="PID[,PID]", help="only these processes"

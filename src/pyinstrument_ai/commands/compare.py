@@ -101,8 +101,7 @@ def parser() -> argparse.ArgumentParser:
         description="Compare recorded runs: each PATH (a file or folder) is one run; metrics "
         "side by side with ratios to the first, and what differs in the recorded configuration.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    add_input_options(p)
+    add_input_options(p, default_paths=False)
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return p
 

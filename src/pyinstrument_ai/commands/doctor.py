@@ -20,14 +20,7 @@ def parser() -> argparse.ArgumentParser:
         "hyperthreads and fork, each with the numbers seen and a setting to try "
         "(docs/doctor.md). Exit status: 0 none, 1 findings, 2 bad input.",
     )
-    p.add_argument(
-        "paths",
-        nargs="*",
-        default=["instrument-out"],
-        metavar="PATH",
-        help="event files or folders (default ./instrument-out)",
-    )
-    add_input_options(p)
+    add_input_options(p, default_paths=True)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
     return p
 

@@ -23,14 +23,7 @@ def parser() -> argparse.ArgumentParser:
         "timeline) as a trace for other tools. --perfetto: Chrome trace-event JSON that "
         "opens in ui.perfetto.dev and chrome://tracing (docs/pictures.md).",
     )
-    p.add_argument(
-        "paths",
-        nargs="*",
-        default=["instrument-out"],
-        metavar="PATH",
-        help="event files or folders (default ./instrument-out)",
-    )
-    add_input_options(p)
+    add_input_options(p, default_paths=True)
     out = p.add_argument_group("output")
     out.add_argument(
         "--perfetto", metavar="FILE", required=True, help="write a Chrome trace-event JSON file"

@@ -24,14 +24,7 @@ def parser() -> argparse.ArgumentParser:
         "recorded event files (files and folders of many processes and hosts, merged on one "
         "timeline). Definitions: docs/metrics.md.",
     )
-    p.add_argument(
-        "paths",
-        nargs="*",
-        default=["instrument-out"],
-        metavar="PATH",
-        help="event files or folders (default ./instrument-out)",
-    )
-    add_input_options(p)
+    add_input_options(p, default_paths=True)
     p.add_argument(
         "--slo",
         metavar="BOUNDS",

@@ -13,6 +13,7 @@ import itertools
 import os
 from typing import Any
 
+from pyinstrument_ai import hooks, request_context
 from pyinstrument_ai._guard import report
 from pyinstrument_ai.request_context import Tag
 
@@ -212,6 +213,18 @@ class Patches:
 
     def __init__(self) -> None:
         self.done: list[tuple[Any, str, Any, Any]] = []  # (owner, attribute, original, wrapper)
+
+    def start(self, modules: tuple[str, ...], on_import: Any) -> None:
+        """A target's patch(): request ids on, and ``on_import(module)`` for each module as it
+        is imported (at once if it already is)."""
+        request_context.acquire()
+        for module in modules:
+            hooks.when_imported(module, on_import)
+
+    def stop(self) -> None:
+        """A target's unpatch(): every wrapper off again, request ids released."""
+        self.restore()
+        request_context.release()
 
     def replace(self, owner: Any, attr: str, factory: Any) -> None:
         """Put ``factory(original)`` in place of ``owner.attr`` (once: ours are marked)."""

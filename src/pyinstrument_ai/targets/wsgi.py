@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from pyinstrument_ai import hooks, request_context
+from pyinstrument_ai import request_context
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
@@ -53,9 +53,7 @@ def patch(recorder: Any) -> None:
         if _recorder is not None:
             return
         _recorder = recorder
-        request_context.acquire()
-        for module in MODULES:
-            hooks.when_imported(module, _on_import)
+        _patches.start(MODULES, _on_import)
 
 
 def unpatch() -> None:
@@ -64,8 +62,7 @@ def unpatch() -> None:
         if _recorder is None:
             return
         _recorder = None
-        _patches.restore()
-        request_context.release()
+        _patches.stop()
 
 
 def _on_import(module: Any) -> None:
