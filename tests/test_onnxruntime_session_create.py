@@ -4,6 +4,7 @@ sessions with ORT's defaults, big models identified from a bounded sample of the
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -151,10 +152,11 @@ def test_identity_reads_a_bounded_amount_whatever_the_size(monkeypatch):
     assert sum(reads) <= target._FULL_HASH_MAX + 8
 
 
-def test_explicit_options_watched_from_birth_read_no_unset_entry(monkeypatch):
-    """Options made while recording are watched (``__init__``, ``add_session_config_entry``):
-    an entry never set is not looked up (each such lookup is a C++ exception, ~100 µs), and
-    one that was set is read and recorded as the session has it."""
+def test_explicit_options_watched_from_birth_are_not_read_at_creation(monkeypatch):
+    """Options made while recording are watched (``__init__``, the property setters,
+    ``add_session_config_entry``): what the program sets is read back where it sets it, an
+    entry never set is never looked up (each such lookup is a C++ exception, ~100 µs), and a
+    session created with them reads nothing: its event has the options as they were then."""
     model = models.identity()
     lookups: list[str] = []
     real = ort.SessionOptions.get_session_config_entry
@@ -167,16 +169,66 @@ def test_explicit_options_watched_from_birth_read_no_unset_entry(monkeypatch):
         monkeypatch.setattr(ort.SessionOptions, "get_session_config_entry", counting)
         plain = ort.SessionOptions()
         plain.intra_op_num_threads = 1
+        plain.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         spinning = ort.SessionOptions()
         spinning.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        assert lookups == ["session.intra_op.allow_spinning"]  # read back where it is set
+        lookups.clear()
         s1 = ort.InferenceSession(model, plain, providers=CPU)
-        assert lookups == []  # watched, nothing set: nothing looked up
         s2 = ort.InferenceSession(model, spinning, providers=CPU)
-        assert lookups == ["session.intra_op.allow_spinning"]
+        assert lookups == []  # nothing read at creation
+        truth1, truth2 = _truth(s1), _truth(s2)
+        plain.intra_op_num_threads = 3  # after the session: its event keeps what it had
+        s3 = ort.InferenceSession(model, sess_options=plain, providers=CPU)
         monkeypatch.undo()
-    e1, e2 = _created(rec)
-    assert {k: e1[k] for k in _truth(s1)} == _truth(s1)
-    assert {k: e2[k] for k in _truth(s2)} == _truth(s2)
-    assert e2["intra_op_allow_spinning"] == "0" and e1["intra_op_num_threads"] == 1
-    # and unpatch put SessionOptions back as it was
+    e1, e2, e3 = _created(rec)
+    assert {k: e1[k] for k in truth1} == truth1
+    assert {k: e2[k] for k in truth2} == truth2
+    assert {k: e3[k] for k in _truth(s3)} == _truth(s3)
+    assert e1["intra_op_num_threads"] == 1 and e3["intra_op_num_threads"] == 3
+    assert e1["execution_mode"] == "ORT_PARALLEL" and e2["intra_op_allow_spinning"] == "0"
+    # and unpatch put SessionOptions back as it was: the same property and function objects
     assert "pyinstrument_ai" not in getattr(ort.SessionOptions.__init__, "__module__", "")
+    assert type(ort.SessionOptions.__dict__["intra_op_num_threads"].fset).__name__ == (
+        "builtin_function_or_method"
+    )
+
+
+def _setter_failure() -> str:
+    import traceback
+
+    so = ort.SessionOptions()
+    try:
+        so.intra_op_num_threads = "many"
+    except TypeError as e:
+        # the message names the options object by address: the one part that differs
+        return re.sub(r"0x[0-9a-f]+", "0x?", "".join(traceback.format_exception(e)))
+    raise AssertionError("ORT accepted a string thread count")
+
+
+def test_watched_setter_raises_as_without_us():
+    bare = _setter_failure()
+    with pyinstrument_ai.recording(targets=["onnxruntime"]):
+        assert ort.SessionOptions.__dict__["intra_op_num_threads"].fset.__module__ == (
+            "pyinstrument_ai.targets.onnxruntime"
+        )  # the setter is ours while recording
+        watched = _setter_failure()
+    assert watched == bare
+
+
+def test_watched_options_are_forgotten_when_the_program_drops_them():
+    """The watch holds the options weakly: no entry outlives its options."""
+    model = models.identity()
+    with pyinstrument_ai.recording(targets=["onnxruntime"]):
+        before = len(target._watched)
+        kept = []
+        for i in range(50):
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1 + i % 2
+            sess = ort.InferenceSession(model, so, providers=CPU)
+            if i % 10 == 0:
+                kept.append((so, sess))
+        del so, sess
+        assert len(target._watched) == before + len(kept)
+        kept.clear()
+        assert len(target._watched) == before

@@ -25,10 +25,19 @@ def _write(out, files=3, gens=6, tokens=20):
         recs = []
         for g in range(gens):
             t0 = 10**12 + f * 10**6 + g * 10**7
-            recs.append(("generate", t0, 3 * 10**6 + tokens * 10**5, 1,
-                         {"gen": g, "model": f"m{f % 2}", "tokens": tokens}))
-            recs += [("token", t0 + 10**6 + i * 10**5 + f * 7, None, 1, {"gen": g, "index": i})
-                     for i in range(tokens)]
+            recs.append(
+                (
+                    "generate",
+                    t0,
+                    3 * 10**6 + tokens * 10**5,
+                    1,
+                    {"gen": g, "model": f"m{f % 2}", "tokens": tokens},
+                )
+            )
+            recs += [
+                ("token", t0 + 10**6 + i * 10**5 + f * 7, None, 1, {"gen": g, "index": i})
+                for i in range(tokens)
+            ]
             recs.append(("onnxruntime.run", t0, 2000 + g, 1, {"session_id": 1, "batch_size": 2}))
         sink.write(recs)
         sink.close()

@@ -212,7 +212,7 @@ def test_encoded_lines_are_the_plain_serialization_byte_for_byte():
         ("token", 5, None, 1, {"gen": 3, "i": 0, "t": None}),
         ("token", 5, None, 1, {}),
         ("token", 5, None, 1, None),
-        ("généré \"q\"\n", 1, 2, 3, {"ü": "ß\u2028", "nested": {"a": [1, 2.5, None]}}),
+        ('généré "q"\n', 1, 2, 3, {"ü": "ß\u2028", "nested": {"a": [1, 2.5, None]}}),
         ("x", 1, 2, 3, {"pid": 99, "name": "theirs", "z": 1}),  # reserved keys: ours win
         ("x", 1, 2.5, 3, {"a": 1}),  # a float duration
         ("x", True, 2, 3, {"a": 1}),  # a bool is no int here

@@ -94,9 +94,7 @@ def main(argv: list[str]) -> None:
     width = args.width or _width()
     findings = find(a)
     extra = [Text("doctor", style="bold"), Text(doctor.render(findings, width, bool(a.samples)))]
-    sys.stdout.write(
-        terminal.render(a, slo, width=width, color=sys.stdout.isatty(), extra=extra)
-    )
+    sys.stdout.write(terminal.render(a, slo, width=width, color=sys.stdout.isatty(), extra=extra))
 
 
 def _pictures(a: Any, args: argparse.Namespace, slo: dict[str, float] | None) -> None:

@@ -42,6 +42,7 @@ import inspect
 import itertools
 import os
 from typing import Any
+from weakref import ref as _ref
 
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
@@ -429,9 +430,17 @@ _SAMPLES = 16
 _SAMPLE = (1 << 20) // _SAMPLES
 
 
+# An empty SHA-256 to copy: ``hashlib.sha256()`` looks the algorithm up in OpenSSL each time
+# (several µs with OpenSSL 3, more with cold caches right after ORT built a session); a copy of
+# a ready one does not.
+_SHA256 = hashlib.sha256()
+
+
 def _model_identity(data: Any) -> dict[str, Any]:
     if type(data) is bytes and len(data) <= _FULL_HASH_MAX:  # what ORT accepts; the usual case
-        return {"model_sha256": hashlib.sha256(data).hexdigest(), "model_bytes": len(data)}
+        h = _SHA256.copy()
+        h.update(data)
+        return {"model_sha256": h.hexdigest(), "model_bytes": len(data)}
     view = memoryview(data).cast("B")  # no copy; slices of it are views too
     n = view.nbytes
     if n <= _FULL_HASH_MAX:
@@ -448,35 +457,70 @@ _CONFIG_ENTRIES = (
     ("intra_op_allow_spinning", "session.intra_op.allow_spinning"),
     ("inter_op_allow_spinning", "session.inter_op.allow_spinning"),
 )
+# SessionOptions properties we record; the enum-valued ones are recorded by member name.
+_PROPERTIES = (
+    "intra_op_num_threads",
+    "inter_op_num_threads",
+    "execution_mode",
+    "graph_optimization_level",
+    "use_per_session_threads",
+)
+_ENUMS = frozenset({"execution_mode", "graph_optimization_level"})
 # Option fields of sessions created with ORT's default options, by provider list: the same
 # for every such session, and expensive to read (see _options_fields).
 _default_options: dict[tuple, dict[str, Any]] = {}
+# pybind11 enum type -> {int value: member name}
+_enum_names: dict[type, dict[int, str]] = {}
 
 
 def _enum_name(v: Any) -> str | None:
     if v is None:
         return None
-    # str() of a pybind11 enum is "ExecutionMode.ORT_SEQUENTIAL"; its .name property costs
-    # several µs (a Python-level lookup inside pybind11)
-    return str(v).rpartition(".")[2] or None
+    # str() of a pybind11 enum (a Python-level lookup inside pybind11) measured ~20 µs right
+    # after ORT built a session (cold caches); int() and a table made once per enum type ~4.
+    t = type(v)
+    names = _enum_names.get(t)
+    if names is None:
+        try:
+            names = {int(m): n for n, m in t.__members__.items()}
+        except Exception:
+            names = {}
+        _enum_names[t] = names
+    try:
+        name = names.get(int(v))
+    except Exception:
+        name = None
+    return name if name is not None else (str(v).rpartition(".")[2] or None)
 
 
-# Which config entries each SessionOptions made since patch() has had set, kept by watching
-# ``SessionOptions.__init__`` and ``add_session_config_entry`` (weakly: the options are the
-# program's). Reading an entry that was never set costs a C++ exception (~100 µs each here);
-# for options we watched from their birth, the keys we know are unset are simply not read.
-_known_entries: Any = None  # weakref.WeakKeyDictionary[SessionOptions, set[str]]
+# The option fields of each SessionOptions made since patch(), kept up to date by watching its
+# ``__init__`` (ORT's defaults, read once from a fresh SessionOptions), the setters of
+# _PROPERTIES and ``add_session_config_entry`` (each reads back what it set, once, where the
+# program sets it), weakly: the options are the program's. A session created with such options
+# copies its fields as they are. Otherwise every field must be read at creation, and reading a
+# config entry that was never set costs a C++ exception (~100 µs each here), each property a
+# few µs more with the caches cold right after ORT built the session.
+# Keyed by weak references to the options (a weak reference hashes and compares as the object
+# it refers to while that lives; the callback drops the entry when it dies): what
+# weakref.WeakKeyDictionary does, without its Python-level method calls on this path.
+_watched: dict[Any, dict[str, Any]] | None = None
+_option_defaults: dict[str, Any] = {}
+_ENTRY_FIELDS = {entry: field for field, entry in _CONFIG_ENTRIES}
 
 
 def _watch_options(ort_module: Any) -> None:
-    import weakref
+    from weakref import ref
 
-    global _known_entries
+    global _watched
     cls = getattr(ort_module, "SessionOptions", None)
-    if cls is None or _known_entries is not None:
+    if cls is None or _watched is not None:
         return
-    known: Any = weakref.WeakKeyDictionary()
+    watched: dict[Any, dict[str, Any]] = {}
+    forget = watched.pop
     init, add = cls.__init__, cls.add_session_config_entry
+
+    def _dead(r: Any) -> None:
+        forget(r, None)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         __tracebackhide__ = True
@@ -486,7 +530,7 @@ def _watch_options(ort_module: Any) -> None:
             hide(e)
             raise
         try:
-            known[self] = set()
+            watched[ref(self, _dead)] = _option_defaults.copy()
         except Exception:  # not weak-referenceable in some build: the slow path reads it
             pass
 
@@ -498,54 +542,91 @@ def _watch_options(ort_module: Any) -> None:
             hide(e)
             raise
         try:
-            entries = known.get(self)
-            if entries is not None:
-                entries.add(key)
-        except Exception:
-            pass
+            field = _ENTRY_FIELDS.get(key)
+            if field is not None:
+                fields = watched.get(ref(self))
+                if fields is not None:
+                    fields[field] = self.get_session_config_entry(key)  # set: no exception
+        except Exception as e:
+            report("onnxruntime.SessionOptions.add_session_config_entry", e)
         return out
 
     functools.update_wrapper(__init__, init)
     functools.update_wrapper(add_session_config_entry, add)
-    cls.__init__ = __init__
-    cls.add_session_config_entry = add_session_config_entry
-    _known_entries = known
-    _options_patched[:] = [
+    patched = [
         (cls, "__init__", init, __init__),
         (cls, "add_session_config_entry", add, add_session_config_entry),
     ]
+    for name in _PROPERTIES:
+        prop = cls.__dict__.get(name)
+        if type(prop) is not property or prop.fset is None or prop.fget is None:
+            # not a plain property in this build: a change to it could not be seen, so no
+            # options are watched (the slow path reads them all)
+            _log_skip(f"SessionOptions.{name} is not a plain property")
+            return
+        patched.append((cls, name, prop, _watching_property(prop, name, watched)))
+    try:
+        fresh = cls()  # made before the watch is installed: ORT's defaults
+        for name in _PROPERTIES:
+            _option_defaults[name] = _option_value(name, getattr(fresh, name))
+        for field, _entry in _CONFIG_ENTRIES:
+            _option_defaults[field] = None  # not set: ORT's default applies
+    except Exception as e:
+        report("onnxruntime.patch.SessionOptions.defaults", e)
+        return
+    for owner, attr, _original, wrapper in patched:
+        setattr(owner, attr, wrapper)
+    _watched = watched
+    _options_patched[:] = patched
+
+
+def _option_value(name: str, v: Any) -> Any:
+    return _enum_name(v) if name in _ENUMS else v
+
+
+def _watching_property(prop: property, name: str, watched: dict) -> property:
+    """``prop`` with a setter that also reads back the value set into the options' fields;
+    getting and deleting are the original functions."""
+    from weakref import ref
+
+    fget, fset = prop.fget, prop.fset
+
+    def setter(self: Any, value: Any) -> None:
+        __tracebackhide__ = True
+        try:
+            fset(self, value)  # type: ignore[misc]
+        except BaseException as e:
+            hide(e)
+            raise
+        try:
+            fields = watched.get(ref(self))
+            if fields is not None:
+                fields[name] = _option_value(name, fget(self))  # type: ignore[misc]
+        except Exception as e:
+            report("onnxruntime.SessionOptions." + name, e)
+
+    setter.__name__ = setter.__qualname__ = name
+    return property(fget, setter, prop.fdel, prop.__doc__)
 
 
 def _unwatch_options() -> None:
-    global _known_entries
+    global _watched
     for cls, attr, original, wrapper in _options_patched:
         if cls.__dict__.get(attr) is wrapper:
             setattr(cls, attr, original)
     _options_patched.clear()
-    _known_entries = None
+    _watched = None
 
 
 _options_patched: list[tuple[Any, str, Any, Any]] = []
 
 
 def _read_options(so: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "intra_op_num_threads": getattr(so, "intra_op_num_threads", None),
-        "inter_op_num_threads": getattr(so, "inter_op_num_threads", None),
-        "execution_mode": _enum_name(getattr(so, "execution_mode", None)),
-        "graph_optimization_level": _enum_name(getattr(so, "graph_optimization_level", None)),
-        "use_per_session_threads": getattr(so, "use_per_session_threads", None),
-    }
-    known = None
-    if _known_entries is not None:
-        try:
-            known = _known_entries.get(so)
-        except TypeError:
-            known = None
+    """Every option field read from ``so`` itself: for options we did not watch."""
+    fields: dict[str, Any] = {}
+    for name in _PROPERTIES:
+        fields[name] = _option_value(name, getattr(so, name, None))
     for field, entry in _CONFIG_ENTRIES:
-        if known is not None and entry not in known:
-            fields[field] = None  # watched since its birth and never set
-            continue
         try:
             fields[field] = so.get_session_config_entry(entry)
         except Exception:  # not set: ORT's default applies ("1", spinning on)
@@ -553,30 +634,29 @@ def _read_options(so: Any) -> dict[str, Any]:
     return fields
 
 
-def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> dict[str, Any]:
-    """The session's options as fields.
+def _options_fields(
+    sess: Any, given: Any, asked: Any, kwargs: dict, providers: Any, failed: bool
+) -> dict[str, Any]:
+    """The session's options as fields (``given``: the caller's ``sess_options``; ``asked``:
+    the ``providers`` argument).
 
-    Reading them costs ~40 µs, most of it ``get_session_config_entry``, which for an unset key
-    (the usual case) fails by a C++ exception turned into a Python one (~20-200 µs each,
-    measured): more than ORT takes to create a session for a small model. A session created
-    without ``sess_options`` (and without ORT_LOAD_CONFIG_FROM_MODEL / read_config_from_model,
-    which can set entries from the model) gets ORT's default options, the same each time: read
-    once from the first such session, per provider list, and reused.
+    Read from the session, they cost ~40 µs, most of it ``get_session_config_entry``, which for
+    an unset key (the usual case) fails by a C++ exception turned into a Python one (~20-200 µs
+    each, measured): more than ORT takes to create a session for a small model. Two cases skip
+    the reading: options the caller made while we watched (see _watched), which the session
+    copied as they are unless it also reads config from the model; and a session created
+    without ``sess_options`` (and without ORT_LOAD_CONFIG_FROM_MODEL / read_config_from_model),
+    which gets ORT's default options, the same each time: read once from the first such
+    session, per provider list, and reused.
     """
-    so = None
-    given = kwargs.get("sess_options")
-    if (
-        given is not None
-        and not failed
-        and getattr(sess, "_read_config_from_model", True) is False
-        and _known_entries is not None
-        and _known_entries.get(given) is not None
-    ):
-        # The caller's options, watched since their birth: the session copied them as they
-        # are (no config from the model), and we know which entries were set, so no lookup of
-        # an unset key (a C++ exception each) is needed. The session's own copy is a new
-        # object we never saw being set up.
-        return _read_options(given)
+    from_model = getattr(sess, "_read_config_from_model", True) is not False
+    if given is not None and not failed and not from_model and _watched is not None:
+        try:
+            fields = _watched.get(_ref(given))
+        except TypeError:  # not weak-referenceable
+            fields = None
+        if fields is not None:
+            return fields.copy()  # a snapshot: the program may change its options later
     try:
         so = sess.get_session_options()  # the session's own copy (the caller's before bind)
     except Exception:
@@ -585,14 +665,14 @@ def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> di
         return {}
     if (
         failed
-        or kwargs.get("sess_options") is not None
+        or given is not None
+        or from_model
         or kwargs.get("provider_options") is not None
-        or getattr(sess, "_read_config_from_model", True) is not False
         or type(providers) is not list
     ):
         return _read_options(so)
     # keyed by the providers the session ended up with and those asked for, as given
-    key = (*providers, None, *(kwargs.get("providers") or ()))
+    key = (*providers, None, *(asked or ()))
     try:
         fields = _default_options.get(key)
     except TypeError:  # (name, options dict) pairs: provider options, read each time
@@ -605,23 +685,26 @@ def _options_fields(sess: Any, kwargs: dict, providers: Any, failed: bool) -> di
 
 
 def _session_fields(
-    sess: Any, sid: int, path_or_bytes: Any, kwargs: dict, failed: bool = False
+    sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict, failed: bool = False
 ) -> dict:
-    fields: dict[str, Any] = {"session_id": sid}
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        fields.update(_model_identity(path_or_bytes))
+    """The creation event's fields; ``args``/``kwargs``: the constructor's arguments after
+    ``path_or_bytes`` (``sess_options``, ``providers``, ``provider_options``, ...)."""
+    if type(path_or_bytes) is bytes or isinstance(path_or_bytes, (bytearray, memoryview)):
+        fields: dict[str, Any] = _model_identity(path_or_bytes)
+        fields["session_id"] = sid
     else:
         try:
-            fields["model_path"] = os.fspath(path_or_bytes)
+            fields = {"session_id": sid, "model_path": os.fspath(path_or_bytes)}
         except TypeError:
-            fields["model_path"] = repr(path_or_bytes)
-    providers = None
+            fields = {"session_id": sid, "model_path": repr(path_or_bytes)}
+    given = args[0] if args else kwargs.get("sess_options")
+    asked = args[1] if len(args) > 1 else kwargs.get("providers")
     try:
         providers = list(sess.get_providers())
     except Exception:
-        providers = kwargs.get("providers")
+        providers = asked
     fields["providers"] = providers
-    fields.update(_options_fields(sess, kwargs, providers, failed))
+    fields.update(_options_fields(sess, given, asked, kwargs, providers, failed))
     return fields
 
 
@@ -637,8 +720,10 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                 hide(e)
                 raise
         sid = next(_ids)
-        with guard("onnxruntime.session"):
+        try:
             self.__dict__[_STATE] = [sid, {}, None]
+        except Exception as e:  # no __dict__ (a subclass with __slots__): runs give it one
+            report("onnxruntime.session", e)
         t0 = now_ns()
         err = None
         try:
@@ -649,16 +734,15 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             raise
         finally:
             t1 = now_ns()
-            with guard("onnxruntime.session"):
-                kw = dict(kwargs)
-                if args:
-                    kw.setdefault("sess_options", args[0])
-                if len(args) > 1:
-                    kw.setdefault("providers", args[1])
-                fields = _session_fields(self, sid, path_or_bytes, kw, err is not None)
+            # plain try/except rather than ``with guard()``: this runs with cold caches right
+            # after ORT built the session, where every call shows (see docs/targets/onnxruntime)
+            try:
+                fields = _session_fields(self, sid, path_or_bytes, args, kwargs, err is not None)
                 if err:
                     fields["error"] = err
                 record(SESSION, t0, t1 - t0, fields)
+            except Exception as e:
+                report("onnxruntime.session", e)
 
     return __init__
 

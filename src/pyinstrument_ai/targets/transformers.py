@@ -602,8 +602,10 @@ def _finish(
     tid = _thread.get_ident()
     # one list of records, appended at once: a generation's tokens cost a dict each and no
     # call per token (this runs on the caller's thread, at the end of generate)
-    records = [("token", times[i], None, tid, {"gen": gid, "index": i, "seqs": seqs[i]})
-               for i in range(1, positions)]
+    records = [
+        ("token", times[i], None, tid, {"gen": gid, "index": i, "seqs": seqs[i]})
+        for i in range(1, positions)
+    ]
     if positions:
         records.insert(
             0, ("token", times[0], None, tid,

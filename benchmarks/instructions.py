@@ -1,0 +1,135 @@
+"""What our wrappers add, counted in instructions: a figure that machine noise cannot move.
+
+Wall and CPU times of a busy or shared machine swing by more than the few µs a wrapper adds
+(see the A/B benchmarks beside this one). Instructions executed by the program's main thread
+do not: this script runs each scenario under valgrind (callgrind, one output per thread) twice,
+with N1 and N2 units of work, for the plain program and the instrumented one, and prints the
+main thread's instructions per unit, ``(I(N2) - I(N1)) / (N2 - N1)``, so start-up and warm-up
+cancel out. Instructions are not time: cold caches right after the library's own work make
+our instructions slower than average (the A/B figures show how much), but a change that adds
+work shows here at once, to the instruction.
+
+Scenarios (units):
+
+* ``ort-session-explicit``: ``InferenceSession`` of a one-node model with a ``SessionOptions``
+  made per session (``intra_op_num_threads = 1``), as issue 14's target describes.
+* ``ort-session-default``: the same with ORT's default options.
+* ``ort-run``: ``Session.run`` of the one-node model.
+
+    python benchmarks/instructions.py [SCENARIO ...] [--n1 100 --n2 400]
+
+Needs ``valgrind`` on PATH (Debian: ``apt-get install valgrind``). PYTHONHASHSEED and the BLAS
+thread counts are fixed so that runs repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCENARIOS = ("ort-session-explicit", "ort-session-default", "ort-run")
+WARM = 20
+
+
+def _worker(scenario: str, mode: str, n: int) -> None:
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    import _onnx_models
+    import numpy as np
+    import onnxruntime as ort
+
+    from pyinstrument_ai.recorder import Recorder
+    from pyinstrument_ai.targets import onnxruntime as target
+
+    model = _onnx_models.identity()
+    providers = ["CPUExecutionProvider"]
+    rec = Recorder()
+    if mode == "instrumented":
+        target.patch(rec)
+
+    if scenario == "ort-run":
+        sess = ort.InferenceSession(model, providers=providers)
+        feed = {"x": np.ones(1, np.float32)}
+
+        def unit() -> None:
+            sess.run(None, feed)
+    else:
+        explicit = scenario == "ort-session-explicit"
+
+        def unit() -> None:
+            so = None
+            if explicit:
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = 1
+            ort.InferenceSession(model, so, providers=providers)
+
+    for _ in range(WARM):  # first calls differ (caches fill): not counted in either run
+        unit()
+    rec.drain()
+    for i in range(n):
+        unit()
+        if i % 100 == 99:
+            rec.drain()  # as the flusher would: records do not pile up
+
+
+def _main_thread_instructions(scenario: str, mode: str, n: int, tmp: str) -> int:
+    out = os.path.join(tmp, f"cg.{scenario}.{mode}.{n}")
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            scenario,
+            mode,
+            str(n),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with open(out + "-01") as f:  # thread 1: the main thread
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {out}-01")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=list(SCENARIOS))
+    ap.add_argument("--n1", type=int, default=100)
+    ap.add_argument("--n2", type=int, default=400)
+    args = ap.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")
+    print(f"python {sys.version.split()[0]}; main-thread instructions per unit (callgrind)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for scenario in args.scenarios or SCENARIOS:
+            per = {}
+            for mode in ("plain", "instrumented"):
+                a = _main_thread_instructions(scenario, mode, args.n1, tmp)
+                b = _main_thread_instructions(scenario, mode, args.n2, tmp)
+                per[mode] = (b - a) / (args.n2 - args.n1)
+            p, i = per["plain"], per["instrumented"]
+            print(
+                f"  {scenario:22s} plain {p:12,.0f}  instrumented {i:12,.0f}  "
+                f"added {i - p:+10,.0f} ({(i - p) / p * 100:+.1f}%)"
+            )
+
+
+if __name__ == "__main__":
+    main()
