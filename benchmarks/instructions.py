@@ -110,10 +110,13 @@ def main() -> None:
         _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], default=list(SCENARIOS))
+    ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
     ap.add_argument("--n1", type=int, default=100)
     ap.add_argument("--n2", type=int, default=400)
     args = ap.parse_args()
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is not on PATH (Debian: apt-get install valgrind)")
     print(f"python {sys.version.split()[0]}; main-thread instructions per unit (callgrind)")

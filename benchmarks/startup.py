@@ -19,7 +19,13 @@ Headline figures (default configuration, README's commands):
 
 Beside them, labelled: ``--no-summary`` (not the default).
 
-Usage: python benchmarks/startup.py [-n 30]
+With ``valgrind`` on PATH, each command is also run once under ``valgrind --tool=cachegrind``
+and the ratios of **instructions executed** are printed: they do not move with machine noise
+(PYTHONHASHSEED is fixed), so they decide a target that the wall-time spread of a shared machine
+cannot (an A/A wall ratio here swings by +-5%). Instructions are not time: system calls (the
+kernel's share) are not counted, so read them beside the CPU ratios.
+
+Usage: python benchmarks/startup.py [-n 30] [--no-instructions]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +53,24 @@ def _time(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def _instructions(cmd: list[str], env: dict[str, str], cwd: str) -> int:
+    """Instructions the command executes (all its threads), counted by cachegrind."""
+    res = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+        + cmd,
+        env={**env, "PYTHONHASHSEED": "0"},
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in res.stderr.splitlines():
+        if "I   refs:" in line or "I refs:" in line:
+            return int(line.rsplit(":", 1)[1].replace(",", "").strip())
+    raise RuntimeError(f"no instruction count from valgrind for {cmd}")
 
 
 def _site(py: str) -> str:
@@ -95,6 +120,9 @@ def _stats(ratios: list[float]) -> tuple[float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description="start-up cost ratios")
     ap.add_argument("-n", type=int, default=30, help="rounds (default 30)")
+    ap.add_argument(
+        "--no-instructions", action="store_true", help="skip the valgrind instruction counts"
+    )
     args = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYINSTRUMENT_AI")}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with bytecode caches, as installed
@@ -143,6 +171,11 @@ def main() -> None:
                 print(f"  ... {i + 1}/{args.n} rounds", file=sys.stderr)
         if os.listdir(work) != ["empty.py"]:
             print(f"note: the runs left {sorted(os.listdir(work))} in the working folder")
+        instructions: dict[str, int] = {}
+        if not args.no_instructions and shutil.which("valgrind"):
+            print("counting instructions under valgrind ...", file=sys.stderr)
+            for k, (cmd, e) in cmds.items():
+                instructions[k] = _instructions(cmd, e, work)
 
     print(f"\npython {sys.version.split()[0]}, {os.cpu_count()} cpus, {args.n} rounds")
     print(f"  {'':58s} {'wall':>9s} {'CPU':>9s}  (medians)")
@@ -209,6 +242,18 @@ def main() -> None:
                 "OK" if all(ok) else "CPU OK, wall above (busy machine?)" if ok[1] else "ABOVE"
             )
         print(f"  {name:66s} {cells[0]:>24s} {cells[1]:>24s} {cells[2]:>12s}{verdict}")
+
+    if instructions:
+        print("\ninstructions executed (valgrind cachegrind, one run each: deterministic)")
+        for name, b, a, target in rows:
+            r = instructions[b] / instructions[a]
+            verdict = ""
+            if target:
+                verdict = f"  target <= {target}: " + ("OK" if r <= target else "ABOVE")
+            print(
+                f"  {name:66s} {instructions[b] / 1e6:8.2f} M / {instructions[a] / 1e6:8.2f} M"
+                f" = {r:6.3f}x{verdict}"
+            )
 
 
 if __name__ == "__main__":

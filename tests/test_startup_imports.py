@@ -26,9 +26,7 @@ TESTS = Path(__file__).parent
 # of the stdlib modules they need (threading, contextlib, functools, collections...), and not
 # even our guard and log modules (imported when there is a callback to run or a warning).
 AUTOLOAD_MODULES = {
-    "__future__",  # `from __future__ import annotations` in our modules
     "pyinstrument_ai",
-    "pyinstrument_ai._version",
     "pyinstrument_ai.config",
     "pyinstrument_ai._lazy",
     "pyinstrument_ai.targets",
@@ -240,3 +238,12 @@ def test_summary_covers_a_child_that_generated_when_the_parent_did_not(tmp_path)
     res = run_py(["-m", "instrument", "--out", "o", "parent.py"], cwd=tmp_path)
     assert (res.returncode, res.stdout) == (0, "ready\n")
     assert "pyinstrument-ai: 1 generation" in res.stderr, res.stderr
+
+
+def test_the_version_is_written_once_per_file_and_agrees():
+    """``__version__`` lives in ``pyinstrument_ai/__init__.py`` (no module of its own: one import
+    less at every auto-loaded start) and must equal pyproject.toml's."""
+    import re
+
+    text = (TESTS.parent / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"$', text, re.M).group(1) == pyinstrument_ai.__version__

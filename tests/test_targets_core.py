@@ -190,3 +190,87 @@ def test_hook_survives_a_module_that_replaces_itself(tmp_path, monkeypatch):
         sys.modules.pop("selfreplacing", None)
     assert seen == [42]
     assert hooks.waiting() == {}
+
+
+def _dist(folder, name, entry=None):
+    d = folder / f"{name}-1.0.dist-info"
+    d.mkdir()
+    if entry is not None:
+        (d / "entry_points.txt").write_text(f"[pyinstrument_ai.targets]\n{entry}\n")
+    return d
+
+
+def _age(path, seconds=60):
+    """Make ``path`` look modified ``seconds`` ago (the cache skips folders modified in the
+    last 2 s: a change within the same clock tick as a scan would not show)."""
+    import os
+    import time
+
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def _discover(monkeypatch, folder, cache_file):
+    monkeypatch.setattr(targets, "_entry_cache_path", lambda: str(cache_file))
+    monkeypatch.setattr(sys, "path", [str(folder)])
+    targets._entry_points = None
+    try:
+        return dict(targets._discover_entry_points())
+    finally:
+        targets._entry_points = None
+
+
+def test_entry_point_scan_is_cached_per_folder_until_the_folder_changes(tmp_path, monkeypatch):
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    _dist(site, "alpha", "alpha = alpha_target")
+    _dist(site, "plain")  # a distribution without entry points
+    _age(site)
+    cache = tmp_path / "entry_points.cache"
+    assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
+    assert cache.exists()
+
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
+    assert opened == [str(cache)]  # answered by the cache: no entry_points.txt opened
+
+    _dist(site, "beta", "beta = beta_target")  # an install changes the folder
+    _age(site, 30)
+    opened.clear()
+    assert _discover(monkeypatch, site, cache) == {
+        "alpha": "alpha_target",
+        "beta": "beta_target",
+    }
+    assert any(p.endswith("entry_points.txt") for p in opened)
+
+
+def test_a_folder_changed_just_now_is_not_cached(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    _dist(site, "alpha", "alpha = alpha_target")  # mtime: now
+    cache = tmp_path / "entry_points.cache"
+    assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
+    assert not cache.exists()
+
+
+def test_a_damaged_or_unwritable_cache_only_costs_a_scan(tmp_path, monkeypatch):
+    site = tmp_path / "site"
+    site.mkdir()
+    _dist(site, "alpha", "alpha = alpha_target")
+    _age(site)
+    cache = tmp_path / "entry_points.cache"
+    cache.write_bytes(b"D\t" + str(site).encode() + b"\tnot-a-number\n\xff\xfe garbage\nE\tx\n")
+    assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
+    assert f"D\t{site}\t" in cache.read_text()  # rewritten, readable again
+    missing = tmp_path / "no-such-folder" / "entry_points.cache"
+    assert _discover(monkeypatch, site, missing) == {"alpha": "alpha_target"}
+    assert not missing.exists()

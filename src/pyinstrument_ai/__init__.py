@@ -9,9 +9,12 @@ auto-load hook at interpreter start) costs next to nothing:
 - :func:`tag`: attribute the work inside a block to a request (``request_id``)
 """
 
-from __future__ import annotations
-
-from pyinstrument_ai._version import __version__
+# No `from __future__ import annotations` in the modules auto-load imports (this one, config,
+# _lazy, targets, hooks): that statement imports the `__future__` module at run time, a few
+# hundred µs at every auto-loaded interpreter start; their annotations are strings instead.
+# The version is written here, not in a module of its own, for the same reason (one import
+# less); pyproject.toml holds the same string and tests/test_startup_imports.py checks both.
+__version__ = "0.1.0"
 
 # not `from typing import ...`: typing costs ~9 ms at every auto-loaded interpreter start
 TYPE_CHECKING = False
@@ -52,7 +55,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     try:
         module_name, attr = _LAZY[name]
     except KeyError:
@@ -64,5 +67,5 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
+def __dir__() -> "list[str]":
     return sorted(list(globals()) + list(_LAZY))

@@ -12,8 +12,6 @@ library's import; until then ``pyinstrument_ai.active()`` is None and nothing is
 thread started, no file made.
 """
 
-from __future__ import annotations
-
 from pyinstrument_ai._lazy import autoload
 
 autoload()

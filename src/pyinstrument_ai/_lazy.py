@@ -10,7 +10,7 @@ a launched program that loads no model never get that far: they pay for the few 
 tests/test_startup_imports.py lists, nothing else.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import os
 import sys
@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from pyinstrument_ai.config import Config
 
 #: the settings to start with once a trigger module is imported (None: nothing pending)
-_pending: Config | None = None
+_pending: "Config | None" = None
 
 
-def defer(config: Config) -> None:
+def defer(config: "Config") -> None:
     """Call ``runtime.instrument(config)`` when the first trigger module of the selected
     targets is imported. Replaces a pending start.
 
@@ -51,12 +51,12 @@ def defer(config: Config) -> None:
         hooks.when_imported(modname, _start)
 
 
-def pending() -> Config | None:
+def pending() -> "Config | None":
     """The settings waiting for a target's import, if any."""
     return _pending
 
 
-def cancel() -> Config | None:
+def cancel() -> "Config | None":
     """Forget the pending start (``instrument()`` and ``uninstrument()`` call this); returns
     the settings it was waiting with."""
     global _pending
@@ -66,7 +66,7 @@ def cancel() -> Config | None:
     return config
 
 
-def _start(_module: ModuleType) -> None:
+def _start(_module: "ModuleType") -> None:
     """A trigger module has just executed (we run inside the import hook): start recording.
 
     ``instrument()`` registers each target's own hook; the one for this module fires at once

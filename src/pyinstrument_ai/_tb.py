@@ -22,7 +22,7 @@ chained to it. The launcher calls it before it prints an uncaught exception; on 
 nothing left to remove.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import builtins
 import os
@@ -31,12 +31,12 @@ import sys
 __all__ = ["hide", "strip"]
 
 # exception groups (3.11+) print their members' tracebacks too
-_GROUP: type | tuple = getattr(builtins, "BaseExceptionGroup", ())
+_GROUP: "type | tuple" = getattr(builtins, "BaseExceptionGroup", ())
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 if sys.version_info >= (3, 11):
 
-    def hide(exc: BaseException, depth: int = 1) -> None:
+    def hide(exc: "BaseException", depth: int = 1) -> None:
         """Drop the calling wrapper's entry from ``exc``'s traceback; call it in ``except``,
         then re-raise with a bare ``raise``. ``depth``: how far up the wrapper's frame is
         (2 when called through a helper)."""
@@ -48,7 +48,7 @@ if sys.version_info >= (3, 11):
 
 else:  # pragma: no cover - exercised on 3.10 only
 
-    def hide(exc: BaseException, depth: int = 1) -> None:
+    def hide(exc: "BaseException", depth: int = 1) -> None:
         """No-op on Python 3.10: a bare ``raise`` restores the saved traceback there."""
 
 
@@ -58,7 +58,7 @@ def _is_wrapper(code: object) -> bool:
     ).startswith(_PACKAGE_DIR)
 
 
-def strip(exc: BaseException) -> None:
+def strip(exc: "BaseException") -> None:
     """Remove our wrappers' entries from the tracebacks of ``exc``, of its ``__cause__`` /
     ``__context__`` chain and of exception-group members. For an exception about to be
     printed; it relinks traceback objects in place."""

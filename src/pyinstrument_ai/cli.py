@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from pyinstrument_ai._version import __version__
+from pyinstrument_ai import __version__
 
 USAGE = """\
 usage: pyinstrument-ai run [OPTIONS] (script.py | -m module | -- COMMAND) [ARGS...]

@@ -6,7 +6,7 @@ processes and hosts are put on one timeline through an *anchor*: a wall-clock re
 monotonic reading taken together, written once in each file's header.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import time
 
@@ -14,7 +14,7 @@ now_ns = time.monotonic_ns
 CLOCK_NAME = "monotonic_ns"
 
 
-def anchor() -> tuple[int, int]:
+def anchor() -> "tuple[int, int]":
     """Return ``(wall_ns, mono_ns)`` taken as close together as this machine allows.
 
     Of a few back-to-back samples we keep the one whose two monotonic reads bracket the wall

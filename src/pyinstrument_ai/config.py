@@ -4,7 +4,7 @@ Precedence: explicit arguments > launcher flags > environment > defaults. A bad 
 :class:`ConfigError` naming where it came from (flag or variable) and the value.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import os
 
@@ -68,14 +68,14 @@ class Config:
     def __init__(
         self,
         out_dir: str = DEFAULT_OUT,
-        targets: tuple[str, ...] | None = None,
-        disable: tuple[str, ...] = (),
+        targets: "tuple[str, ...] | None" = None,
+        disable: "tuple[str, ...]" = (),
         capture_content: bool = False,
         flush_interval: float = 1.0,
         summary: bool = True,
-        run_id: str | None = None,
-        sample_interval: float | None = None,
-        sink: tuple[str, ...] = ("jsonl",),
+        run_id: "str | None" = None,
+        sample_interval: "float | None" = None,
+        sink: "tuple[str, ...]" = ("jsonl",),
         otel_token_events: bool = False,
         otel_run_spans: bool = False,
     ) -> None:
@@ -105,10 +105,10 @@ class Config:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; use .replace()")
 
-    def _asdict(self) -> dict[str, object]:
+    def _asdict(self) -> "dict[str, object]":
         return {k: getattr(self, k) for k in self.__slots__}
 
-    def replace(self, **changes: object) -> Config:
+    def replace(self, **changes: object) -> "Config":
         unknown = set(changes) - set(self.__slots__)
         if unknown:
             raise TypeError(f"unknown Config field(s): {', '.join(sorted(unknown))}")
@@ -134,7 +134,7 @@ def parse_bool(source: str, value: str) -> bool:
     raise ConfigError(source, value, "expected 1/0, true/false, yes/no or on/off")
 
 
-def parse_names(source: str, value: str) -> tuple[str, ...]:
+def parse_names(source: str, value: str) -> "tuple[str, ...]":
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     for n in names:
         if not n.replace("_", "").replace("-", "").replace(".", "").isalnum():
@@ -156,7 +156,7 @@ _SAMPLE_UNITS = (("ms", 1e-3), ("us", 1e-6), ("s", 1.0))
 _SAMPLE_MIN_S = 0.001
 
 
-def parse_sample(source: str, value: str) -> float | None:
+def parse_sample(source: str, value: str) -> "float | None":
     """``100ms``, ``0.5s``, ``250us`` or bare seconds -> seconds; ``""``/``0``/``off`` -> None.
 
     A small parser of its own rather than :func:`pyinstrument_ai.analysis.parse_duration`:
@@ -186,20 +186,20 @@ def parse_out(source: str, value: str) -> str:
     return value
 
 
-def parse_sink(source: str, value: str) -> tuple[str, ...]:
+def parse_sink(source: str, value: str) -> "tuple[str, ...]":
     names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
     if not names or any(n not in SINKS for n in names):
         raise ConfigError(source, value, "expected jsonl, otlp or jsonl,otlp")
     return names
 
 
-def is_on(environ: Mapping[str, str] | None = None) -> bool:
+def is_on(environ: "Mapping[str, str] | None" = None) -> bool:
     """Whether the auto-load variable asks for instrumentation (ConfigError if unreadable)."""
     environ = os.environ if environ is None else environ
     return parse_bool(ENV_ON, environ.get(ENV_ON, ""))
 
 
-def from_env(environ: Mapping[str, str] | None = None, base: Config | None = None) -> Config:
+def from_env(environ: "Mapping[str, str] | None" = None, base: "Config | None" = None) -> "Config":
     """Read every ``PYINSTRUMENT_AI_*`` variable over ``base`` (default: the defaults)."""
     env = os.environ if environ is None else environ
     c: dict[str, object] = {}
@@ -228,7 +228,7 @@ def from_env(environ: Mapping[str, str] | None = None, base: Config | None = Non
     return (base or Config()).replace(**c)
 
 
-def to_env(config: Config) -> dict[str, str]:
+def to_env(config: "Config") -> "dict[str, str]":
     """The variables that make a child process resolve the same Config (auto-load on)."""
     env = {
         ENV_ON: "1",

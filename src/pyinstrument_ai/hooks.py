@@ -13,7 +13,7 @@ set back to the real loader before its code runs, so the module cannot tell. Eve
 inside a guard: an exception in our hook must not make the user's ``import`` fail.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import _thread  # not threading: its import is start-up time we need not spend
 import sys
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     Callback = Callable[[ModuleType], None]
 
-_callbacks: dict[str, list[Callback]] = {}
+_callbacks: "dict[str, list[Callback]]" = {}
 _lock = _thread.RLock()
 _busy = _thread._local()
 
@@ -36,11 +36,11 @@ class _PostImportLoader:
         self.loader = loader
         self.name = name
 
-    def create_module(self, spec: object) -> ModuleType | None:
+    def create_module(self, spec: object) -> "ModuleType | None":
         create = getattr(self.loader, "create_module", None)
         return create(spec) if create is not None else None
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
         # hide ourselves from the module before its code runs
         module.__loader__ = self.loader
         spec = getattr(module, "__spec__", None)
@@ -92,7 +92,7 @@ def _ensure_finder() -> None:
         sys.meta_path.insert(0, _finder)
 
 
-def _guard(name: str) -> Any:
+def _guard(name: str) -> "Any":
     # imported here, not at the top: at interpreter start (auto-load) only the finder is
     # needed, and every module imported then is start-up time of every Python process
     from pyinstrument_ai._guard import guard
@@ -100,7 +100,7 @@ def _guard(name: str) -> Any:
     return guard(f"import hook for {name}")
 
 
-def _fire(name: str, module: ModuleType) -> None:
+def _fire(name: str, module: "ModuleType") -> None:
     with _lock:
         callbacks = _callbacks.pop(name, [])
     for cb in callbacks:
@@ -108,7 +108,7 @@ def _fire(name: str, module: ModuleType) -> None:
             cb(module)
 
 
-def when_imported(name: str, callback: Callback) -> None:
+def when_imported(name: str, callback: "Callback") -> None:
     """Call ``callback(module)`` once ``name`` is imported (at once if it already is)."""
     with _lock:
         module = sys.modules.get(name)
@@ -120,7 +120,7 @@ def when_imported(name: str, callback: Callback) -> None:
         callback(module)
 
 
-def forget(callback: Callback) -> None:
+def forget(callback: "Callback") -> None:
     """Take ``callback`` off every name it waits for; the finder leaves ``sys.meta_path``
     once nothing waits any more."""
     with _lock:
@@ -147,7 +147,7 @@ def clear() -> None:
             pass
 
 
-def waiting() -> dict[str, int]:
+def waiting() -> "dict[str, int]":
     """Module names with callbacks still waiting for their import (for tests and debugging)."""
     with _lock:
         return {k: len(v) for k, v in _callbacks.items() if v}

@@ -13,18 +13,19 @@ them, the same messages and exit codes for a missing script or module, and an un
 exception printed through ``sys.excepthook`` with our own frames cut off.
 """
 
-from __future__ import annotations
+# Annotations are strings, with no `from __future__ import annotations`: see __init__.py.
 
 import builtins
 import os
 import sys
 import types
 
+from pyinstrument_ai import __version__
 from pyinstrument_ai import config as cfg
-from pyinstrument_ai._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, NoReturn
 
 USAGE = """\
@@ -90,7 +91,7 @@ class Invocation:
         self.flags: set[str] = set()
 
 
-def parse_args(argv: list[str]) -> Invocation:
+def parse_args(argv: "list[str]") -> "Invocation":
     inv = Invocation()
     i = 0
     while i < len(argv):
@@ -135,7 +136,7 @@ def parse_args(argv: list[str]) -> Invocation:
     raise UsageError("expected a script, -m module, or -- COMMAND")
 
 
-def resolve_config(inv: Invocation, environ: Any = None) -> cfg.Config:
+def resolve_config(inv: "Invocation", environ: "Any" = None) -> "cfg.Config":
     """Environment, then flags; raises ConfigError naming the flag or variable."""
     config = cfg.from_env(environ)
     o = inv.options
@@ -183,7 +184,7 @@ def _prog() -> str:
     return orig[0] if orig else (sys.executable or "python")
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
+def _fail(message: str, code: int = 2) -> "NoReturn":
     sys.stderr.write(f"python -m instrument: error: {message}\n")
     sys.exit(code)
 
@@ -192,7 +193,7 @@ def bootstrap_dir() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 
 
-def child_environment(config: cfg.Config, environ: dict[str, str]) -> dict[str, str]:
+def child_environment(config: "cfg.Config", environ: "Mapping[str, str]") -> "dict[str, str]":
     """The variables every Python process beneath needs to auto-load with this config."""
     env = cfg.to_env(config)
     boot = bootstrap_dir()
@@ -204,7 +205,7 @@ def child_environment(config: cfg.Config, environ: dict[str, str]) -> dict[str, 
     return env
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: "list[str] | None" = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     try:
         inv = parse_args(argv)
@@ -237,14 +238,15 @@ def main(argv: list[str] | None = None) -> None:
                 'pip install "pyinstrument-ai[otel]"'
             )
     config = config.replace(run_id=config.run_id or os.urandom(6).hex())
-    os.environ.update(child_environment(config, dict(os.environ)))
+    # os.environ itself, not a dict copy of it: copying decodes every variable
+    os.environ.update(child_environment(config, os.environ))
     if inv.mode == "command":
         _warn_dropped_variables(inv.target, inv.args)
         _exec_command(inv.target, inv.args)
     _run_in_process(inv, config)
 
 
-def _warn_dropped_variables(command: str, args: list[str]) -> None:
+def _warn_dropped_variables(command: str, args: "list[str]") -> None:
     """TorchServe's frontend drops the variables its config's ``blacklist_env_vars`` matches;
     a worker without ours runs uninstrumented. Say so before starting, naming them."""
     if os.path.basename(command) != "torchserve":
@@ -263,7 +265,7 @@ def _warn_dropped_variables(command: str, args: list[str]) -> None:
         )
 
 
-def _exec_command(command: str, args: list[str]) -> NoReturn:
+def _exec_command(command: str, args: "list[str]") -> "NoReturn":
     # No instrumentation in this process: it is replaced by COMMAND, whose Python processes
     # auto-load through the environment we just set (the .pth hook and the bootstrap
     # sitecustomize on PYTHONPATH).
@@ -279,7 +281,7 @@ def _exec_command(command: str, args: list[str]) -> NoReturn:
         _fail(f"cannot run {command}: {exc.strerror or exc}", 126)
 
 
-def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
+def _run_in_process(inv: "Invocation", config: "cfg.Config") -> "NoReturn":
     runtime = sys.modules.get("pyinstrument_ai.runtime")
     if runtime is not None and runtime.active() is not None:
         # a session started before us (a target imported at interpreter start under
@@ -315,14 +317,14 @@ def _run_in_process(inv: Invocation, config: cfg.Config) -> NoReturn:
     sys.exit(0)
 
 
-def _records_from_start(config: cfg.Config) -> bool:
+def _records_from_start(config: "cfg.Config") -> bool:
     """Whether a setting records before any target library is imported (system sampling,
     where the build has it: its samples before the first inference are the baseline); then
     the runtime starts at once instead of at the first target's import."""
     return bool(getattr(config, "sample_interval", None))
 
 
-def _run_script(path: str, args: list[str]) -> None:
+def _run_script(path: str, args: "list[str]") -> None:
     abspath = os.path.abspath(path)
     if os.path.isdir(path) or _is_zip(path):
         _run_directory_or_zip(path, abspath, args)
@@ -382,7 +384,7 @@ def _is_zip(path: str) -> bool:
         return False
 
 
-def _run_directory_or_zip(path: str, abspath: str, args: list[str]) -> None:
+def _run_directory_or_zip(path: str, abspath: str, args: "list[str]") -> None:
     import runpy
 
     sys.argv[:] = [path, *args]
@@ -406,7 +408,7 @@ def _run_directory_or_zip(path: str, abspath: str, args: list[str]) -> None:
     _exec_runpy(code, main_module, spec)
 
 
-def _run_module(mod_name: str, args: list[str]) -> None:
+def _run_module(mod_name: str, args: "list[str]") -> None:
     import runpy
 
     try:
@@ -420,7 +422,7 @@ def _run_module(mod_name: str, args: list[str]) -> None:
     _exec_runpy(code, main_module, spec)
 
 
-def _exec_runpy(code: types.CodeType, main_module: types.ModuleType, spec: Any) -> None:
+def _exec_runpy(code: "types.CodeType", main_module: "types.ModuleType", spec: "Any") -> None:
     import runpy
 
     g = main_module.__dict__
@@ -433,7 +435,7 @@ def _exec_runpy(code: types.CodeType, main_module: types.ModuleType, spec: Any) 
         _uncaught(exc)
 
 
-def _exec(code: types.CodeType, globals_: dict[str, Any]) -> None:
+def _exec(code: "types.CodeType", globals_: "dict[str, Any]") -> None:
     try:
         exec(code, globals_)
     except SystemExit:
@@ -449,7 +451,7 @@ def _is_ours(filename: str) -> bool:
     return filename in _OUR_FILES or filename == "<frozen runpy>" or filename.endswith("runpy.py")
 
 
-def _uncaught(exc: BaseException) -> NoReturn:
+def _uncaught(exc: "BaseException") -> "NoReturn":
     """Report an uncaught exception exactly as the interpreter would, minus our frames: the
     launcher's own (leading) ones, and our wrappers' anywhere in the chain. Wrappers take
     their frame out themselves on Python >= 3.11 (``_tb.hide``); ``strip`` is what does it on
@@ -507,7 +509,7 @@ class _ExitSummary:
     forked child that inherited the hooks).
     """
 
-    def __init__(self, config: cfg.Config) -> None:
+    def __init__(self, config: "cfg.Config") -> None:
         import time
 
         self.config = config
@@ -532,7 +534,7 @@ class _ExitSummary:
 
             report("summary at exit", exc)
 
-    def due(self, session: Any) -> bool:
+    def due(self, session: "Any") -> bool:
         """Whether this run may have generated: the cheap test described above."""
         if session is not None and getattr(session, "generations", 0):
             return True
@@ -553,7 +555,7 @@ class _ExitSummary:
         return False
 
 
-def _print_summary(config: cfg.Config) -> None:
+def _print_summary(config: "cfg.Config") -> None:
     try:
         if not os.path.isdir(config.out_dir) or not any(
             n.endswith(".jsonl") for n in os.listdir(config.out_dir)

@@ -88,7 +88,6 @@ class _Gen:
         "steps",
         "accepted",
         "puts",
-        "nput",
         "in_put",
         "mode",
         "prompt_len",
@@ -97,7 +96,6 @@ class _Gen:
         "out",
         "kwargs",
         "tags",
-        "put_fields",
     )
 
     def __init__(self, gid: int, model: Any, streamer: Any, source: Any, threads: int) -> None:
@@ -108,8 +106,9 @@ class _Gen:
         self.threads = threads
         self.steps: list[int] = []  # return times of _has_unfinished_sequences
         self.accepted: list[int] = []  # assisted decoding: tokens accepted per step
-        self.puts: list[tuple[int, int]] = []  # (time, positions) of non-prompt puts
-        self.nput = 0
+        # (time, duration, value's shape) of every put, the prompt's first: put events and
+        # token times are made from them when generate returns
+        self.puts: list[tuple[int, int, Any]] = []
         self.in_put = False
         self.mode: str | None = None
         self.prompt_len: int | None = None
@@ -118,7 +117,6 @@ class _Gen:
         self.out: Any = None
         self.kwargs: dict = {}  # generate's keyword arguments (settings when cfg is unseen)
         self.tags: dict | None = None  # request_id / trace ids current when it started
-        self.put_fields: dict[tuple[int, bool], dict] = {}  # shared fields of put events
 
 
 _current: ContextVar[_Gen | None] = ContextVar("pyinstrument_ai.transformers.gen", default=None)
@@ -435,30 +433,45 @@ def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def _on_put(gen: _Gen, t: int, dur: int, value: Any) -> None:
-    prompt = gen.nput == 0
-    gen.nput += 1
-    shape = value.shape  # one attribute read instead of numel(), dim() and shape (~1 µs)
-    numel = 1
-    for n in shape:
-        numel *= n
-    if not prompt:
-        # (batch,) for one decoding step; (1, n) when assisted decoding accepts n tokens at once
-        gen.puts.append((t, shape[-1] if len(shape) >= 2 else 1))
+    """Keep a put's time, duration and shape (one attribute read instead of numel(), dim() and
+    shape, ~1 µs); its event is made when generate returns (_put_records), except with
+    capture_content, where the ids are read now (the streamer may reuse the tensor)."""
+    shape = value.shape
     rec = _recorder
-    if rec is None:
-        return
-    if rec.capture_content:
+    if rec is not None and rec.capture_content:
+        numel = 1
+        for n in shape:
+            numel *= n
+        prompt = not gen.puts
         rec.record(
             "put", t, dur, {"gen": gen.id, "numel": numel, "prompt": prompt, "ids": value.tolist()}
         )
-        return
-    # the same fields for every step of a generation: one dict, handed out again (the core
-    # never modifies a fields dict)
-    key = (numel, prompt)
-    fields = gen.put_fields.get(key)
-    if fields is None:
-        fields = gen.put_fields[key] = {"gen": gen.id, "numel": int(numel), "prompt": prompt}
-    rec.record("put", t, dur, fields)
+    gen.puts.append((t, dur, shape))
+
+
+def _put_records(gen: _Gen, tid: int) -> tuple[list, list[int]]:
+    """The generation's ``put`` events (unless capture_content recorded them as they came) and
+    the times of its new tokens (a put delivers one token per sequence, or ``n`` when assisted
+    decoding accepts ``n`` at once: shape ``(1, n)``)."""
+    records: list = []
+    times: list[int] = []
+    emit = not (_recorder is not None and _recorder.capture_content)
+    shared: dict[tuple[int, bool], dict] = {}  # one fields dict per kind of put
+    for i, (t, dur, shape) in enumerate(gen.puts):
+        prompt = i == 0
+        if not prompt:
+            n = shape[-1] if len(shape) >= 2 else 1
+            times.extend([t] * n)
+        if emit:
+            numel = 1
+            for d in shape:
+                numel *= d
+            key = (int(numel), prompt)
+            fields = shared.get(key)
+            if fields is None:
+                fields = shared[key] = {"gen": gen.id, "numel": key[0], "prompt": prompt}
+            records.append(("put", t, dur, tid, fields))
+    return records, times
 
 
 def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -573,8 +586,11 @@ def _finish(
 
     # token times: puts when the streamer delivered tokens, else decoding steps (minus the
     # loop condition's first call, which precedes the prefill)
-    if gen.puts:
-        times = [t for t, n in gen.puts for _ in range(n)]
+    tid = _thread.get_ident()
+    put_records, times = _put_records(gen, tid) if gen.puts else ([], [])
+    if put_records:
+        recorder.record_many(put_records)
+    if times:
         fields["token_times"] = "put"
     else:
         times = gen.steps[1:]
@@ -599,7 +615,6 @@ def _finish(
     if positions > len(times):
         times = [*times, *[times[last]] * (positions - len(times))]
     seqs = per_position if per_position else [rows] * positions
-    tid = _thread.get_ident()
     # one list of records, appended at once: a generation's tokens cost a dict each and no
     # call per token (this runs on the caller's thread, at the end of generate)
     records = [

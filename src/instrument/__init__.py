@@ -1,1 +1,0 @@
-"""``python -m instrument``: see :mod:`pyinstrument_ai.launcher`."""

@@ -1,3 +1,0 @@
-from pyinstrument_ai.launcher import main
-
-main()
