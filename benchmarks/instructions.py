@@ -15,6 +15,9 @@ Scenarios (units):
   made per session (``intra_op_num_threads = 1``), as issue 14's target describes.
 * ``ort-session-default``: the same with ORT's default options.
 * ``ort-run``: ``Session.run`` of the one-node model.
+* ``tokens``: a generated token of the tiny GPT-2 (``generate`` of N1 vs N2 new tokens, one
+  torch thread), no streamer: what issue 8's per-token target is about.
+* ``tokens-streamer``: the same with a streamer (a ``BaseStreamer`` whose put/end do nothing).
 
     python benchmarks/instructions.py [SCENARIO ...] [--n1 100 --n2 400]
 
@@ -32,11 +35,48 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("ort-session-explicit", "ort-session-default", "ort-run")
+SCENARIOS = ("ort-session-explicit", "ort-session-default", "ort-run", "tokens", "tokens-streamer")
 WARM = 20
 
 
+def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
+    """One generation of ``n`` new tokens (after a warm-up generation): the per-generation
+    work cancels out between the N1 and N2 runs, the per-token work remains."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from pyinstrument_ai.demo import tiny_gpt2
+    from pyinstrument_ai.recorder import Recorder
+    from pyinstrument_ai.targets import transformers as target
+
+    class Quiet(BaseStreamer):
+        def put(self, value):
+            pass
+
+        def end(self):
+            pass
+
+    torch.set_num_threads(1)
+    model, tok = tiny_gpt2(seed=0)
+    inputs = dict(tok(["Hello, how are you"], return_tensors="pt"))
+    rec = Recorder()
+    if mode == "instrumented":
+        target.patch(rec)
+
+    def gen(k: int) -> None:
+        kw = {"streamer": Quiet()} if streamer else {}
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, **kw)
+
+    gen(8)  # warm-up: first calls differ
+    rec.drain()
+    gen(n)
+
+
 def _worker(scenario: str, mode: str, n: int) -> None:
+    if scenario.startswith("tokens"):
+        _tokens_worker(scenario == "tokens-streamer", mode, n)
+        return
     sys.path.insert(0, os.path.join(HERE, "..", "tests"))
     import _onnx_models
     import numpy as np
@@ -111,8 +151,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
-    ap.add_argument("--n1", type=int, default=100)
-    ap.add_argument("--n2", type=int, default=400)
+    ap.add_argument("--n1", type=int, default=100, help="units in the first run (tokens: 16)")
+    ap.add_argument("--n2", type=int, default=400, help="units in the second run (tokens: 64)")
     args = ap.parse_args()
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -123,10 +163,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios or SCENARIOS:
             per = {}
+            n1, n2 = args.n1, args.n2
+            if scenario.startswith("tokens") and (n1, n2) == (100, 400):
+                n1, n2 = 16, 64  # a generation of 400 tokens would outrun the tiny model
             for mode in ("plain", "instrumented"):
-                a = _main_thread_instructions(scenario, mode, args.n1, tmp)
-                b = _main_thread_instructions(scenario, mode, args.n2, tmp)
-                per[mode] = (b - a) / (args.n2 - args.n1)
+                a = _main_thread_instructions(scenario, mode, n1, tmp)
+                b = _main_thread_instructions(scenario, mode, n2, tmp)
+                per[mode] = (b - a) / (n2 - n1)
             p, i = per["plain"], per["instrumented"]
             print(
                 f"  {scenario:22s} plain {p:12,.0f}  instrumented {i:12,.0f}  "
