@@ -271,6 +271,13 @@ def test_a_damaged_or_unwritable_cache_only_costs_a_scan(tmp_path, monkeypatch):
     cache.write_bytes(b"D\t" + str(site).encode() + b"\tnot-a-number\n\xff\xfe garbage\nE\tx\n")
     assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
     assert f"D\t{site}\t" in cache.read_text()  # rewritten, readable again
+    # a damaged folder line after a good one: its entry lines must not join the good folder's
+    other = tmp_path / "other"
+    cache.write_text(
+        f"D\t{site}\t{site.stat().st_mtime_ns}\nE\talpha\talpha_target\n"
+        f"D\t{other}\tbroken\nE\tintruder\tintruder_target\n"
+    )
+    assert _discover(monkeypatch, site, cache) == {"alpha": "alpha_target"}
     missing = tmp_path / "no-such-folder" / "entry_points.cache"
     assert _discover(monkeypatch, site, missing) == {"alpha": "alpha_target"}
     assert not missing.exists()

@@ -128,13 +128,14 @@ def _discover_entry_points() -> "dict[str, str]":
 
 
 # The scan's result for folders of distributions (site-packages), kept beside our bytecode in
-# targets/__pycache__ (where Python caches this module's code; not written when that folder is
-# not writable), as lines ``D<TAB>folder<TAB>mtime_ns`` each followed by its ``E<TAB>name<TAB>
-# value`` lines. A folder is taken from the cache while its modification time is the one
-# recorded: installing, upgrading or removing a distribution adds or removes a ``.dist-info``
-# folder in it, which changes it. A folder modified within the last 2 s is not cached (a change
-# in the same clock tick as our scan would not show). Relative entries of sys.path (the script's
-# or current folder) are listed each time, never cached. Delete the file to force a scan.
+# targets/__pycache__ (where Python caches this module's code; not written when that folder
+# is missing or not writable), as lines ``D<TAB>folder<TAB>mtime_ns`` each followed by its
+# ``E<TAB>name<TAB>value`` lines. A folder is taken from the cache while its modification
+# time is the one recorded: installing, upgrading or removing a distribution adds or removes a
+# ``.dist-info`` folder in it, which changes it. A folder modified within the last 2 s is not
+# cached (a change in the same clock tick as our scan would not show). Relative entries of
+# sys.path (the script's or current folder) are listed each time, never cached. Delete the
+# file to force a scan.
 _ENTRY_CACHE = "entry_points.cache"
 _CACHE_SETTLE_NS = 2_000_000_000
 
@@ -164,9 +165,11 @@ def _read_entry_cache() -> "dict[str, tuple[int, list[tuple[str, str]]]]":
         parts = line.split("\t")
         if len(parts) != 3:
             continue  # blank or damaged: that folder is scanned again
-        if parts[0] == "D" and parts[2].isdigit():
-            entries = []
-            cache[parts[1]] = (int(parts[2]), entries)
+        if parts[0] == "D":
+            entries = None  # a damaged folder line: its entries are dropped with it
+            if parts[2].isdigit():
+                entries = []
+                cache[parts[1]] = (int(parts[2]), entries)
         elif parts[0] == "E" and entries is not None:
             entries.append((parts[1], parts[2]))
     return cache

@@ -509,8 +509,6 @@ _ENTRY_FIELDS = {entry: field for field, entry in _CONFIG_ENTRIES}
 
 
 def _watch_options(ort_module: Any) -> None:
-    from weakref import ref
-
     global _watched
     cls = getattr(ort_module, "SessionOptions", None)
     if cls is None or _watched is not None:
@@ -530,7 +528,7 @@ def _watch_options(ort_module: Any) -> None:
             hide(e)
             raise
         try:
-            watched[ref(self, _dead)] = _option_defaults.copy()
+            watched[_ref(self, _dead)] = _option_defaults.copy()
         except Exception:  # not weak-referenceable in some build: the slow path reads it
             pass
 
@@ -544,7 +542,7 @@ def _watch_options(ort_module: Any) -> None:
         try:
             field = _ENTRY_FIELDS.get(key)
             if field is not None:
-                fields = watched.get(ref(self))
+                fields = watched.get(_ref(self))
                 if fields is not None:
                     fields[field] = self.get_session_config_entry(key)  # set: no exception
         except Exception as e:
@@ -587,8 +585,6 @@ def _option_value(name: str, v: Any) -> Any:
 def _watching_property(prop: property, name: str, watched: dict) -> property:
     """``prop`` with a setter that also reads back the value set into the options' fields;
     getting and deleting are the original functions."""
-    from weakref import ref
-
     fget, fset = prop.fget, prop.fset
 
     def setter(self: Any, value: Any) -> None:
@@ -599,7 +595,7 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
             hide(e)
             raise
         try:
-            fields = watched.get(ref(self))
+            fields = watched.get(_ref(self))
             if fields is not None:
                 fields[name] = _option_value(name, fget(self))  # type: ignore[misc]
         except Exception as e:
