@@ -128,8 +128,9 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
         print(line)
 
 
-def big_model(megabytes: int, rounds: int) -> None:
-    model = _onnx_models.big_constant(megabytes)
+def _plain_vs_instrumented(rounds: int, measure: Any) -> dict[str, list[float]]:
+    """``measure()`` (ns) plain and with the target patched, in alternating order per round;
+    the events recorded meanwhile are drained between measurements."""
     rec = Recorder()
     times: dict[str, list[float]] = {"plain": [], "instrumented": []}
     for i in range(rounds):
@@ -137,14 +138,25 @@ def big_model(megabytes: int, rounds: int) -> None:
             if mode == "instrumented":
                 target.patch(rec)
             try:
-                gc.collect()
-                t0 = time.perf_counter_ns()
-                sess = ort.InferenceSession(model, providers=PROVIDERS)
-                times[mode].append(time.perf_counter_ns() - t0)
-                del sess
+                times[mode].append(measure())
             finally:
                 target.unpatch()
             rec.drain()
+    return times
+
+
+def big_model(megabytes: int, rounds: int) -> None:
+    model = _onnx_models.big_constant(megabytes)
+
+    def create() -> float:
+        gc.collect()
+        t0 = time.perf_counter_ns()
+        sess = ort.InferenceSession(model, providers=PROVIDERS)
+        t1 = time.perf_counter_ns()
+        del sess
+        return t1 - t0
+
+    times = _plain_vs_instrumented(rounds, create)
     print(f"model given as bytes, {len(model) / (1 << 20):.0f} MiB ({rounds} rounds)")
     p = statistics.median(times["plain"])
     for m, v in times.items():
@@ -166,7 +178,6 @@ def big_model(megabytes: int, rounds: int) -> None:
 def traceback_cost(rounds: int, calls: int) -> None:
     model = _onnx_models.identity()
     bad = {"wrong": np.zeros(1, np.float32)}
-    rec = Recorder()
 
     def one_round() -> float:
         sess = ort.InferenceSession(model, providers=PROVIDERS)
@@ -178,16 +189,7 @@ def traceback_cost(rounds: int, calls: int) -> None:
                 traceback.format_exception(e)
         return (time.perf_counter_ns() - t0) / calls
 
-    times: dict[str, list[float]] = {"plain": [], "instrumented": []}
-    for i in range(rounds):
-        for mode in ("plain", "instrumented") if i % 2 == 0 else ("instrumented", "plain"):
-            if mode == "instrumented":
-                target.patch(rec)
-            try:
-                times[mode].append(one_round())
-            finally:
-                target.unpatch()
-            rec.drain()
+    times = _plain_vs_instrumented(rounds, one_round)
     print("failed run + traceback.format_exception (what a report or a logger pays)")
     p = statistics.median(times["plain"])
     for m, v in times.items():

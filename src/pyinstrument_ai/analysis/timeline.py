@@ -374,28 +374,14 @@ def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
                     rate = np.diff(y) / scale / dt
                 rate[dt <= 0] = np.nan
                 panel, unit = ("cpu", "s/s") if scale != 1.0 else ("events", "/s")
-                out.append(
-                    Series(
-                        host=host,
-                        pid=pid,
-                        field=field,
-                        panel=panel,
-                        unit=unit,
-                        x_s=(t[1:] - t0) / 1e9,
-                        y=rate,
-                    )
-                )
+                x, y = t[1:], rate  # a rate belongs to the end of its interval
             else:
-                panel = "memory" if field.endswith("bytes") else "other"
-                out.append(
-                    Series(
-                        host=host,
-                        pid=pid,
-                        field=field,
-                        panel=panel,
-                        unit="",
-                        x_s=(t - t0) / 1e9,
-                        y=y,
-                    )
+                panel, unit = ("memory" if field.endswith("bytes") else "other"), ""
+                x = t
+            out.append(
+                Series(
+                    host=host, pid=pid, field=field, panel=panel, unit=unit,
+                    x_s=(x - t0) / 1e9, y=y,
                 )
+            )  # fmt: skip
     return out

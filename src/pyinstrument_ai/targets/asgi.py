@@ -39,7 +39,6 @@ SUPPORTED = (">=0.27", "<2")
 _lock = threading.RLock()
 _recorder: Any = None
 _patches = Patches()
-# the scope of the request being served in this task: a nested app passes it through
 # The request's tag (our Request) is the one context variable we set per request; a wrapper
 # that finds the same scope in it is nested in ours and passes through.
 _get_tag = request_context._current.get
