@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+import time
 
 import pytest
 from conftest import run_py
@@ -254,10 +255,20 @@ def test_sampler_thread_in_a_session(toy_registered):
 
         toylib.add(1, 2)  # patching the target starts the sampler
         sampler = rec.session._sampler
-        deadline = 500
-        while sum(1 for r in rec.session.recorder._buf if r[0] == EVENT) < 3 and deadline:
+        # Count the thread's samples as it records them (the flusher may take them out of the
+        # buffer at any time), and wait by the clock, not by a fixed amount of work: on a
+        # loaded machine a work budget ran out after two samples.
+        taken: list[int] = []
+        real_record = sampler.record
+
+        def counting(*args):
+            taken.append(1)
+            return real_record(*args)
+
+        sampler.record = counting
+        deadline = time.monotonic() + 30
+        while len(taken) < 3 and time.monotonic() < deadline:
             _burn(20_000)
-            deadline -= 1
     assert not sampler.running
     samples = [e for e in rec.events if e["name"] == EVENT]
     assert len(samples) >= 4  # three from the thread, one final at close
