@@ -18,6 +18,14 @@ Scenarios (units):
 * ``tokens``: a generated token of the tiny GPT-2 (``generate`` of N1 vs N2 new tokens, one
   torch thread), no streamer: what issue 8's per-token target is about.
 * ``tokens-streamer``: the same with a streamer (a ``BaseStreamer`` whose put/end do nothing).
+* ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
+  uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
+  own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.
+* ``web-live``: the same endpoint served by a real uvicorn (``web_overhead.py``'s ``bare`` and
+  ``ours`` commands: ``ours`` is the README's ``python -m instrument --out DIR -m uvicorn ...``),
+  driven by sequential keep-alive requests from a client outside valgrind. Counted: *every*
+  thread of the server (our flusher encoding and writing the events included), from start to
+  exit, for N1 and N2 requests, so start-up, shutdown and our exit work cancel out.
 
     python benchmarks/instructions.py [SCENARIO ...] [--n1 100 --n2 400]
 
@@ -45,7 +53,15 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ("ort-session-explicit", "ort-session-default", "ort-run", "tokens", "tokens-streamer")
+SCENARIOS = (
+    "ort-session-explicit",
+    "ort-session-default",
+    "ort-run",
+    "tokens",
+    "tokens-streamer",
+    "web-request",
+    "web-live",
+)
 WARM = 20
 
 
@@ -83,9 +99,41 @@ def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
     gen(n)
 
 
+def _web_worker(mode: str, n: int) -> None:
+    """``n`` requests to the trivial endpoint, after WARM of them, in one event loop."""
+    import asyncio
+
+    sys.path.insert(0, HERE)
+    import web_overhead
+
+    from pyinstrument_ai.recorder import Recorder
+    from pyinstrument_ai.targets import asgi as target
+
+    rec = Recorder()
+    if mode == "instrumented":
+        target.patch(rec)
+    app = web_overhead.make_app()
+    if mode == "instrumented":
+        app = target._App(app)  # what uvicorn's Config.load hands the server when we patched
+
+    async def requests() -> None:
+        for _ in range(WARM):
+            await web_overhead.drive(app, 1)
+        rec.drain()
+        for i in range(n):
+            await web_overhead.drive(app, 1)
+            if i % 100 == 99:
+                rec.drain()
+
+    asyncio.run(requests())
+
+
 def _worker(scenario: str, mode: str, n: int) -> None:
     if scenario.startswith("tokens"):
         _tokens_worker(scenario == "tokens-streamer", mode, n)
+        return
+    if scenario == "web-request":
+        _web_worker(mode, n)
         return
     sys.path.insert(0, os.path.join(HERE, "..", "tests"))
     import _onnx_models
@@ -124,6 +172,81 @@ def _worker(scenario: str, mode: str, n: int) -> None:
         unit()
         if i % 100 == 99:
             rec.drain()  # as the flusher would: records do not pile up
+
+
+def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> float:
+    """Instructions per request of all threads of a uvicorn server under callgrind, counted
+    while it answers ``n`` sequential requests on one keep-alive connection.
+
+    Counting is switched on (``callgrind_control -i on``) only after 30 warm-up requests and a
+    pause in which our flusher has written its first events (file header, system context, its
+    imports), and off again after a pause in which it has written the counted requests' events
+    (the flush interval is 1 s): what is counted is the per-request work, the server's and ours,
+    encoding and writing included."""
+    import signal
+    import socket
+    import time
+
+    sys.path.insert(0, HERE)
+    import web_overhead
+
+    out = os.path.join(tmp, f"cg.web-live.{mode}.{n}.{seed}")
+    events = os.path.join(tmp, f"events.{mode}.{n}.{seed}")
+    argv, env = web_overhead._configs(events, [])["bare" if mode == "plain" else "ours"]
+    env = {**env, "PYTHONHASHSEED": str(seed)}
+    port = web_overhead._free_port()
+    valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    proc = subprocess.Popen(
+        [*valgrind, f"--callgrind-out-file={out}", *argv, "--port", str(port)],
+        cwd=HERE,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    request = f"GET {web_overhead.PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    def collect(on: bool) -> None:
+        subprocess.run(
+            ["callgrind_control", "-i", "on" if on else "off", str(proc.pid)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    try:
+        deadline = time.monotonic() + 300  # python + FastAPI start slowly under valgrind
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"web-live {mode}: the server did not come up") from None
+                time.sleep(0.5)
+        with conn:
+            for i in range(30 + n):
+                if i == 30:
+                    time.sleep(3)  # our first flush happens here, uncounted
+                    collect(True)
+                conn.sendall(request)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"web-live {mode}: {head[:100]!r}")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+            time.sleep(3)  # the counted requests' events are flushed here, counted
+            collect(False)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=300)
+    with open(out) as f:  # "summary:" at the top reads 0 when counting started switched off
+        for line in f:
+            if line.startswith("totals:"):
+                return int(line.split()[1]) / n
+    raise RuntimeError(f"no totals in {out}")
 
 
 def _main_thread_instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> int:
@@ -176,10 +299,14 @@ def main() -> None:
             n1, n2 = args.n1, args.n2
             if scenario.startswith("tokens") and (n1, n2) == (100, 400):
                 n1, n2 = 16, 64  # a generation of 400 tokens would outrun the tiny model
-            for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
-                a = _main_thread_instructions(scenario, mode, n1, tmp, seed)
-                b = _main_thread_instructions(scenario, mode, n2, tmp, seed)
-                per[(mode, seed)] = (b - a) / (n2 - n1)
+            if scenario == "web-live":  # all threads of a real server, one counted window
+                for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
+                    per[(mode, seed)] = _live_server_instructions(mode, min(n2, 300), tmp, seed)
+            else:
+                for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
+                    a = _main_thread_instructions(scenario, mode, n1, tmp, seed)
+                    b = _main_thread_instructions(scenario, mode, n2, tmp, seed)
+                    per[(mode, seed)] = (b - a) / (n2 - n1)
             p, i, p2 = per[("plain", 0)], per[("instrumented", 0)], per[("plain", 1)]
             print(
                 f"  {scenario:22s} plain {p:12,.0f}  instrumented {i:12,.0f}  "

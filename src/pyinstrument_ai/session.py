@@ -65,9 +65,9 @@ class Session:
         self._close_lock = _thread.allocate_lock()
         #: set by a signal handler that interrupted our flush/close: runs once it is done
         self.deferred: Any = None
-        #: ``generate`` records flushed so far, counted by the flush (off the hot path): the
+        #: whether a ``generate`` record was flushed, seen by the flush (off the hot path): the
         #: launcher's exit summary runs only when there is a generation to summarize
-        self.generations = 0
+        self.generations = False
 
     # -- header -----------------------------------------------------------------------------
     def make_header(self) -> dict[str, Any]:
@@ -154,8 +154,8 @@ class Session:
         try:
             self.flushing_in = _thread.get_ident()
             records = self.recorder.drain()
-            if records:
-                self.generations += [r[0] for r in records].count("generate")
+            if records and not self.generations:  # once seen, no more looking per record
+                self.generations = any(r[0] == "generate" for r in records)
             self.sink.write(records)
         finally:
             self.flushing_in = None

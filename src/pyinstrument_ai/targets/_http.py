@@ -33,12 +33,15 @@ if hasattr(os, "register_at_fork"):  # a forked worker makes ids of its own
     os.register_at_fork(after_in_child=_reset_prefix)
 
 
+def _new_prefix() -> str:
+    global _prefix
+    _prefix = f"{os.getpid():x}-{os.urandom(2).hex()}-"
+    return _prefix
+
+
 def generated_id() -> str:
     """``<pid hex>-<4 random hex>-<n>``: unique across the workers of a server and restarts."""
-    global _prefix
-    if _prefix is None:
-        _prefix = f"{os.getpid():x}-{os.urandom(2).hex()}-"
-    return _prefix + str(next(_seq))
+    return (_prefix or _new_prefix()) + str(next(_seq))
 
 
 def valid_id(value: str | None) -> str | None:
@@ -142,10 +145,12 @@ class Request(Tag):
     ) -> None:
         # Tag.__init__, inlined: this runs once per request
         if x_request_id is None and traceparent is None:  # the common case: no id sent
-            rid, self.source = generated_id(), "generated"
+            # generated_id(), inlined
+            self.fields = {"request_id": (_prefix or _new_prefix()) + str(next(_seq))}
+            self.source = "generated"
         else:
             rid, self.source = choose_id(x_request_id, traceparent)
-        self.fields = {"request_id": rid}
+            self.fields = {"request_id": rid}
         self.done = False
         self.t0 = t0
         self.server = server

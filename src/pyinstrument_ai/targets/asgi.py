@@ -97,12 +97,6 @@ class _App:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        # Not a coroutine function: it hands uvicorn _serve's coroutine to await, so there is
-        # no frame of ours here to resume on every await and none in any traceback. (uvicorn
-        # chose the ASGI interface from the application before this wrapper existed.)
-        return _serve(self.app, scope, receive, send, None)
-
     def __getattr__(self, name: str) -> Any:  # uvicorn and tests may look at the app
         return getattr(self.app, name)
 
@@ -125,37 +119,81 @@ def _make_starlette_call(original: Any) -> Any:
     return __call__
 
 
-async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) -> Any:
-    """Call the application (``unbound(app, ...)`` for a wrapped method, else ``app(...)``)
-    exactly once, with the same scope and receive, and a ``send`` that only watches."""
+async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = None) -> Any:
+    """Call the application exactly once, with the same scope and receive, and a ``send`` that
+    only watches: ``unbound(app, ...)`` for Starlette's wrapped method, else ``app.app(...)``
+    (``app`` is then our :class:`_App`, whose ``__call__`` this is: uvicorn awaits this
+    coroutine directly, one frame of ours per request, none resumed on every await)."""
     __tracebackhide__ = True
     t0 = now_ns()  # arrival: before anything of ours
-    req = None
-    record = None
+    req = rec = None
     try:
-        record = _recorder.record if _recorder is not None else None
-        if record is not None and scope["type"] == "http":
+        rec = _recorder
+        if rec is not None and scope["type"] == "http":
             cur = _get_tag()
             if cur.__class__ is not _Request or cur.key is not scope:
-                req = _start(t0, scope)
+                # ASGI header names are lower-case bytes; latin-1 decodes any byte string.
+                # Nearly every request has none of the three: one set lookup per header.
+                rid = tp = start = None
+                for k, v in scope.get("headers") or ():
+                    if k in _ID_HEADERS:
+                        if k == b"x-request-id":
+                            rid = v.decode("latin-1")
+                        elif k == b"traceparent":
+                            tp = v.decode("latin-1")
+                        else:
+                            start = v.decode("latin-1")
+                req = _Request(t0, "asgi", scope, scope.get("method"), rid, tp, start)
     except Exception as ours:
         report("asgi.request", ours)
     if req is None:
         try:
             if unbound is not None:
                 return await unbound(app, scope, receive, send)
-            return await app(scope, receive, send)
+            return await app.app(scope, receive, send)
         except BaseException as e:
             hide(e)
             raise
 
-    watched_send = _watch(req, send)
+    # The ``send`` the application gets: a closure over ``req`` and ``send``, not a method of
+    # ``req`` (a thread started during the request may keep ``req``, its tag, for long, and
+    # must not keep the server's ``send``, its connection, alive with it). Not a coroutine
+    # function: it notes the message and returns the server's own awaitable, which the
+    # application awaits. One coroutine fewer per message, and the server's exceptions (a
+    # client gone away) never pass through a frame of ours.
+    def watched_send(message: Any) -> Any:
+        __tracebackhide__ = True
+        t = now_ns()
+        try:
+            kind = message["type"]
+            if kind == "http.response.body":  # the commonest message first
+                body = message.get("body")
+                if body:
+                    if req.first_t is None:
+                        req.first_t = t
+                    req.last_t = t
+                    req.nbytes += len(body)
+                    req.chunks += 1
+                elif not message.get("more_body"):
+                    req.last_t = t  # an empty last chunk ends the body
+            elif kind == "http.response.start":
+                req.status = message.get("status")
+                if req.headers_t is None:
+                    req.headers_t = t
+        except Exception as ours:  # a malformed message is the server's to reject, not ours
+            report("asgi.send", ours)
+        try:
+            return send(message)  # raises here only if the server's send is no coroutine
+        except BaseException as e:
+            hide(e)
+            raise
+
     tag_token = _set_tag(req)  # the request's tag, and what tells a nested wrapper it is nested
     error = None
     try:
         if unbound is not None:
             return await unbound(app, scope, receive, watched_send)
-        return await app(scope, receive, watched_send)
+        return await app.app(scope, receive, watched_send)
     except BaseException as exc:
         error = exc
         hide(exc)
@@ -173,61 +211,17 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any) ->
                 route = getattr(route, "path", None)
         except Exception as ours:
             report("asgi.route", ours)
-        req.finish(record, t1, route, error)
+        req.finish(rec.record, t1, route, error)
         error = None  # no reference cycle through the traceback
+
+
+# _serve is _App's __call__ itself: no frame of ours between uvicorn and the coroutine (uvicorn
+# chose the ASGI interface from the application before this wrapper existed).
+_App.__call__ = _serve  # type: ignore[method-assign]
+_ID_HEADERS = frozenset((b"x-request-id", b"traceparent", b"x-request-start"))
 
 
 class _Request(Request):
     """A request served over ASGI (its class tells a nested wrapper's check it is ours)."""
 
     __slots__ = ()
-
-
-def _watch(req: _Request, send: Any) -> Any:
-    """The ``send`` the application gets. It is a closure, not a method of ``req``: a thread
-    started during the request may keep ``req`` (its tag) for long, and must not keep the
-    server's ``send`` (its connection) alive with it."""
-
-    def watched_send(message: Any) -> Any:
-        # Not a coroutine function: it notes the message and returns the server's own
-        # awaitable, which the application awaits. One coroutine fewer per message, and the
-        # server's exceptions (a client gone away) never pass through a frame of ours.
-        __tracebackhide__ = True
-        t = now_ns()
-        try:
-            kind = message["type"]
-            if kind == "http.response.body":
-                n = len(message.get("body", b""))
-                if n:
-                    if req.first_t is None:
-                        req.first_t = t
-                    req.nbytes += n
-                    req.chunks += 1
-                if n or not message.get("more_body", False):
-                    req.last_t = t
-            elif kind == "http.response.start":
-                req.status = message.get("status")
-                if req.headers_t is None:
-                    req.headers_t = t
-        except Exception as ours:  # a malformed message is the server's to reject, not ours
-            report("asgi.send", ours)
-        try:
-            return send(message)  # raises here only if the server's send is no coroutine
-        except BaseException as e:
-            hide(e)
-            raise
-
-    return watched_send
-
-
-def _start(t0: int, scope: dict) -> _Request:
-    # ASGI header names are lower-case bytes; latin-1 decodes any byte string
-    rid = tp = start = None
-    for k, v in scope.get("headers") or ():
-        if k == b"x-request-id":
-            rid = v.decode("latin-1")
-        elif k == b"traceparent":
-            tp = v.decode("latin-1")
-        elif k == b"x-request-start":
-            start = v.decode("latin-1")
-    return _Request(t0, "asgi", scope, scope.get("method"), rid, tp, start)
