@@ -11,6 +11,7 @@ exception), on SIGTERM and in multiprocessing's forked workers (which leave thro
 from __future__ import annotations
 
 import _thread
+import operator
 import os
 import sys
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 SCHEMA_VERSION = 1
+
+
+_name_of = operator.itemgetter(0)  # a record's name, in C
 
 
 def _library_versions(dists: list[str]) -> dict[str, str]:
@@ -155,7 +159,7 @@ class Session:
             self.flushing_in = _thread.get_ident()
             records = self.recorder.drain()
             if records and not self.generations:  # once seen, no more looking per record
-                self.generations = any(r[0] == "generate" for r in records)
+                self.generations = "generate" in map(_name_of, records)
             self.sink.write(records)
         finally:
             self.flushing_in = None
