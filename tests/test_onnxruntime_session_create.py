@@ -105,6 +105,55 @@ def test_small_model_bytes_are_hashed_in_full():
     assert ev["model_bytes"] == len(model) and "model_sample_sha256" not in ev
 
 
+def test_model_bytes_seen_before_are_not_hashed_again(monkeypatch):
+    """Sessions made from the same model bytes (another object with the same content too)
+    reuse its SHA-256: one hash per distinct model; a different model of the same length gets
+    its own."""
+    model = models.add_mul()
+    other = bytearray(model)
+    other[-1] ^= 1  # same length, other content (the graph's last byte; never loaded)
+    hashed: list[int] = []
+    real = target._SHA256
+
+    class Counting:
+        def copy(self):
+            hashed.append(1)
+            return real.copy()
+
+    monkeypatch.setattr(target, "_SHA256", Counting())
+    monkeypatch.setattr(target, "_identities", {})
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+        for data in (model, bytes(model), model):
+            ort.InferenceSession(data, providers=CPU)
+    assert len(hashed) == 1
+    assert [e["model_sha256"] for e in _created(rec)] == [hashlib.sha256(model).hexdigest()] * 3
+    assert target._model_identity(bytes(other))["model_sha256"] == (
+        hashlib.sha256(bytes(other)).hexdigest()
+    )
+    assert len(hashed) == 2
+    monkeypatch.setattr(target, "_identities", {(i, 1): "x" for i in range(target._CACHE_MAX)})
+    target._model_identity(b"new model")
+    assert len(target._identities) == target._CACHE_MAX  # bounded
+
+
+def test_default_options_from_the_cache_read_nothing_from_the_session(monkeypatch):
+    model = models.identity()
+    calls: list[str] = []
+    real = ort.InferenceSession.get_session_options
+    monkeypatch.setattr(
+        ort.InferenceSession,
+        "get_session_options",
+        lambda self: calls.append("read") or real(self),
+    )
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+        first = ort.InferenceSession(model, providers=CPU)
+        assert calls == ["read"]
+        second = ort.InferenceSession(model, providers=CPU)
+        assert calls == ["read"]  # a hit: nothing read
+    for ev, sess in zip(_created(rec), (first, second), strict=True):
+        assert {k: ev[k] for k in _truth(sess)} == _truth(sess)
+
+
 def _sample_sha256(data: bytes) -> str:
     """The documented scheme, written out independently: size, then 16 chunks of 64 KiB at
     evenly spaced offsets (the first at 0, the last ending at the end)."""

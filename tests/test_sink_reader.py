@@ -225,3 +225,23 @@ def test_encoded_lines_are_the_plain_serialization_byte_for_byte():
         ), rec
     with pytest.raises(TypeError):  # a non-str key: the sink drops this one record
         encode(("x", 1, 2, 3, {1: "a"}), 4321, orjson.dumps)
+
+
+def test_a_batch_is_each_record_encoded_alone_and_a_bad_record_costs_only_itself():
+    # encode_lines formats a thread's "pid"/"tid" once per batch: records of several threads,
+    # interleaved, must each carry their own
+    from pyinstrument_ai.sinks.jsonl import _default, encode_lines
+    from pyinstrument_ai.sinks.serialize import to_dict
+
+    records = [
+        ("a", 1, 2, 10, {"k": 1}),
+        ("b", 3, None, 20, None),
+        ("a", 4, 5, 10, {1: "non-str key"}),  # unencodable: dropped, the batch goes on
+        ("c", 6, 7, 20, {"tid": "theirs"}),  # a reserved key: the plain path, ours win
+        ("a", 8, 9, 10, {}),
+    ]
+    lines, dropped = encode_lines(records, 77, orjson.dumps)
+    assert dropped == 1
+    good = [r for r in records if r[4] is None or all(isinstance(k, str) for k in r[4])]
+    assert lines == [orjson.dumps(to_dict(r, 77), default=_default) for r in good]
+    assert [orjson.loads(line)["tid"] for line in lines] == [10, 20, 20, 10]

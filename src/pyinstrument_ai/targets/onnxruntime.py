@@ -434,13 +434,28 @@ _SAMPLE = (1 << 20) // _SAMPLES
 # (several µs with OpenSSL 3, more with cold caches right after ORT built a session); a copy of
 # a ready one does not.
 _SHA256 = hashlib.sha256()
+# (Python's hash of the bytes, their length) -> model_sha256, for models given as bytes of up to
+# _FULL_HASH_MAX: programs that create many sessions mostly create them from the same few
+# models (onnxscript's eager mode: one session per op), and right after ORT built a session,
+# OpenSSL's SHA-256 costs ~6 µs with its code cold, a dict lookup well under one. Python's hash
+# of a bytes object is computed once per object (SipHash, in the interpreter's own hot code)
+# and kept on it. Two different models of one length would share an entry only if their 64-bit
+# hashes collided (~1e-13 for a program's thousands of models).
+_identities: dict[tuple[int, int], str] = {}
 
 
 def _model_identity(data: Any) -> dict[str, Any]:
     if type(data) is bytes and len(data) <= _FULL_HASH_MAX:  # what ORT accepts; the usual case
-        h = _SHA256.copy()
-        h.update(data)
-        return {"model_sha256": h.hexdigest(), "model_bytes": len(data)}
+        n = len(data)
+        key = (hash(data), n)
+        digest = _identities.get(key)
+        if digest is None:
+            h = _SHA256.copy()
+            h.update(data)
+            digest = h.hexdigest()
+            if len(_identities) < _CACHE_MAX:
+                _identities[key] = digest
+        return {"model_sha256": digest, "model_bytes": n}
     view = memoryview(data).cast("B")  # no copy; slices of it are views too
     n = view.nbytes
     if n <= _FULL_HASH_MAX:
@@ -653,30 +668,33 @@ def _options_fields(
             fields = None
         if fields is not None:
             return fields.copy()  # a snapshot: the program may change its options later
+    simple = not (
+        failed
+        or given is not None
+        or from_model
+        or kwargs.get("provider_options") is not None
+        or type(providers) is not list
+    )
+    if simple:
+        # ORT's default options: keyed by the providers the session ended up with and those
+        # asked for, as given; a hit reads nothing from the session
+        key = (*providers, None, *(asked or ()))
+        try:
+            fields = _default_options.get(key)
+        except TypeError:  # (name, options dict) pairs: provider options, read each time
+            simple = False
+        else:
+            if fields is not None:
+                return fields
     try:
         so = sess.get_session_options()  # the session's own copy (the caller's before bind)
     except Exception:
         so = given
     if so is None:
         return {}
-    if (
-        failed
-        or given is not None
-        or from_model
-        or kwargs.get("provider_options") is not None
-        or type(providers) is not list
-    ):
-        return _read_options(so)
-    # keyed by the providers the session ended up with and those asked for, as given
-    key = (*providers, None, *(asked or ()))
-    try:
-        fields = _default_options.get(key)
-    except TypeError:  # (name, options dict) pairs: provider options, read each time
-        return _read_options(so)
-    if fields is None:
-        fields = _read_options(so)
-        if len(_default_options) < _CACHE_MAX:
-            _default_options[key] = fields
+    fields = _read_options(so)
+    if simple and len(_default_options) < _CACHE_MAX:
+        _default_options[key] = fields
     return fields
 
 
