@@ -734,10 +734,6 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
                 hide(e)
                 raise
         sid = next(_ids)
-        try:
-            self.__dict__[_STATE] = [sid, {}, None]
-        except Exception as e:  # no __dict__ (a subclass with __slots__): runs give it one
-            report("onnxruntime.session", e)
         t0 = now_ns()
         err = None
         try:
@@ -748,6 +744,13 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             raise
         finally:
             t1 = now_ns()
+            # The session's state is set after ORT's __init__, not before: reading
+            # ``self.__dict__`` turns the instance's inline attribute values into a dict, and
+            # ORT's own __init__ then stores its ~20 attributes the slower way.
+            try:
+                sid = self.__dict__.setdefault(_STATE, [sid, {}, None])[0]
+            except Exception as e:  # no __dict__ (a subclass with __slots__): runs give it one
+                report("onnxruntime.session", e)
             # plain try/except rather than ``with guard()``: this runs with cold caches right
             # after ORT built the session, where every call shows (see docs/targets/onnxruntime)
             try:
