@@ -103,14 +103,6 @@ def encode_lines(records: list[Record], pid: int, dumps: Callable[..., bytes]) -
     return lines, dropped
 
 
-def encode(rec: Record, pid: int, dumps: Callable[..., bytes]) -> bytes:
-    """One record's line (without the newline); raises if it cannot be encoded."""
-    lines, dropped = encode_lines([rec], pid, dumps)
-    if dropped:
-        return dumps(to_dict(rec, pid), default=_default)  # raises what orjson raises
-    return lines[0]
-
-
 class JsonlSink:
     def __init__(self, out_dir: str, header: Callable[[], dict[str, Any]]) -> None:
         self.out_dir = os.path.abspath(out_dir)
