@@ -384,7 +384,7 @@ def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dic
     token = target._current.set(gen)
     try:
         step_ns = best(step) - bare_step
-        gen.nput = 1
+        gen.puts = [(0, 0, None)]  # the prompt's put has been: each put now is a token's
         put_ns = best(put) - bare_put
     finally:
         target._current.reset(token)
