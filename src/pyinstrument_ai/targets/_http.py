@@ -129,7 +129,6 @@ class Request(Tag):
         "last_t",
         "nbytes",
         "chunks",
-        "finished",
         "route",
     )
 
@@ -163,7 +162,6 @@ class Request(Tag):
         self.last_t: int | None = None
         self.nbytes = 0
         self.chunks = 0
-        self.finished = False
         self.route: str | None = None  # the route template, when the framework said
 
     def chunk(self, t: int, n: int) -> None:
@@ -175,10 +173,10 @@ class Request(Tag):
             self.chunks += 1
 
     def finish(self, record: Any, t1: int, route: Any, error: BaseException | None) -> None:
-        """Record the event (once) and end the request's tag."""
-        if self.finished:
+        """Record the event (once) and end the request's tag (``done``: the request is over,
+        for the tag's readers and for a second call here alike)."""
+        if self.done:
             return
-        self.finished = True
         self.done = True
         # a thread started during the request may keep this object (its tag) for long: not
         # the scope / environ with it
@@ -191,7 +189,7 @@ class Request(Tag):
                 "request_id_source": self.source,
                 "server": self.server,
                 "method": self.method,
-                "route": route if isinstance(route, str) else self.route,
+                "route": route if route.__class__ is str else self.route,
                 "status": self.status,
                 "headers_ns": None if h is None else h - t0,
                 "first_chunk_ns": None if f is None else f - t0,
