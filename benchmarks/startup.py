@@ -100,7 +100,10 @@ def _venv(path: str, install: list[str] | None) -> str:
     with open(os.path.join(_site(py), "_same_deps.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     if install is not None:
-        _pip("--python", py, "install", "--no-deps", *install)
+        # --ignore-installed: the environment the .pth line points at may have the package
+        # installed too (CI installs it there with `pip install .`), and pip would then call
+        # it satisfied and install nothing into this venv
+        _pip("--python", py, "install", "--no-deps", "--ignore-installed", *install)
         check = subprocess.run(
             [py, "-c", "import pyinstrument_ai, sys; print(pyinstrument_ai.__file__)"],
             check=True,
