@@ -4,7 +4,10 @@
    created with ORT's default options and with an explicit ``SessionOptions``. Short rounds
    alternate (rotating order) between the plain constructor, a reference wrapper (a bare
    closure: two clock reads + one ``record`` with no fields, the floor any Python-level
-   wrapper pays) and the patched constructor. Printed per session: wall medians, and the
+   wrapper pays), the same wrapper running ~8 µs of unrelated Python after each creation (a
+   control: any work between two creations leaves ORT's code and data colder for the next
+   one) and the patched constructor. Beside the totals: ORT's own ``__init__`` time per mode.
+   Printed per session: wall medians, and the
    added cost as the median of per-round paired differences (a slow stretch of a shared
    machine hits the modes of one round alike) in wall time and in main-thread CPU time
    (``time.thread_time_ns``: what our code adds, without time the process spent descheduled),
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import os
 import statistics
 import sys
@@ -77,6 +81,19 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return statistics.median(d), q[0], q[2]
 
 
+def _unrelated_python() -> None:
+    """~8 µs of Python that has nothing to do with ORT (dicts, strings, a SHA-256): the control
+    for how much any work between two session creations slows ORT's own next creation."""
+    d = {}
+    for i in range(4):
+        d[f"k{i}"] = (i, str(i), [i])
+    _sink.append(hashlib.sha256(repr(d).encode()).hexdigest())
+    del _sink[:]
+
+
+_sink: list[str] = []
+
+
 def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
     rec = Recorder()
     record = rec.record
@@ -90,14 +107,26 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
             t1 = now_ns()
             record("bare", t0, t1 - t0, None)
 
+    def bare_busy(self, path_or_bytes, *args, **kwargs):
+        t0 = now_ns()
+        try:
+            return original(self, path_or_bytes, *args, **kwargs)
+        finally:
+            t1 = now_ns()
+            _unrelated_python()
+            record("bare", t0, t1 - t0, None)
+
     _round(model, so, max(1, calls // 5))  # warm up
-    modes = ["plain", "bare closure", "instrumented"]
+    modes = ["plain", "bare closure", "bare + 8 µs", "instrumented"]
+    wrappers = {"bare closure": bare, "bare + 8 µs": bare_busy}
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
+    inside: dict[str, list[int]] = {m: [] for m in modes[1:]}  # ORT's own __init__, per session
     for i in range(rounds):
-        for mode in modes[i % 3 :] + modes[: i % 3]:
-            if mode == "bare closure":
-                oic.InferenceSession.__init__ = bare
+        k = i % len(modes)
+        for mode in modes[k:] + modes[:k]:
+            if mode in wrappers:
+                oic.InferenceSession.__init__ = wrappers[mode]
             elif mode == "instrumented":
                 target.patch(rec)
             try:
@@ -107,8 +136,10 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
                 oic.InferenceSession.__init__ = original
             wall[mode].append(w)
             cpu[mode].append(c)
-            n = len(rec.drain())
-            assert n == (0 if mode == "plain" else calls), (mode, n, calls)
+            records = rec.drain()
+            assert len(records) == (0 if mode == "plain" else calls), (mode, len(records), calls)
+            if mode != "plain":
+                inside[mode] += [r[2] for r in records]
     p = statistics.median(wall["plain"])
     print(label)
     for m in modes:
@@ -126,6 +157,14 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
                 f" ratio {(p + dw) / p:.3f}"
             )
         print(line)
+    # What the wrapper's work between two creations does to ORT's own next creation (cold
+    # caches): the control shows that unrelated Python of about our size does the same.
+    base = statistics.median(inside["bare closure"])
+    own = [(m, statistics.median(v)) for m, v in inside.items()]
+    print(
+        "  ORT's own __init__ (median): "
+        + ", ".join(f"{m} {t / 1000:.1f} µs ({(t - base) / 1000:+.1f})" for m, t in own)
+    )
 
 
 def _plain_vs_instrumented(rounds: int, measure: Any) -> dict[str, list[float]]:
@@ -168,8 +207,6 @@ def big_model(megabytes: int, rounds: int) -> None:
     t0 = time.perf_counter_ns()
     target._model_identity(model)
     print(f"  identifying it (bounded sample hash): {(time.perf_counter_ns() - t0) / 1e6:.2f} ms")
-    import hashlib
-
     t0 = time.perf_counter_ns()
     hashlib.sha256(model).hexdigest()
     print(f"  a full SHA-256 would take:            {(time.perf_counter_ns() - t0) / 1e6:.2f} ms")
