@@ -17,8 +17,12 @@
 3. The cost of formatting the traceback of a failed ``run`` (what pytest or a logger pays per
    failure): plain vs instrumented.
 
-Events go to a real ``Recorder``, drained between rounds outside the timed region. Prints
-numbers from this one run; asserts nothing.
+The instrumented side is the default configuration (``pyinstrument_ai.instrument()`` with only
+the output folder set: every target, JSONL files written by the background flusher every
+second), so the flusher's work (building the session event's fields, which the target leaves to
+it, and encoding the line) runs during the timed rounds, as it does in a program; between modes
+the target is patched/unpatched (a setattr). The event count per mode is checked in the files at
+the end. Prints numbers from this one run; asserts nothing else.
 
     python benchmarks/onnxruntime_session_create.py [--rounds 21] [--calls 200] [--big-mb 100]
 
@@ -33,6 +37,7 @@ import hashlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any
@@ -45,8 +50,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import _onnx_models  # noqa: E402
 
+import pyinstrument_ai  # noqa: E402
 from pyinstrument_ai.clock import now_ns  # noqa: E402
-from pyinstrument_ai.recorder import Recorder  # noqa: E402
+from pyinstrument_ai.reader import load  # noqa: E402
 from pyinstrument_ai.targets import onnxruntime as target  # noqa: E402
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -94,10 +100,11 @@ def _unrelated_python() -> None:
 _sink: list[str] = []
 
 
-def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
-    rec = Recorder()
+def creation(label: str, model: bytes, so: Any, calls: int, rounds: int, session: Any) -> None:
+    rec = session.recorder
     record = rec.record
     original = oic.InferenceSession.__init__
+    tag = label.split(",")[-1].strip()  # the events of this workload, in the files
 
     def bare(self, path_or_bytes, *args, **kwargs):
         t0 = now_ns()
@@ -105,20 +112,23 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
             return original(self, path_or_bytes, *args, **kwargs)
         finally:
             t1 = now_ns()
-            record("bare", t0, t1 - t0, None)
+            record("bare closure", t0, t1 - t0, {"w": tag})
 
     def bare_busy(self, path_or_bytes, *args, **kwargs):
+        t0 = now_ns()
         try:
-            return bare(self, path_or_bytes, *args, **kwargs)
+            return original(self, path_or_bytes, *args, **kwargs)
         finally:
-            _unrelated_python()  # after the record: ORT's own time stays what `bare` measured
+            t1 = now_ns()
+            record("bare + 8 µs", t0, t1 - t0, {"w": tag})
+            _unrelated_python()  # after the record: ORT's own time stays what it measured
 
     _round(model, so, max(1, calls // 5))  # warm up
     modes = ["plain", "bare closure", "bare + 8 µs", "instrumented"]
     wrappers = {"bare closure": bare, "bare + 8 µs": bare_busy}
     wall: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
-    inside: dict[str, list[int]] = {m: [] for m in modes[1:]}  # ORT's own __init__, per session
+    first = len(_events(session))
     for i in range(rounds):
         k = i % len(modes)
         for mode in modes[k:] + modes[:k]:
@@ -133,10 +143,14 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
                 oic.InferenceSession.__init__ = original
             wall[mode].append(w)
             cpu[mode].append(c)
-            records = rec.drain()
-            assert len(records) == (0 if mode == "plain" else calls), (mode, len(records), calls)
-            if mode != "plain":
-                inside[mode] += [r[2] for r in records]
+    # ORT's own __init__ per session and mode, from the events (the instrumented ones too)
+    inside: dict[str, list[int]] = {m: [] for m in modes[1:]}
+    for e in _events(session)[first:]:
+        name = "instrumented" if e["name"] == target.SESSION else e["name"]
+        if name in inside and (name == "instrumented" or e.get("w") == tag):
+            inside[name].append(e["dur_ns"])
+    for m, v in inside.items():
+        assert len(v) == rounds * calls, (m, len(v), rounds * calls)  # nothing lost
     p = statistics.median(wall["plain"])
     print(label)
     for m in modes:
@@ -164,24 +178,27 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int):
     )
 
 
-def _plain_vs_instrumented(rounds: int, measure: Any) -> dict[str, list[float]]:
-    """``measure()`` (ns) plain and with the target patched, in alternating order per round;
-    the events recorded meanwhile are drained between measurements."""
-    rec = Recorder()
+def _events(session: Any) -> list[dict]:
+    """Every event written so far (after a flush)."""
+    session.flush()
+    return load(session.config.out_dir)
+
+
+def _plain_vs_instrumented(rounds: int, measure: Any, session: Any) -> dict[str, list[float]]:
+    """``measure()`` (ns) plain and with the target patched, in alternating order per round."""
     times: dict[str, list[float]] = {"plain": [], "instrumented": []}
     for i in range(rounds):
         for mode in ("plain", "instrumented") if i % 2 == 0 else ("instrumented", "plain"):
             if mode == "instrumented":
-                target.patch(rec)
+                target.patch(session.recorder)
             try:
                 times[mode].append(measure())
             finally:
                 target.unpatch()
-            rec.drain()
     return times
 
 
-def big_model(megabytes: int, rounds: int) -> None:
+def big_model(megabytes: int, rounds: int, session: Any) -> None:
     model = _onnx_models.big_constant(megabytes)
 
     def create() -> float:
@@ -192,7 +209,7 @@ def big_model(megabytes: int, rounds: int) -> None:
         del sess
         return t1 - t0
 
-    times = _plain_vs_instrumented(rounds, create)
+    times = _plain_vs_instrumented(rounds, create, session)
     print(f"model given as bytes, {len(model) / (1 << 20):.0f} MiB ({rounds} rounds)")
     p = statistics.median(times["plain"])
     for m, v in times.items():
@@ -209,7 +226,7 @@ def big_model(megabytes: int, rounds: int) -> None:
     print(f"  a full SHA-256 would take:            {(time.perf_counter_ns() - t0) / 1e6:.2f} ms")
 
 
-def traceback_cost(rounds: int, calls: int) -> None:
+def traceback_cost(rounds: int, calls: int, session: Any) -> None:
     model = _onnx_models.identity()
     bad = {"wrong": np.zeros(1, np.float32)}
 
@@ -223,7 +240,7 @@ def traceback_cost(rounds: int, calls: int) -> None:
                 traceback.format_exception(e)
         return (time.perf_counter_ns() - t0) / calls
 
-    times = _plain_vs_instrumented(rounds, one_round)
+    times = _plain_vs_instrumented(rounds, one_round, session)
     print("failed run + traceback.format_exception (what a report or a logger pays)")
     p = statistics.median(times["plain"])
     for m, v in times.items():
@@ -246,16 +263,25 @@ def main() -> None:
         f"{args.rounds} rounds of {args.calls} sessions"
     )
     model = _onnx_models.identity()
-    creation("one-node model, default options", model, None, args.calls, args.rounds)
-    creation(
-        "one-node model, explicit SessionOptions (made per session, as programs do)",
-        model,
-        _explicit_options,
-        args.calls,
-        args.rounds,
-    )
-    big_model(args.big_mb, args.big_rounds)
-    traceback_cost(args.rounds, max(1, args.calls // 2))
+    with tempfile.TemporaryDirectory() as out_dir:
+        # the default configuration (README): every target, JSONL files, background flusher
+        session = pyinstrument_ai.instrument(out_dir=out_dir)
+        target.unpatch()  # patched per mode below
+        try:
+            default = "one-node model, default options"
+            creation(default, model, None, args.calls, args.rounds, session)
+            creation(
+                "one-node model, explicit SessionOptions (made per session, as programs do)",
+                model,
+                _explicit_options,
+                args.calls,
+                args.rounds,
+                session,
+            )
+            big_model(args.big_mb, args.big_rounds, session)
+            traceback_cost(args.rounds, max(1, args.calls // 2), session)
+        finally:
+            pyinstrument_ai.uninstrument()
 
 
 if __name__ == "__main__":

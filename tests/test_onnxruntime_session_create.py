@@ -281,3 +281,40 @@ def test_watched_options_are_forgotten_when_the_program_drops_them():
         assert len(target._watched) == before + len(kept)
         kept.clear()
         assert len(target._watched) == before
+
+
+def test_creation_leaves_the_fields_to_the_flusher(monkeypatch):
+    """The creating thread captures what the event needs and appends it; hashing the model and
+    making the fields happen at drain (the flusher), with the event still before the runs of
+    its session and carrying what held at creation."""
+    from pyinstrument_ai.recorder import Recorder
+
+    model = models.add_mul()
+    hashed: list[int] = []
+    real = target._SHA256
+
+    class Counting:
+        def copy(self):
+            hashed.append(1)
+            return real.copy()
+
+    monkeypatch.setattr(target, "_SHA256", Counting())
+    monkeypatch.setattr(target, "_identities", {})
+    rec = Recorder()
+    target.patch(rec)
+    try:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 2
+        sess = ort.InferenceSession(model, so, providers=CPU)
+        so.intra_op_num_threads = 4  # after creation: not what the session has
+        sess.run(None, {"x": np.ones((1, 4), np.float32)})
+        assert hashed == [] and target._identities == {}  # nothing hashed while creating
+        records = rec.drain()
+    finally:
+        target.unpatch()
+    assert [r[0] for r in records] == ["onnxruntime.session", "onnxruntime.run"]
+    fields = records[0][4]
+    assert hashed == [1] and fields["model_sha256"] == hashlib.sha256(model).hexdigest()
+    assert fields["intra_op_num_threads"] == 2 == sess.get_session_options().intra_op_num_threads
+    assert fields["providers"] == sess.get_providers()
+    assert fields["session_id"] == records[1][4]["session_id"]

@@ -296,6 +296,9 @@ def test_every_wrapper_is_marked_for_pytest():
         def record(self, *a):
             pass
 
+        def record_later(self, *a):
+            pass
+
     on = [True]
     codes = [
         ort_target._make_run(_Rec(), None, on).__code__,

@@ -6,12 +6,21 @@ A record is the tuple ``(name, t_ns, dur_ns, tid, fields)``. The core never modi
 GIL, so any number of threads can record without a lock. The flusher takes records off the
 front with ``buf[:n]`` + ``del buf[:n]`` (each atomic), so a record appended meanwhile is
 neither lost nor taken twice. Serialization happens later, in batches, off the hot path.
+
+A target whose fields take real work to build (hashing a model, reading options) can leave that
+work to the flusher too: ``recorder.record_later(name, t_ns, dur_ns, build, state)`` appends
+``(name, t_ns, dur_ns, tid, build, state)`` in its place among the records (``state``: what the
+target captured at the event, nothing it would have to read again later), and ``drain()`` turns
+it into the record with ``fields = build(state)``. The thread that recorded the event pays for
+an append; the flusher pays for the fields, while that thread is inside the library's own code.
 """
 
 from __future__ import annotations
 
 # _thread, not threading: same get_ident, without threading's import at interpreter start
 import _thread
+
+from pyinstrument_ai._guard import report
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,10 +44,25 @@ def _make_record(
     return record
 
 
+def _make_record_later(
+    append: Callable[[tuple], None],
+    used: list[bool],
+    get_ident: Callable[[], int] = _thread.get_ident,
+) -> Callable[..., None]:
+    def record_later(
+        name: str, t_ns: int, dur_ns: int | None, build: Callable[[Any], dict], state: Any
+    ) -> None:
+        if not used:  # from now on drain() looks for records to build (in this list's order)
+            used.append(True)
+        append((name, t_ns, dur_ns, get_ident(), build, state))
+
+    return record_later
+
+
 class Recorder:
     """Collects records of one process until the session drains them."""
 
-    __slots__ = ("_buf", "record", "capture_content", "__weakref__")
+    __slots__ = ("_buf", "_later_used", "record", "record_later", "capture_content", "__weakref__")
 
     def record_many(self, records: list[Record]) -> None:
         """Append ready-made records ``(name, t_ns, dur_ns, tid, fields)`` at once (one
@@ -48,18 +72,27 @@ class Recorder:
 
     def __init__(self, capture_content: bool = False) -> None:
         self._buf: list[Record] = []
+        self._later_used: list[bool] = []  # empty until the first record_later
         self.capture_content = capture_content
         #: ``record(name, t_ns, dur_ns=None, fields=None)``: the one call targets make
         self.record = _make_record(self._buf.append)
+        #: ``record_later(name, t_ns, dur_ns, build, state)``: the record's fields are
+        #: ``build(state)``, called by ``drain()``
+        self.record_later = _make_record_later(self._buf.append, self._later_used)
 
     def drain(self) -> list[Record]:
-        """Take every record buffered so far (safe against concurrent ``record`` calls)."""
+        """Take every record buffered so far (safe against concurrent ``record`` calls),
+        building the fields of those recorded with ``record_later``."""
         buf = self._buf
         n = len(buf)
         if not n:
             return []
         chunk = buf[:n]
         del buf[:n]
+        if self._later_used:
+            for i, rec in enumerate(chunk):
+                if len(rec) == 6:
+                    chunk[i] = _built(rec)
         return chunk
 
     def pending(self) -> int:
@@ -68,3 +101,13 @@ class Recorder:
     def discard(self) -> None:
         """Forget buffered records (in a forked child they are the parent's, which writes them)."""
         del self._buf[:]
+
+
+def _built(later: tuple) -> Record:
+    name, t_ns, dur_ns, tid, build, state = later
+    try:
+        fields = build(state)
+    except Exception as e:  # a target's bug: the event keeps its name and times
+        report(f"building the fields of {name}", e)
+        fields = {"fields_error": type(e).__name__}
+    return (name, t_ns, dur_ns, tid, fields)

@@ -557,9 +557,11 @@ def _watch_options(ort_module: Any) -> None:
         try:
             field = _ENTRY_FIELDS.get(key)
             if field is not None:
-                fields = watched.get(_ref(self))
-                if fields is not None:
-                    fields[field] = self.get_session_config_entry(key)  # set: no exception
+                r = _ref(self)
+                fields = watched.get(r)
+                if fields is not None:  # a new dict: sessions keep the one they were made with
+                    value = self.get_session_config_entry(key)  # set: no exception
+                    watched[r] = {**fields, field: value}
         except Exception as e:
             report("onnxruntime.SessionOptions.add_session_config_entry", e)
         return out
@@ -610,9 +612,10 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
             hide(e)
             raise
         try:
-            fields = watched.get(_ref(self))
-            if fields is not None:
-                fields[name] = _option_value(name, fget(self))  # type: ignore[misc]
+            r = _ref(self)
+            fields = watched.get(r)
+            if fields is not None:  # a new dict: sessions keep the one they were made with
+                watched[r] = {**fields, name: _option_value(name, fget(self))}  # type: ignore[misc]
         except Exception as e:
             report("onnxruntime.SessionOptions." + name, e)
 
@@ -667,7 +670,8 @@ def _options_fields(
         except TypeError:  # not weak-referenceable
             fields = None
         if fields is not None:
-            return fields.copy()  # a snapshot: the program may change its options later
+            # as they are now: a later change to the options makes a new dict (copy on write)
+            return fields
     simple = not (
         failed
         or given is not None
@@ -698,32 +702,55 @@ def _options_fields(
     return fields
 
 
-def _session_fields(
-    sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict, failed: bool = False
-) -> dict:
-    """The creation event's fields; ``args``/``kwargs``: the constructor's arguments after
-    ``path_or_bytes`` (``sess_options``, ``providers``, ``provider_options``, ...)."""
-    if type(path_or_bytes) is bytes or isinstance(path_or_bytes, (bytearray, memoryview)):
-        fields: dict[str, Any] = _model_identity(path_or_bytes)
-        fields["session_id"] = sid
+def _capture(sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict, err: Any) -> tuple:
+    """What the creation event needs from this moment, on the creating thread; the flusher
+    makes the fields from it (_build_session). ``args``/``kwargs``: the constructor's arguments
+    after ``path_or_bytes`` (``sess_options``, ``providers``, ``provider_options``, ...).
+
+    Captured: the model's path, or its bytes when small (immutable; the session holds them
+    too), else their identity now (a sample hash of a big model is cheap beside its creation,
+    and a bytearray or memoryview may change later); the providers list ORT bound (ORT sets a
+    new list when it rebinds, never changes one); the option fields (dicts nobody changes)."""
+    if type(path_or_bytes) is bytes and len(path_or_bytes) <= _FULL_HASH_MAX:
+        model: Any = path_or_bytes  # hashed on the flusher
+    elif isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        model = _model_identity(path_or_bytes)
     else:
         try:
-            fields = {"session_id": sid, "model_path": os.fspath(path_or_bytes)}
+            model = os.fspath(path_or_bytes)
         except TypeError:
-            fields = {"session_id": sid, "model_path": repr(path_or_bytes)}
+            model = repr(path_or_bytes)
     given = args[0] if args else kwargs.get("sess_options")
     asked = args[1] if len(args) > 1 else kwargs.get("providers")
-    try:
-        providers = list(sess.get_providers())
-    except Exception:
-        providers = asked
-    fields["providers"] = providers
-    fields.update(_options_fields(sess, given, asked, kwargs, providers, failed))
+    providers = sess.__dict__.get("_providers")
+    if providers is None:
+        try:
+            providers = list(sess.get_providers())
+        except Exception:
+            providers = asked
+    options = _options_fields(sess, given, asked, kwargs, providers, err is not None)
+    return sid, model, providers, options, err
+
+
+def _build_session(state: tuple) -> dict[str, Any]:
+    """The creation event's fields from what _capture kept (runs on the flusher)."""
+    sid, model, providers, options, err = state
+    if model.__class__ is bytes:
+        fields: dict[str, Any] = _model_identity(model)
+        fields["session_id"] = sid
+    elif model.__class__ is dict:  # the identity of a big or mutable model, made at creation
+        fields = {**model, "session_id": sid}
+    else:
+        fields = {"session_id": sid, "model_path": model}
+    fields["providers"] = list(providers) if providers is not None else None
+    fields.update(options)
+    if err:
+        fields["error"] = err
     return fields
 
 
 def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
-    record = recorder.record
+    record_later = recorder.record_later
 
     def __init__(self, path_or_bytes, *args, **kwargs):
         __tracebackhide__ = True
@@ -752,12 +779,11 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             except Exception as e:  # no __dict__ (a subclass with __slots__): runs give it one
                 report("onnxruntime.session", e)
             # plain try/except rather than ``with guard()``: this runs with cold caches right
-            # after ORT built the session, where every call shows (see docs/targets/onnxruntime)
+            # after ORT built the session, where every call shows (see docs/targets/onnxruntime);
+            # the fields are built by the flusher, from what is captured here
             try:
-                fields = _session_fields(self, sid, path_or_bytes, args, kwargs, err is not None)
-                if err:
-                    fields["error"] = err
-                record(SESSION, t0, t1 - t0, fields)
+                state = _capture(self, sid, path_or_bytes, args, kwargs, err)
+                record_later(SESSION, t0, t1 - t0, _build_session, state)
             except Exception as e:
                 report("onnxruntime.session", e)
 
