@@ -21,11 +21,17 @@ Scenarios (units):
 * ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
   uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
   own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.
+  Beside it a *floor*: the least any Python-level ASGI wrapper that times the response does
+  (``send`` wrapped, clock reads, one record without fields).
 * ``web-live``: the same endpoint served by a real uvicorn (``web_overhead.py``'s ``bare`` and
   ``ours`` commands: ``ours`` is the README's ``python -m instrument --out DIR -m uvicorn ...``),
   driven by sequential keep-alive requests from a client outside valgrind. Counted: *every*
   thread of the server (our flusher encoding and writing the events included), from start to
   exit, for N1 and N2 requests, so start-up, shutdown and our exit work cancel out.
+
+Besides the main thread's figure, each line but ``web-live``'s gives the added count over *all*
+threads: the ORT scenarios drain the records in another thread, as the flusher does, so the
+fields the onnxruntime target leaves to the flusher (``record_later``) are counted there.
 
     python benchmarks/instructions.py [SCENARIO ...] [--n1 100 --n2 400]
 
@@ -53,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = (
@@ -101,6 +108,26 @@ def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
     gen(n)
 
 
+def _floor(app: Any, record: Any) -> Any:
+    """The least any Python-level ASGI instrumentation that sees when a response starts and ends
+    does per request: one coroutine around the app, ``send`` wrapped, the clock read at arrival
+    and at each message, one record with no fields (no id, no route, no context)."""
+    from pyinstrument_ai.clock import now_ns
+
+    async def floor_app(scope: Any, receive: Any, send: Any) -> None:
+        t0 = now_ns()
+        times = []
+
+        async def watched(message: Any) -> None:
+            times.append(now_ns())
+            await send(message)
+
+        await app(scope, receive, watched)
+        record("floor", t0, now_ns() - t0, None)
+
+    return floor_app
+
+
 def _web_worker(mode: str, n: int) -> None:
     """``n`` requests to the trivial endpoint, after WARM of them, in one event loop."""
     import asyncio
@@ -117,6 +144,8 @@ def _web_worker(mode: str, n: int) -> None:
     app = web_overhead.make_app()
     if mode == "instrumented":
         app = target._App(app)  # what uvicorn's Config.load hands the server when we patched
+    elif mode == "floor":
+        app = _floor(app, rec.record)
 
     async def requests() -> None:
         for _ in range(WARM):
@@ -323,7 +352,10 @@ def main() -> None:
                     per[(mode, seed)] = _live_server_instructions(mode, min(n2, 300), tmp, seed)
             else:
                 every = {}
-                for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
+                modes = [("plain", 0), ("instrumented", 0), ("plain", 1)]
+                if scenario == "web-request":
+                    modes.append(("floor", 0))
+                for mode, seed in modes:
                     a = _main_thread_instructions(scenario, mode, n1, tmp, seed)
                     b = _main_thread_instructions(scenario, mode, n2, tmp, seed)
                     per[(mode, seed)] = (b - a) / (n2 - n1)
@@ -338,8 +370,15 @@ def main() -> None:
             )
             if scenario != "web-live":  # web-live counts every thread already
                 added = every[("instrumented", 0)] - every[("plain", 0)]
-                line += f"; all threads: added {added:+,.0f}"
+                aa = every[("plain", 1)] - every[("plain", 0)]
+                line += f"; all threads: added {added:+,.0f} [A/A {aa:+,.0f}]"
             print(line)
+            if ("floor", 0) in per:
+                f = per[("floor", 0)] - p
+                print(
+                    f"  {'':22s} floor (any Python ASGI wrapper: send wrapped, clock reads, one "
+                    f"record without fields): added {f:+,.0f} ({f / p * 100:+.1f}%)"
+                )
 
 
 if __name__ == "__main__":

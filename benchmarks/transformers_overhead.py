@@ -16,7 +16,9 @@ drift and warm-up hit both sides alike. For each A/B pair we compute:
 
 Each figure is the median over pairs with its interquartile range (the spread of single pairs)
 and, for µs/token, a 95% confidence interval of the median (order statistics), which is what
-makes the verdict decisive: "OK" when the whole interval is within the target.
+makes the verdict decisive: "OK" when the whole interval is within the target. An A/A line
+(bare against bare, same pairs) comes first: on a quiet machine its interval sits around 0;
+where it does not, the machine's noise is larger than the target and no verdict here holds.
 Beside them: **our calls per token**, the entries into our code from the host's during one
 instrumented generation (counted with ``sys.setprofile``), so a change that adds wrapper calls
 shows even when noise hides its time.
@@ -301,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     n = args.tokens
     fixed_ns = (n + 1) * est["step_ns"] + est["gen_us"] * 1e3
     run = generation(model, tok, n)
+    # A/A: bare against bare, the same pairs and statistics: how far this machine moves the
+    # figures with nothing changed (a verdict below means little when this is not ~0)
+    r = ab(run, off, off, args.pairs, tokens=n)
+    show(fmt("A/A: tiny GPT-2 bare vs bare", r))
     r = ab(run, on, off, args.pairs, tokens=n)
     calls = calls_per_token(run, n)
     extra = estimate(fixed_ns, r, n)

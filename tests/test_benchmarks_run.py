@@ -45,6 +45,7 @@ RUNS = [
     ("web_overhead.py", ["--in-process", "--requests", "20", "--rounds", "1"], "added CPU"),
     # the workers benchmarks/instructions.py runs under valgrind, run here without it
     ("instructions.py", ["--worker", "web-request", "instrumented", "3"], ""),
+    ("instructions.py", ["--worker", "web-request", "floor", "3"], ""),
     ("instructions.py", ["--worker", "ort-session-explicit", "instrumented", "3"], ""),
     ("instructions.py", ["--worker", "tokens-streamer", "instrumented", "2"], ""),
 ]

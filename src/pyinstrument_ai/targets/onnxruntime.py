@@ -524,7 +524,7 @@ _ENTRY_FIELDS = {entry: field for field, entry in _CONFIG_ENTRIES}
 
 
 def _watch_options(ort_module: Any) -> None:
-    global _watched
+    global _watched, _option_defaults
     cls = getattr(ort_module, "SessionOptions", None)
     if cls is None or _watched is not None:
         return
@@ -543,7 +543,8 @@ def _watch_options(ort_module: Any) -> None:
             hide(e)
             raise
         try:
-            watched[_ref(self, _dead)] = _option_defaults.copy()
+            # shared, not copied: a record is never changed, a setter makes a new one
+            watched[_ref(self, _dead)] = _option_defaults
         except Exception:  # not weak-referenceable in some build: the slow path reads it
             pass
 
@@ -582,10 +583,11 @@ def _watch_options(ort_module: Any) -> None:
         patched.append((cls, name, prop, _watching_property(prop, name, watched)))
     try:
         fresh = cls()  # made before the watch is installed: ORT's defaults
-        for name in _PROPERTIES:
-            _option_defaults[name] = _option_value(name, getattr(fresh, name))
+        defaults = {name: _option_value(name, getattr(fresh, name)) for name in _PROPERTIES}
         for field, _entry in _CONFIG_ENTRIES:
-            _option_defaults[field] = None  # not set: ORT's default applies
+            defaults[field] = None  # not set: ORT's default applies
+        # a new dict, never changed: records made from the old one (and not yet written) stay
+        _option_defaults = defaults
     except Exception as e:
         report("onnxruntime.patch.SessionOptions.defaults", e)
         return
@@ -603,6 +605,7 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
     """``prop`` with a setter that also reads back the value set into the options' fields;
     getting and deleting are the original functions."""
     fget, fset = prop.fget, prop.fset
+    enum = name in _ENUMS
 
     def setter(self: Any, value: Any) -> None:
         __tracebackhide__ = True
@@ -615,7 +618,8 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
             r = _ref(self)
             fields = watched.get(r)
             if fields is not None:  # a new dict: sessions keep the one they were made with
-                watched[r] = {**fields, name: _option_value(name, fget(self))}  # type: ignore[misc]
+                v = fget(self)  # type: ignore[misc]
+                watched[r] = {**fields, name: _enum_name(v) if enum else v}
         except Exception as e:
             report("onnxruntime.SessionOptions." + name, e)
 
