@@ -48,6 +48,23 @@ def _created(rec) -> list[dict]:
     return [e for e in rec.events if e["name"] == "onnxruntime.session"]
 
 
+@pytest.fixture
+def counted_hashes(monkeypatch) -> list[int]:
+    """One entry per SHA-256 the target starts (a spy around its ready hasher; the real hash
+    still runs), with an empty identity cache."""
+    hashed: list[int] = []
+    real = target._SHA256
+
+    class Counting:
+        def copy(self):
+            hashed.append(1)
+            return real.copy()
+
+    monkeypatch.setattr(target, "_SHA256", Counting())
+    monkeypatch.setattr(target, "_identities", {})
+    return hashed
+
+
 @pytest.fixture(autouse=True)
 def _fresh_defaults_cache():
     target._default_options.clear()
@@ -105,23 +122,14 @@ def test_small_model_bytes_are_hashed_in_full():
     assert ev["model_bytes"] == len(model) and "model_sample_sha256" not in ev
 
 
-def test_model_bytes_seen_before_are_not_hashed_again(monkeypatch):
+def test_model_bytes_seen_before_are_not_hashed_again(counted_hashes, monkeypatch):
     """Sessions made from the same model bytes (another object with the same content too)
     reuse its SHA-256: one hash per distinct model; a different model of the same length gets
     its own."""
     model = models.add_mul()
     other = bytearray(model)
     other[-1] ^= 1  # same length, other content (the graph's last byte; never loaded)
-    hashed: list[int] = []
-    real = target._SHA256
-
-    class Counting:
-        def copy(self):
-            hashed.append(1)
-            return real.copy()
-
-    monkeypatch.setattr(target, "_SHA256", Counting())
-    monkeypatch.setattr(target, "_identities", {})
+    hashed = counted_hashes
     with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
         for data in (model, bytes(model), model):
             ort.InferenceSession(data, providers=CPU)
@@ -283,23 +291,14 @@ def test_watched_options_are_forgotten_when_the_program_drops_them():
         assert len(target._watched) == before
 
 
-def test_creation_leaves_the_fields_to_the_flusher(monkeypatch):
+def test_creation_leaves_the_fields_to_the_flusher(counted_hashes):
     """The creating thread captures what the event needs and appends it; hashing the model and
     making the fields happen at drain (the flusher), with the event still before the runs of
     its session and carrying what held at creation."""
     from pyinstrument_ai.recorder import Recorder
 
     model = models.add_mul()
-    hashed: list[int] = []
-    real = target._SHA256
-
-    class Counting:
-        def copy(self):
-            hashed.append(1)
-            return real.copy()
-
-    monkeypatch.setattr(target, "_SHA256", Counting())
-    monkeypatch.setattr(target, "_identities", {})
+    hashed = counted_hashes
     rec = Recorder()
     target.patch(rec)
     try:
