@@ -66,3 +66,23 @@ def test_discard_forgets_deferred_records_too():
     rec.record_later("x", 1, None, dict, {})
     rec.discard()
     assert rec.pending() == 0 and rec.drain() == []
+
+
+def test_records_later_puts_the_built_records_in_the_entrys_place(capsys, monkeypatch):
+    monkeypatch.setattr(_guard, "errors", {})
+    rec = Recorder()
+    me = threading.get_ident()
+
+    def many(n: int) -> list:
+        return [("t", i, None, me, {"i": i}) for i in range(n)]
+
+    def broken(state: object) -> list:
+        raise ValueError("bug")
+
+    rec.record("a", 0)
+    rec.records_later(many, 2)
+    rec.records_later(broken, None)
+    rec.record("b", 9)
+    assert [(r[0], r[1]) for r in rec.drain()] == [("a", 0), ("t", 0), ("t", 1), ("b", 9)]
+    assert _guard.errors == {"building records (broken)": 1}
+    assert "internal error in building records (broken)" in capsys.readouterr().err

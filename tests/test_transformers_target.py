@@ -558,6 +558,50 @@ def test_unpatch_restores_the_original_objects_exactly(tiny, capsys):
     assert GenerationMixin.__dict__["generate"] is before["generate"]
 
 
+def test_a_generations_events_are_made_by_the_flusher_not_the_generating_thread(tiny, monkeypatch):
+    """When generate returns, the generating thread appends one deferred entry; the records
+    (puts, the generation, its tokens, in that order) are made where the buffer is drained,
+    and carry the generating thread's id."""
+    from pyinstrument_ai.recorder import Recorder
+
+    model, tok = tiny
+    made_in: list[int] = []
+    real = target._generation_records
+
+    def spy(state):
+        made_in.append(threading.get_ident())
+        return real(state)
+
+    monkeypatch.setattr(target, "_generation_records", spy)
+    rec = Recorder()
+    target.patch(rec)
+    try:
+
+        class Sink(BaseStreamer):
+            def put(self, value):
+                pass
+
+            def end(self):
+                pass
+
+        generate(model, encode(tok, 1), max_new_tokens=5, streamer=Sink())
+        assert made_in == []  # nothing made on the generating thread
+        drained: list = []
+        flusher = threading.Thread(target=lambda: drained.extend(rec.drain()))
+        flusher.start()
+        flusher.join()
+    finally:
+        target.unpatch()
+    assert made_in == [flusher.ident]
+    names = [r[0] for r in drained]
+    # end() is recorded as it comes, inside generate; the rest when generate has returned
+    assert names == ["end"] + ["put"] * 6 + ["generate"] + ["token"] * 5, names
+    assert {r[3] for r in drained} == {threading.get_ident()}
+    gen = next(r for r in drained if r[0] == "generate")[4]
+    assert gen["token_times"] == "put" and gen["tokens"] == 5
+    assert [r[4]["index"] for r in drained if r[0] == "token"] == list(range(5))
+
+
 # -- end to end through the launcher ----------------------------------------------------------
 
 

@@ -13,6 +13,8 @@ work to the flusher too: ``recorder.record_later(name, t_ns, dur_ns, build, stat
 target captured at the event, nothing it would have to read again later), and ``drain()`` turns
 it into the record with ``fields = build(state)``. The thread that recorded the event pays for
 an append; the flusher pays for the fields, while that thread is inside the library's own code.
+``recorder.records_later(build, state)`` does the same for several records at once: ``build``
+returns the list of records (a generation's events, made when it ends).
 """
 
 from __future__ import annotations
@@ -56,13 +58,26 @@ def _make_record_later(
             used.append(True)
         append((name, t_ns, dur_ns, get_ident(), build, state))
 
-    return record_later
+    def records_later(build: Callable[[Any], list[Record]], state: Any) -> None:
+        if not used:
+            used.append(True)
+        append((None, None, None, get_ident(), build, state))
+
+    return record_later, records_later
 
 
 class Recorder:
     """Collects records of one process until the session drains them."""
 
-    __slots__ = ("_buf", "_later_used", "record", "record_later", "capture_content", "__weakref__")
+    __slots__ = (
+        "_buf",
+        "_later_used",
+        "record",
+        "record_later",
+        "records_later",
+        "capture_content",
+        "__weakref__",
+    )
 
     def record_many(self, records: list[Record]) -> None:
         """Append ready-made records ``(name, t_ns, dur_ns, tid, fields)`` at once (one
@@ -77,8 +92,11 @@ class Recorder:
         #: ``record(name, t_ns, dur_ns=None, fields=None)``: the one call targets make
         self.record = _make_record(self._buf.append)
         #: ``record_later(name, t_ns, dur_ns, build, state)``: the record's fields are
-        #: ``build(state)``, called by ``drain()``
-        self.record_later = _make_record_later(self._buf.append, self._later_used)
+        #: ``build(state)``, called by ``drain()``; ``records_later(build, state)``: the records
+        #: are ``build(state)``
+        self.record_later, self.records_later = _make_record_later(
+            self._buf.append, self._later_used
+        )
 
     def drain(self) -> list[Record]:
         """Take every record buffered so far (safe against concurrent ``record`` calls),
@@ -90,9 +108,7 @@ class Recorder:
         chunk = buf[:n]
         del buf[:n]
         if self._later_used:
-            for i, rec in enumerate(chunk):
-                if len(rec) == 6:
-                    chunk[i] = _built(rec)
+            return _with_built(chunk)
         return chunk
 
     def pending(self) -> int:
@@ -101,6 +117,24 @@ class Recorder:
     def discard(self) -> None:
         """Forget buffered records (in a forked child they are the parent's, which writes them)."""
         del self._buf[:]
+
+
+def _with_built(chunk: list) -> list[Record]:
+    """``chunk`` with each deferred entry replaced by what its ``build`` makes, in its place."""
+    out: list[Record] = []
+    append = out.append
+    for rec in chunk:
+        if len(rec) != 6:
+            append(rec)
+        elif rec[0] is not None:
+            append(_built(rec))
+        else:
+            build, state = rec[4], rec[5]
+            try:
+                out.extend(build(state))
+            except Exception as e:  # a target's bug: those records are lost, and it is said
+                report(f"building records ({getattr(build, '__name__', build)})", e)
+    return out
 
 
 def _built(later: tuple) -> Record:
