@@ -317,3 +317,25 @@ def test_creation_leaves_the_fields_to_the_flusher(counted_hashes):
     assert fields["intra_op_num_threads"] == 2 == sess.get_session_options().intra_op_num_threads
     assert fields["providers"] == sess.get_providers()
     assert fields["session_id"] == records[1][4]["session_id"]
+
+
+def test_model_bytes_above_the_deferral_bound_are_identified_at_creation(
+    counted_hashes, monkeypatch
+):
+    """Only small model bytes wait for the flusher (which keeps them until it writes); bigger
+    ones are hashed while creating, and the event says the same."""
+    from pyinstrument_ai.recorder import Recorder
+
+    model = models.add_mul()
+    monkeypatch.setattr(target, "_DEFER_MAX", len(model) - 1)
+    rec = Recorder()
+    target.patch(rec)
+    try:
+        ort.InferenceSession(model, providers=CPU)
+        assert counted_hashes == [1]  # at creation
+        (record,) = rec.drain()
+    finally:
+        target.unpatch()
+    assert counted_hashes == [1]
+    assert record[4]["model_sha256"] == hashlib.sha256(model).hexdigest()
+    assert record[4]["model_bytes"] == len(model)

@@ -428,6 +428,10 @@ def _make_run_async(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
 _FULL_HASH_MAX = 1 << 20
 _SAMPLES = 16
 _SAMPLE = (1 << 20) // _SAMPLES
+# Model bytes up to this size are hashed by the flusher, which keeps them until its next write
+# (<= the flush interval): a program that makes and drops sessions from many distinct models
+# holds at most this much per session a little longer. Bigger ones are identified at creation.
+_DEFER_MAX = 64 << 10
 
 
 # An empty SHA-256 to copy: ``hashlib.sha256()`` looks the algorithm up in OpenSSL each time
@@ -711,11 +715,12 @@ def _capture(sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict,
     makes the fields from it (_build_session). ``args``/``kwargs``: the constructor's arguments
     after ``path_or_bytes`` (``sess_options``, ``providers``, ``provider_options``, ...).
 
-    Captured: the model's path, or its bytes when small (immutable; the session holds them
-    too), else their identity now (a sample hash of a big model is cheap beside its creation,
-    and a bytearray or memoryview may change later); the providers list ORT bound (ORT sets a
-    new list when it rebinds, never changes one); the option fields (dicts nobody changes)."""
-    if type(path_or_bytes) is bytes and len(path_or_bytes) <= _FULL_HASH_MAX:
+    Captured: the model's path, or its bytes when small (_DEFER_MAX; immutable, and the
+    session holds them too), else their identity now (hashing a bigger model is cheap beside
+    creating its session, and a bytearray or memoryview may change later); the providers list
+    ORT bound (ORT sets a new list when it rebinds, never changes one); the option fields
+    (dicts nobody changes)."""
+    if type(path_or_bytes) is bytes and len(path_or_bytes) <= _DEFER_MAX:
         model: Any = path_or_bytes  # hashed on the flusher
     elif isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         model = _model_identity(path_or_bytes)
