@@ -14,7 +14,7 @@ target captured at the event, nothing it would have to read again later), and ``
 it into the record with ``fields = build(state)``. The thread that recorded the event pays for
 an append; the flusher pays for the fields, while that thread is inside the library's own code.
 ``recorder.records_later(build, state)`` does the same for several records at once: ``build``
-returns the list of records (a generation's events, made when it ends).
+returns the list of records, thread ids included (a generation's events, made when it ends).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _make_record_later(
     def records_later(build: Callable[[Any], list[Record]], state: Any) -> None:
         if not used:
             used.append(True)
-        append((None, None, None, get_ident(), build, state))
+        # no thread id: the records build(state) makes carry their own
+        append((None, None, None, None, build, state))
 
     return record_later, records_later
 

@@ -609,7 +609,6 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
     """``prop`` with a setter that also reads back the value set into the options' fields;
     getting and deleting are the original functions."""
     fget, fset = prop.fget, prop.fset
-    enum = name in _ENUMS
 
     def setter(self: Any, value: Any) -> None:
         __tracebackhide__ = True
@@ -622,8 +621,7 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
             r = _ref(self)
             fields = watched.get(r)
             if fields is not None:  # a new dict: sessions keep the one they were made with
-                v = fget(self)  # type: ignore[misc]
-                watched[r] = {**fields, name: _enum_name(v) if enum else v}
+                watched[r] = {**fields, name: _option_value(name, fget(self))}  # type: ignore[misc]
         except Exception as e:
             report("onnxruntime.SessionOptions." + name, e)
 
