@@ -287,7 +287,8 @@ def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> flo
     raise RuntimeError(f"no totals in {out}")
 
 
-def _main_thread_instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> int:
+def _instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> tuple[int, int]:
+    """One run under callgrind: the main thread's instructions and every thread's."""
     out = os.path.join(tmp, f"cg.{scenario}.{mode}.{n}.{seed}")
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "OPENBLAS_NUM_THREADS": "1"}
     env["OMP_NUM_THREADS"] = "1"
@@ -309,13 +310,8 @@ def _main_thread_instructions(scenario: str, mode: str, n: int, tmp: str, seed: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return _totals(out + "-01")  # thread 1: the main thread
-
-
-def _all_threads(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> int:
-    """Every thread's count in the run _main_thread_instructions made (same arguments)."""
-    out = os.path.join(tmp, f"cg.{scenario}.{mode}.{n}.{seed}")
-    return sum(_totals(p) for p in glob.glob(out + "-*"))
+    # thread 1: the main thread
+    return _totals(out + "-01"), sum(_totals(p) for p in glob.glob(out + "-*"))
 
 
 def _totals(path: str) -> int:
@@ -356,12 +352,10 @@ def main() -> None:
                 if scenario == "web-request":
                     modes.append(("floor", 0))
                 for mode, seed in modes:
-                    a = _main_thread_instructions(scenario, mode, n1, tmp, seed)
-                    b = _main_thread_instructions(scenario, mode, n2, tmp, seed)
-                    per[(mode, seed)] = (b - a) / (n2 - n1)
-                    a = _all_threads(scenario, mode, n1, tmp, seed)
-                    b = _all_threads(scenario, mode, n2, tmp, seed)
-                    every[(mode, seed)] = (b - a) / (n2 - n1)
+                    main1, all1 = _instructions(scenario, mode, n1, tmp, seed)
+                    main2, all2 = _instructions(scenario, mode, n2, tmp, seed)
+                    per[(mode, seed)] = (main2 - main1) / (n2 - n1)
+                    every[(mode, seed)] = (all2 - all1) / (n2 - n1)
             p, i, p2 = per[("plain", 0)], per[("instrumented", 0)], per[("plain", 1)]
             line = (
                 f"  {scenario:22s} plain {p:12,.0f}  instrumented {i:12,.0f}  "
