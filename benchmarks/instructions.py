@@ -18,6 +18,14 @@ Scenarios (units):
 * ``tokens``: a generated token of the tiny GPT-2 (``generate`` of N1 vs N2 new tokens, one
   torch thread), no streamer: what issue 8's per-token target is about.
 * ``tokens-streamer``: the same with a streamer (a ``BaseStreamer`` whose put/end do nothing).
+* ``tokens-ab`` / ``tokens-streamer-ab``: the same generations, bare and instrumented *in one
+  process*, alternating (A B B A / B A A B ...), each generation counted on its own (callgrind
+  dumps its counts whenever the program calls ``os.getppid``, which the worker does around each
+  generation and nothing else here does). Bare and instrumented then share one heap and one
+  hash seed, and the spread of the bare generations' per-token counts (printed) is the A/A:
+  a few thousand instructions per token, against tens of thousands between two processes. This
+  is the decisive figure for what our per-token code executes; its time depends on how cold the
+  caches are (``transformers_overhead.py``'s in-situ line).
 * ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
   uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
   own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.
@@ -55,6 +63,7 @@ import argparse
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,6 +77,8 @@ SCENARIOS = (
     "ort-run",
     "tokens",
     "tokens-streamer",
+    "tokens-ab",
+    "tokens-streamer-ab",
     "web-request",
     "web-live",
 )
@@ -159,7 +170,110 @@ def _web_worker(mode: str, n: int) -> None:
     asyncio.run(requests())
 
 
+def _tokens_ab_worker(streamer: bool, pairs: int, n1: int, n2: int) -> None:
+    """Generations of n1 and n2 tokens, bare (0) and instrumented (1), alternating; each one
+    between two ``os.getppid()`` calls (callgrind dumps there). Prints the order as JSON."""
+    import json
+
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from pyinstrument_ai.demo import tiny_gpt2
+    from pyinstrument_ai.recorder import Recorder
+    from pyinstrument_ai.targets import transformers as target
+
+    class Quiet(BaseStreamer):
+        def put(self, value):
+            pass
+
+        def end(self):
+            pass
+
+    torch.set_num_threads(1)
+    model, tok = tiny_gpt2(seed=0)
+    inputs = dict(tok(["Hello, how are you"], return_tensors="pt"))
+    rec = Recorder()
+
+    def gen(k: int) -> None:
+        kw = {"streamer": Quiet()} if streamer else {}
+        with torch.no_grad():
+            model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, **kw)
+
+    def one(mode: int, k: int, marked: bool) -> None:
+        if mode:
+            target.patch(rec)
+        try:
+            if marked:
+                os.getppid()
+            gen(k)
+            if marked:
+                os.getppid()
+        finally:
+            target.unpatch()
+            rec.drain()  # after the second mark, uncounted: the flusher's work, not per token
+
+    for mode in (0, 1, 0, 1):  # warm-up: first calls differ (caches, lazy imports)
+        one(mode, n2, False)
+    order = []
+    for i in range(pairs):
+        for mode in (0, 1, 1, 0) if i % 2 == 0 else (1, 0, 0, 1):
+            for k in (n1, n2) if i % 2 == 0 else (n2, n1):
+                one(mode, k, True)
+                order.append((mode, k))
+    print(json.dumps(order))
+
+
+def _tokens_ab(streamer: bool, pairs: int, n1: int, n2: int, tmp: str) -> tuple[list, list]:
+    """Per-token instructions (the slope between n1 and n2 tokens) of each bare and each
+    instrumented pair of generations, from one callgrind run of _tokens_ab_worker."""
+    import json
+
+    scenario = "tokens-streamer-ab" if streamer else "tokens-ab"
+    out = os.path.join(tmp, f"cg.{scenario}")
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
+    env["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--dump-before=os_getppid",  # CPython's C function behind os.getppid
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            scenario,
+            str(pairs),
+            f"{n1},{n2}",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    order = json.loads(run.stdout.strip().splitlines()[-1])
+    dumps = sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    # dump 1: start-up to the first mark; then (between two generations, one generation)
+    counts = [_totals(p) for p in dumps][2::2]
+    if len(counts) != len(order):
+        raise RuntimeError(
+            f"{scenario}: {len(counts)} counted generations for {len(order)} run: did callgrind "
+            "find os_getppid in this Python (a build without symbols)?"
+        )
+    runs: dict[tuple[int, int], list[int]] = {}
+    for (mode, k), c in zip(order, counts, strict=True):
+        runs.setdefault((mode, k), []).append(c)
+    slopes = tuple(
+        [(b - a) / (n2 - n1) for a, b in zip(runs[(m, n1)], runs[(m, n2)], strict=True)]
+        for m in (0, 1)
+    )
+    return slopes[0], slopes[1]
+
+
 def _worker(scenario: str, mode: str, n: int) -> None:
+    if scenario.endswith("-ab"):
+        n1, n2 = (int(x) for x in sys.argv[4].split(","))
+        _tokens_ab_worker(scenario == "tokens-streamer-ab", int(mode), n1, n2)
+        return
     if scenario.startswith("tokens"):
         _tokens_worker(scenario == "tokens-streamer", mode, n)
         return
@@ -324,12 +438,15 @@ def _totals(path: str) -> int:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        _worker(sys.argv[2], sys.argv[3], int(sys.argv[4]) if sys.argv[4].isdigit() else 0)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=", ".join(SCENARIOS))
     ap.add_argument("--n1", type=int, default=100, help="units in the first run (tokens: 16)")
     ap.add_argument("--n2", type=int, default=400, help="units in the second run (tokens: 64)")
+    ap.add_argument(
+        "--pairs", type=int, default=3, help="*-ab scenarios: rounds of A B B A (default 3)"
+    )
     args = ap.parse_args()
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
@@ -343,6 +460,19 @@ def main() -> None:
             n1, n2 = args.n1, args.n2
             if scenario.startswith("tokens") and (n1, n2) == (100, 400):
                 n1, n2 = 16, 64  # a generation of 400 tokens would outrun the tiny model
+            if scenario.endswith("-ab"):
+                a, b = _tokens_ab(scenario == "tokens-streamer-ab", args.pairs, n1, n2, tmp)
+                added = statistics.median(b) - statistics.median(a)
+                print(
+                    f"  {scenario:22s} plain {statistics.median(a):12,.0f}  instrumented "
+                    f"{statistics.median(b):12,.0f}  added {added:+10,.0f} "
+                    f"({added / statistics.median(a) * 100:+.2f}%) per token, medians of "
+                    f"{len(a)} pairs of generations ({n1} and {n2} tokens) in one process   "
+                    f"[A/A: the bare generations' spread {max(a) - min(a):,.0f}; "
+                    f"instrumented: {max(b) - min(b):,.0f}]",
+                    flush=True,
+                )
+                continue
             if scenario == "web-live":  # all threads of a real server, one counted window
                 for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
                     per[(mode, seed)] = _live_server_instructions(mode, min(n2, 300), tmp, seed)

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--other-pairs", type=int, default=12, help="A/B pairs per other tool")
     p.add_argument("--tokens", type=int, default=64, help="new tokens per generation")
+    p.add_argument("--situ-runs", type=int, default=40, help="A/B pairs of the in-situ measurement")
     p.add_argument(
         "--mem-tokens", type=int, default=100_000, help="tokens for the RSS test (0: skip it)"
     )
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer pairs, 20,000 tokens for RSS")
     args = p.parse_args(argv)
     if args.quick:
-        args.pairs, args.small_pairs, args.other_pairs = 40, 6, 4
+        args.pairs, args.small_pairs, args.other_pairs, args.situ_runs = 40, 6, 4, 16
         args.mem_tokens = min(args.mem_tokens, 20_000)
 
     import torch
@@ -300,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{est['flusher_us']:.0f} µs on the flusher (the events of {args.tokens} tokens)"
     )
 
+    print("\n== our per-token wrappers timed in situ (inside real generations: cold caches)")
+    for streamer in (False, True):
+        label = "tiny GPT-2, streamer" if streamer else "tiny GPT-2, no streamer"
+        r = in_situ(model, tok, on, off, args.tokens, args.situ_runs, streamer)
+        show(fmt_in_situ(label + " (in situ)", r, est["gen_us"], args.tokens))
+
     print(f"\n== A/B, {args.tokens}-token greedy generations (events -> {out_dir})")
     n = args.tokens
     fixed_ns = (n + 1) * est["step_ns"] + est["gen_us"] * 1e3
@@ -356,6 +363,100 @@ def estimate(cost_ns: float, r: dict[str, float], tokens: int) -> str:
     return (
         f"; isolated estimate {cost_ns / tokens / 1e3:.2f} µs/token, "
         f"ratio {1 + cost_ns / (r['bare_s'] * 1e9):.4f}"
+    )
+
+
+def in_situ(
+    model: Any, tok: Any, on: Any, off: Any, n: int, runs: int, streamer: bool
+) -> dict[str, float]:
+    """Our per-token wrappers timed where they run: inside real generations, with the caches as
+    torch leaves them between two tokens (the isolated figures run with warm caches and
+    understate it several times over).
+
+    The loop condition (``_has_unfinished_sequences``) and the streamer's ``put`` get a timing
+    shim, the same on both sides: around the original function in bare runs (A), around our
+    wrapper (which calls the original) in instrumented runs (B), A and B alternating. Per run,
+    the median call times the calls per token; per pair, B - A. It leaves out what our code
+    does to torch's caches for the next token and our once-per-generation work (printed beside
+    it, from the isolated measurement); the whole-run A/B lines below include both, with their
+    noise."""
+    import torch
+    from transformers.generation.utils import GenerationMixin
+
+    from pyinstrument_ai.targets import transformers as target
+
+    clock = time.perf_counter_ns
+    inputs = tok("Hello, how are you today?", return_tensors="pt")
+
+    def shim(fn: Any, out: list[int]) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                out.append(clock() - t)
+
+        return timed
+
+    def one(instrumented: bool) -> tuple[float, float]:
+        (on if instrumented else off)()
+        sink = Sink() if streamer else None
+        if instrumented and streamer:
+            target._ensure_streamer_wrapped(Sink)  # what generate does on seeing the streamer
+        steps: list[int] = []
+        puts: list[int] = []
+        step, put = GenerationMixin.__dict__["_has_unfinished_sequences"], Sink.__dict__["put"]
+        GenerationMixin._has_unfinished_sequences = shim(step, steps)
+        Sink.put = shim(put, puts)  # type: ignore[method-assign]
+        try:
+            with torch.inference_mode():
+                model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
+        finally:
+            GenerationMixin._has_unfinished_sequences = step
+            Sink.put = put  # type: ignore[method-assign]
+            off()
+        step_ns = statistics.median(steps) * len(steps) / n
+        put_ns = statistics.median(puts) * len(puts) / n if puts else 0.0
+        return step_ns, put_ns
+
+    one(False)
+    one(True)
+    a: list[tuple[float, float]] = []
+    b: list[tuple[float, float]] = []
+    for i in range(runs):
+        for inst in (False, True) if i % 2 == 0 else (True, False):
+            (b if inst else a).append(one(inst))
+    added = sorted((y[0] + y[1] - x[0] - x[1]) / 1e3 for x, y in zip(a, b, strict=True))
+    q1, q3 = _quartiles(added)
+    lo, hi = _median_ci(added)
+    return {
+        "us_tok": statistics.median(added),
+        "us_q1": q1,
+        "us_q3": q3,
+        "us_lo": lo,
+        "us_hi": hi,
+        "step_us": statistics.median(y[0] - x[0] for x, y in zip(a, b, strict=True)) / 1e3,
+        "put_us": statistics.median(y[1] - x[1] for x, y in zip(a, b, strict=True)) / 1e3,
+        "runs": runs,
+    }
+
+
+def fmt_in_situ(name: str, r: dict[str, float], fixed_us: float, n: int) -> str:
+    """The in-situ line, with the once-per-generation work spread over the tokens and a
+    verdict from the confidence interval (the per-generation part is added to both ends)."""
+    per_gen = fixed_us / n
+    lo, hi = r["us_lo"] + per_gen, r["us_hi"] + per_gen
+    if hi <= US_PER_TOKEN:
+        verdict = f"OK: <= {US_PER_TOKEN:g} µs/token (95% CI within)"
+    elif lo > US_PER_TOKEN:
+        verdict = f"ABOVE {US_PER_TOKEN:g} µs/token (95% CI above)"
+    else:
+        verdict = f"UNDECIDED: the 95% CI straddles {US_PER_TOKEN:g} µs/token"
+    return (
+        f"{name:<40} +{r['us_tok'] + per_gen:.2f} µs/token in situ "
+        f"(per-token wrappers +{r['us_tok']:.2f}: loop condition +{r['step_us']:.2f}, put "
+        f"+{r['put_us']:.2f}; IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}; + once per generation "
+        f"{per_gen:.2f}; 95% CI {lo:.2f}..{hi:.2f}, n={r['runs']})  {verdict}"
     )
 
 

@@ -39,8 +39,11 @@ RUNS = [
     ("sampler_cost.py", ["--interval", "0.05", "--window", "0.3", "--rounds", "1"], "one sample:"),
     (
         "transformers_overhead.py",
-        ["--pairs", "2", "--no-small", "--no-others", "--mem-tokens", "100", "--tokens", "4"],
-        "µs/token main-thread CPU",
+        [
+            *("--pairs", "2", "--situ-runs", "2", "--no-small", "--no-others"),
+            *("--mem-tokens", "100", "--tokens", "4"),
+        ],
+        "µs/token in situ",
     ),
     ("web_overhead.py", ["--in-process", "--requests", "20", "--rounds", "1"], "added CPU"),
     # the workers benchmarks/instructions.py runs under valgrind, run here without it
@@ -48,6 +51,7 @@ RUNS = [
     ("instructions.py", ["--worker", "web-request", "floor", "3"], ""),
     ("instructions.py", ["--worker", "ort-session-explicit", "instrumented", "3"], ""),
     ("instructions.py", ["--worker", "tokens-streamer", "instrumented", "2"], ""),
+    ("instructions.py", ["--worker", "tokens-streamer-ab", "1", "2,4"], "[[0, 2], [0, 4], [1, 2]"),
 ]
 SLOW_RUNS = [  # real servers
     ("web_overhead.py", ["--rounds", "1", "--duration", "1", "--load", "python"], "vs bare"),
@@ -88,3 +92,12 @@ def test_benchmark_with_real_servers_runs(script, args, expect):
 def test_instruction_count_of_a_live_server_runs():
     # the whole valgrind path: a uvicorn under callgrind, counted in a window
     _run("instructions.py", ["web-live", "--n2", "5"], "web-live")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_instruction_count_of_generations_in_one_process_runs():
+    # callgrind's dumps at os.getppid: one count per generation, bare and instrumented
+    _run(
+        "instructions.py", ["tokens-ab", "--pairs", "1", "--n1", "2", "--n2", "4"], "tokens-ab", 900
+    )

@@ -253,6 +253,56 @@ def test_streamer_gets_the_same_calls_and_keeps_its_identity(tiny, cls):
     check_token_events(rec.events)
 
 
+def _params(fn):
+    code = fn.__code__
+    return code.co_varnames[: code.co_argcount], bool(code.co_flags & 0x0C)  # *args / **kwargs
+
+
+class OtherPut(BaseStreamer):
+    """A put with parameters of its own: the generic wrapper must pass them through."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, tokens, *, note="n"):
+        self.calls.append((tokens, note))
+
+    def end(self):
+        pass
+
+
+def test_per_token_wrappers_bind_like_the_originals_where_the_parameters_are_known(tiny):
+    # The step and put wrappers take the original's own parameters when they are the known
+    # ones (no *args/**kwargs to build on every token), and fall back to the generic form
+    # otherwise; both record the same events.
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    step = GenerationMixin.__dict__["_has_unfinished_sequences"]
+    known = _params(step) == (target._STEP_PARAMS, False)
+    keep, other = Keep(), OtherPut()
+    with recording() as rec:
+        patched = GenerationMixin.__dict__["_has_unfinished_sequences"]
+        assert patched is not step
+        assert _params(patched) == ((target._STEP_PARAMS, False) if known else (("self",), True))
+        generate(model, inputs, streamer=keep, max_new_tokens=5)
+        generate(model, inputs, streamer=other, max_new_tokens=5)
+        assert _params(Keep.__dict__["put"]) == (("self", "value"), False)
+        assert _params(OtherPut.__dict__["put"]) == (("self",), True)  # the generic form
+        other.put("direct", note="kw")  # keyword-only arguments still reach the original
+        # a wrong call fails as it does bare: at the call site, with the same message
+        with pytest.raises(TypeError) as ours:
+            keep.put()
+    with pytest.raises(TypeError) as bare:
+        keep.put()
+    assert str(ours.value) == str(bare.value)
+    assert other.calls[-1] == ("direct", "kw") and len(other.calls) == 1 + 5 + 1
+    gens = named(rec.events, "generate")
+    assert [g["token_times"] for g in gens] == ["put", "put"]
+    for g in gens:
+        assert len(named(rec.events, "put", g["gen"])) == 1 + 5
+    check_token_events(rec.events)
+
+
 def test_streamer_with_put_on_the_instance_falls_back_to_step_times(tiny):
     model, tok = tiny
     inputs = encode(tok, 1)
@@ -335,7 +385,19 @@ def test_a_bug_in_our_code_never_reaches_the_program(tiny, monkeypatch):
     monkeypatch.setattr(_guard, "errors", {})  # keep the process-wide counters clean
     monkeypatch.setattr(_log, "_said", set())
     monkeypatch.setattr(target, "_finish", broken)
-    monkeypatch.setattr(target, "_on_put", broken)
+    monkeypatch.setattr(target, "_on_put", broken)  # the generic put wrapper's
+
+    class BrokenList(list):
+        def append(self, item):
+            raise RuntimeError("instrumentation bug")
+
+    init = target._Gen.__init__
+
+    def broken_puts(self, *a, **k):  # the put wrapper's own path (Keep.put is (self, value))
+        init(self, *a, **k)
+        self.puts = BrokenList()
+
+    monkeypatch.setattr(target._Gen, "__init__", broken_puts)
     s = Keep()
     with recording() as rec:
         out = generate(model, inputs, max_new_tokens=5, streamer=s)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import _thread
 import functools
+import inspect
 import itertools
 import sys
 import threading
@@ -265,11 +266,47 @@ def _tags(streamer: Any) -> dict | None:
     return tags
 
 
+def _plain_params(fn: Any) -> tuple[str, ...] | None:
+    """The parameter names of a function taking exactly those, positionally or by name (no
+    defaults, no ``*args``/``**kwargs``, no keyword-only ones), else None."""
+    code = getattr(fn, "__code__", None)
+    if code is None or fn.__defaults__ or fn.__kwdefaults__ or code.co_kwonlyargcount:
+        return None
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    return code.co_varnames[: code.co_argcount]
+
+
+# The per-token wrappers come in two forms: with the original's own parameters where they are
+# the ones we know (the call binds as cheaply as the original's; a wrong call fails at the call
+# site, before any frame of ours, with the same message since the names are the same), else
+# ``*args, **kwargs``. On the per-token path the tuple and dict that the generic form builds and
+# unpacks are a fifth of what we add (tokens run with cold caches: see benchmarks/).
+_STEP_PARAMS = ("self", "this_peer_finished", "synced_gpus", "device")  # transformers 4.5x, 5.x
+_PUT_PARAMS = ("self", "value")  # BaseStreamer.put and every streamer of transformers
+
+
 def _make_step_method(original: Any) -> Any:
     get, now = _current.get, now_ns  # closure cells: no global lookups per step
 
-    def _has_unfinished_sequences(self: Any, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+    if _plain_params(original) == _STEP_PARAMS:
+
+        def _has_unfinished_sequences(self, this_peer_finished, synced_gpus, device):  # type: ignore[no-untyped-def]
+            __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+            try:
+                more = original(self, this_peer_finished, synced_gpus, device)
+            except BaseException as e:
+                hide(e)
+                raise
+            gen = get()
+            if gen is not None and gen.model is self:
+                gen.steps.append(now())
+            return more
+
+        return _has_unfinished_sequences
+
+    def _has_unfinished_sequences_any(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         try:
             more = original(self, *args, **kwargs)
         except BaseException as e:
@@ -280,7 +317,7 @@ def _make_step_method(original: Any) -> Any:
             gen.steps.append(now())
         return more
 
-    return _has_unfinished_sequences
+    return _has_unfinished_sequences_any
 
 
 def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -384,8 +421,40 @@ def _ensure_streamer_wrapped(cls: type) -> None:
 def _make_put_method(original: Any) -> Any:
     get, now = _current.get, now_ns
 
-    def put(self: Any, *args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+    if _plain_params(original) == _PUT_PARAMS:
+
+        def put(self, value):  # type: ignore[no-untyped-def]
+            __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
+            gen = get()
+            if gen is None or gen.streamer is not self or gen.in_put:
+                try:
+                    return original(self, value)
+                except BaseException as e:
+                    hide(e)
+                    raise
+            t = now()  # the tokens are on the host: put() receives a .cpu() copy
+            gen.in_put = True  # a subclass's put calling super().put is one put
+            try:
+                return original(self, value)
+            except BaseException as e:
+                hide(e)
+                raise
+            finally:
+                dur = now() - t
+                gen.in_put = False
+                try:
+                    rec = _recorder
+                    if rec is not None and rec.capture_content:
+                        _on_put(gen, t, dur, value)
+                    else:  # _on_put's common case, inlined: one frame less per token
+                        gen.puts.append((t, dur, value.shape))
+                except Exception as ours:  # our failure never reaches the host
+                    report("transformers.put", ours)
+
+        return put
+
+    def put_any(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         gen = get()
         if gen is None or gen.streamer is not self or gen.in_put:
             try:
@@ -393,8 +462,8 @@ def _make_put_method(original: Any) -> Any:
             except BaseException as e:
                 hide(e)
                 raise
-        t = now()  # the tokens are on the host: put() receives a .cpu() copy
-        gen.in_put = True  # a subclass's put calling super().put is one put
+        t = now()
+        gen.in_put = True
         try:
             return original(self, *args, **kwargs)
         except BaseException as e:
@@ -405,10 +474,10 @@ def _make_put_method(original: Any) -> Any:
             gen.in_put = False
             try:
                 _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
-            except Exception as ours:  # our failure never reaches the host
+            except Exception as ours:
                 report("transformers.put", ours)
 
-    return put
+    return put_any
 
 
 def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
