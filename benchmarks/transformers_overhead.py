@@ -207,7 +207,7 @@ def fmt(
             verdict = f"  ABOVE target {target:.2f}"
     calls_text = f", {calls:.2f} calls into us/token" if calls is not None else ""
     return (
-        f"{name:<40} +{r['us_tok']:.2f} µs/token main-thread CPU "
+        f"{name:<40} {r['us_tok']:+.2f} µs/token main-thread CPU "
         f"(IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}, 95% CI {r['us_lo']:.2f}..{r['us_hi']:.2f}"
         f"{calls_text}); wall ratio {r['ratio']:.4f} (IQR {r['q1']:.3f}-{r['q3']:.3f}; "
         f"min {r['min']:.4f}, process cpu {r['cpu']:.4f}; bare {r['bare_s'] * 1e3:.1f} ms, "
@@ -453,7 +453,7 @@ def fmt_in_situ(name: str, r: dict[str, float], fixed_us: float, n: int) -> str:
     else:
         verdict = f"UNDECIDED: the 95% CI straddles {US_PER_TOKEN:g} µs/token"
     return (
-        f"{name:<40} +{r['us_tok'] + per_gen:.2f} µs/token in situ "
+        f"{name:<40} {r['us_tok'] + per_gen:+.2f} µs/token in situ "
         f"(per-token wrappers +{r['us_tok']:.2f}: loop condition +{r['step_us']:.2f}, put "
         f"+{r['put_us']:.2f}; IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}; + once per generation "
         f"{per_gen:.2f}; 95% CI {lo:.2f}..{hi:.2f}, n={r['runs']})  {verdict}"

@@ -303,6 +303,46 @@ def test_per_token_wrappers_bind_like_the_originals_where_the_parameters_are_kno
     check_token_events(rec.events)
 
 
+def test_with_a_recorded_streamer_the_token_work_is_the_puts_alone(tiny):
+    # What keeps a streamer's tokens cheap (looked at from inside the generation, the only
+    # place it shows): the loop condition takes no time stamps when the puts give the token
+    # times, and a token put's shape is read once where every put has the same (all but
+    # assisted decoding). The events are those of the test above: one per token, right numel.
+    model, tok = tiny
+    inputs = encode(tok, 2)
+    seen = []
+
+    class Look(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            gen = target._current.get()
+            seen.append((len(gen.steps), gen.put_shape))
+            return scores
+
+    for streamer in (Keep(), None):
+        with recording() as rec:
+            generate(
+                model,
+                inputs,
+                streamer=streamer,
+                max_new_tokens=6,
+                logits_processor=LogitsProcessorList([Look()]),
+            )
+        (g,) = named(rec.events, "generate")
+        if streamer is not None:
+            assert [n for n, _ in seen] == [0] * 6  # no step times taken
+            # the shape of next_tokens, kept from the first token put on (a logits processor
+            # runs before its step's put)
+            assert [shape for _, shape in seen] == [None] + [torch.Size([2])] * 5
+            puts = named(rec.events, "put", g["gen"])
+            assert [p["numel"] for p in puts] == [inputs["input_ids"].numel()] + [2] * 6
+            assert g["token_times"] == "put"
+        else:
+            assert [n for n, _ in seen[-6:]] == [1, 2, 3, 4, 5, 6]  # steps give the times
+            assert g["token_times"] == "step"
+        assert len(named(rec.events, "token", g["gen"])) == 6
+        check_token_events(rec.events)
+
+
 def test_streamer_with_put_on_the_instance_falls_back_to_step_times(tiny):
     model, tok = tiny
     inputs = encode(tok, 1)

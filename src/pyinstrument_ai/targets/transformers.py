@@ -92,6 +92,9 @@ class _Gen:
         "accepted",
         "puts",
         "in_put",
+        "step_model",
+        "put_shape",
+        "same_shape",
         "mode",
         "prompt_len",
         "rows",
@@ -113,6 +116,13 @@ class _Gen:
         # token times are made from them when generate returns
         self.puts: list[tuple[int, int, Any]] = []
         self.in_put = False
+        # the model whose decoding steps are timed: None when the streamer's puts give the
+        # token times (a step's time would go unused; the loop condition then only checks)
+        self.step_model = model
+        # the shape of every token put, once seen, where the decoding method puts one token
+        # per sequence each step (all but assisted decoding): not read from each tensor again
+        self.put_shape: Any = None
+        self.same_shape = False
         self.mode: str | None = None
         self.prompt_len: int | None = None
         self.rows: int | None = None
@@ -250,9 +260,20 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
     if source is None:
         source = kwargs.get("inputs_embeds")
     gen = _Gen(next(_gen_ids), model, streamer, source, _torch.get_num_threads())
+    if streamer is not None and _puts_recorded(streamer):
+        gen.step_model = None
     gen.kwargs = kwargs
     gen.tags = _tags(streamer)
     return gen
+
+
+def _puts_recorded(streamer: Any) -> bool:
+    """Whether this streamer's put goes through our wrapper (its class's put is wrapped, and
+    no put of its own on the instance, as duck-typed streamers have)."""
+    if "put" in getattr(streamer, "__dict__", ()):
+        return False
+    owner = next((k for k in type(streamer).__mro__ if "put" in k.__dict__), None)
+    return owner is not None and any(o is owner and a == "put" for o, a, _ in _patched)
 
 
 def _tags(streamer: Any) -> dict | None:
@@ -299,7 +320,7 @@ def _make_step_method(original: Any) -> Any:
                 hide(e)
                 raise
             gen = get()
-            if gen is not None and gen.model is self:
+            if gen is not None and gen.step_model is self:
                 gen.steps.append(now())
             return more
 
@@ -313,7 +334,7 @@ def _make_step_method(original: Any) -> Any:
             hide(e)
             raise
         gen = get()
-        if gen is not None and gen.model is self:
+        if gen is not None and gen.step_model is self:
             gen.steps.append(now())
         return more
 
@@ -329,7 +350,7 @@ def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any
         hide(e)
         raise
     gen = _current.get()
-    if gen is not None and gen.model is instance:
+    if gen is not None and gen.step_model is instance:
         gen.steps.append(now_ns())
     return more
 
@@ -374,8 +395,10 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
             raise
     with guard("transformers.decoding"):
         gen.mode = wrapped.__name__.lstrip("_")
-        if gen.mode == "assisted_decoding":
+        if gen.mode == "assisted_decoding":  # a step's put may carry several tokens
             _watch_accepted_tokens()
+        else:  # every token put is next_tokens: one token per sequence, the same shape
+            gen.same_shape = True
         input_ids = args[0] if args else kwargs.get("input_ids")
         gen.rows, gen.prompt_len = int(input_ids.shape[0]), int(input_ids.shape[-1])
         gen.cfg = kwargs.get("generation_config")
@@ -447,7 +470,13 @@ def _make_put_method(original: Any) -> Any:
                     if rec is not None and rec.capture_content:
                         _on_put(gen, t, dur, value)
                     else:  # _on_put's common case, inlined: one frame less per token
-                        gen.puts.append((t, dur, value.shape))
+                        puts = gen.puts
+                        shape = gen.put_shape
+                        if shape is None:
+                            shape = value.shape  # ~0.7 µs in a generation: once if we can
+                            if puts and gen.same_shape:  # puts[0] is the prompt's
+                                gen.put_shape = shape
+                        puts.append((t, dur, shape))
                 except Exception as ours:  # our failure never reaches the host
                     report("transformers.put", ours)
 
