@@ -252,8 +252,8 @@ def _tokens_ab(streamer: bool, pairs: int, n1: int, n2: int, tmp: str) -> tuple[
     )
     order = json.loads(run.stdout.strip().splitlines()[-1])
     dumps = sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
-    # dump 1: start-up to the first mark; then (between two generations, one generation)
-    counts = [_totals(p) for p in dumps][2::2]
+    # dump 1: start-up to the first mark; then (one generation, between two generations) ...
+    counts = [_totals(p) for p in dumps][1::2]
     if len(counts) != len(order):
         raise RuntimeError(
             f"{scenario}: {len(counts)} counted generations for {len(order)} run: did callgrind "

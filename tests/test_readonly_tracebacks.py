@@ -292,6 +292,12 @@ def test_every_wrapper_is_marked_for_pytest():
     ``__tracebackhide__`` (pytest's marker, and what _tb.strip looks for)."""
     import pyinstrument_ai.targets.torchserve as ts
 
+    def _known_step(self, this_peer_finished, synced_gpus, device):
+        pass
+
+    def _known_put(self, value):
+        pass
+
     class _Rec:
         def record(self, *a):
             pass
@@ -307,9 +313,10 @@ def test_every_wrapper_is_marked_for_pytest():
         ort_target._make_run_async(_Rec(), None, on).__code__,
         ort_target._make_init(_Rec(), None, on).__code__,
         tf_target._make_generate_wrapper(_Rec()).__code__,
-        tf_target._step_wrapper.__code__,
-        tf_target._make_step_method(len).__code__,
+        tf_target._make_step_method(len).__code__,  # the generic forms
         tf_target._make_put_method(len).__code__,
+        tf_target._make_step_method(_known_step).__code__,  # the original's own parameters
+        tf_target._make_put_method(_known_put).__code__,
         tf_target._decoding_wrapper.__code__,
         tf_target._accepted_wrapper.__code__,
         tf_target._put_wrapper.__code__,

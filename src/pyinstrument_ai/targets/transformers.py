@@ -341,20 +341,6 @@ def _make_step_method(original: Any) -> Any:
     return _has_unfinished_sequences_any
 
 
-def _step_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    # The hot path of the no-streamer case: one call per decoding step (try: free on 3.11+).
-    __tracebackhide__ = True
-    try:
-        more = wrapped(*args, **kwargs)
-    except BaseException as e:
-        hide(e)
-        raise
-    gen = _current.get()
-    if gen is not None and gen.step_model is instance:
-        gen.steps.append(now_ns())
-    return more
-
-
 def _watch_accepted_tokens() -> None:
     """Wrap ``_update_model_kwargs_for_generation`` the first time assisted decoding runs: it
     is called once per step in every mode, so programs that never use assisted decoding do not
