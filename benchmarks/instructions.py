@@ -22,10 +22,12 @@ Scenarios (units):
   process*, alternating (A B B A / B A A B ...), each generation counted on its own (callgrind
   dumps its counts whenever the program calls ``os.getppid``, which the worker does around each
   generation and nothing else here does). Bare and instrumented then share one heap and one
-  hash seed, and the spread of the bare generations' per-token counts (printed) is the A/A:
-  a few thousand instructions per token, against tens of thousands between two processes. This
-  is the decisive figure for what our per-token code executes; its time depends on how cold the
-  caches are (``transformers_overhead.py``'s in-situ line).
+  hash seed, and the spread of the bare generations' per-token counts (printed) is the A/A.
+  Measured: 8,000-13,000 instructions per token (0.2-0.3% of ~4.5M) in one process, against
+  ~158,000 between two processes; ours added +3,300 per token without a streamer and +9,000
+  with one (medians of 6 pairs), inside that spread. Time is another matter: what our code
+  costs depends on how cold the caches are between two tokens (``transformers_overhead.py``'s
+  in-situ line).
 * ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
   uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
   own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.

@@ -496,6 +496,7 @@ def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dic
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
     gen = target._Gen(0, model, sink, inputs["input_ids"], 1)
+    gen.put_owner = target._put_owner(sink)  # as generate's wrapper sets it
     token = target._current.set(gen)
     try:
         step_ns = best(step) - bare_step

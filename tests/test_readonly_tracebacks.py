@@ -314,13 +314,13 @@ def test_every_wrapper_is_marked_for_pytest():
         ort_target._make_init(_Rec(), None, on).__code__,
         tf_target._make_generate_wrapper(_Rec()).__code__,
         tf_target._make_step_method(len).__code__,  # the generic forms
-        tf_target._make_put_method(len).__code__,
+        tf_target._make_put_method(len, object).__code__,
         tf_target._make_step_method(_known_step).__code__,  # the original's own parameters
-        tf_target._make_put_method(_known_put).__code__,
+        tf_target._make_put_method(_known_put, object).__code__,
         tf_target._decoding_wrapper.__code__,
         tf_target._accepted_wrapper.__code__,
-        tf_target._put_wrapper.__code__,
-        tf_target._end_wrapper.__code__,
+        tf_target._make_put_wrapper(object).__code__,
+        tf_target._make_end_wrapper(object).__code__,
         ts._make_predict(_Rec(), None, on).__code__,
         ts._make_send(_Rec(), len, on).__code__,
         ts._make_stage("inference", len, None).__code__,

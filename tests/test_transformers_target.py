@@ -378,6 +378,28 @@ def test_a_subclass_streamer_calling_super_put_is_one_put(tiny, capsys):
     check_token_events(rec.events)
 
 
+def test_nested_ends_and_a_put_made_inside_end_are_not_counted_again(tiny, capsys):
+    # A subclass's end calling super().end is one end; a put that end makes (flushing a last
+    # piece through put, say) is not a token of the generation.
+    model, tok = tiny
+    inputs = encode(tok, 1)
+
+    class Flushing(TextStreamer):
+        def end(self):
+            self.put(torch.tensor([0]))
+            super().end()
+
+    with recording() as rec:
+        generate(model, inputs, streamer=TextStreamer(tok), max_new_tokens=3)  # wraps its end
+        generate(model, inputs, streamer=Flushing(tok), max_new_tokens=3)
+    capsys.readouterr()
+    g = named(rec.events, "generate")[1]
+    assert len(named(rec.events, "end", g["gen"])) == 1
+    assert len(named(rec.events, "put", g["gen"])) == 1 + 3
+    assert len(named(rec.events, "token", g["gen"])) == 3
+    check_token_events(rec.events)
+
+
 class Boom(Exception):
     pass
 

@@ -91,7 +91,8 @@ class _Gen:
         "steps",
         "accepted",
         "puts",
-        "in_put",
+        "put_owner",
+        "in_end",
         "step_model",
         "put_shape",
         "same_shape",
@@ -115,7 +116,12 @@ class _Gen:
         # (time, duration, value's shape) of every put, the prompt's first: put events and
         # token times are made from them when generate returns
         self.puts: list[tuple[int, int, Any]] = []
-        self.in_put = False
+        # the class whose put wrapper records this streamer's puts: the outermost put of its
+        # class (a subclass's put calling super().put is one put: the inner wrapper finds
+        # another class here and passes through); None while end() runs or when no put of
+        # the streamer goes through a wrapper of ours
+        self.put_owner: type | None = None
+        self.in_end = False
         # the model whose decoding steps are timed: None when the streamer's puts give the
         # token times (a step's time would go unused; the loop condition then only checks)
         self.step_model = model
@@ -260,20 +266,24 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
     if source is None:
         source = kwargs.get("inputs_embeds")
     gen = _Gen(next(_gen_ids), model, streamer, source, _torch.get_num_threads())
-    if streamer is not None and _puts_recorded(streamer):
-        gen.step_model = None
+    if streamer is not None:
+        gen.put_owner = _put_owner(streamer)
+        if gen.put_owner is not None:
+            gen.step_model = None
     gen.kwargs = kwargs
     gen.tags = _tags(streamer)
     return gen
 
 
-def _puts_recorded(streamer: Any) -> bool:
-    """Whether this streamer's put goes through our wrapper (its class's put is wrapped, and
-    no put of its own on the instance, as duck-typed streamers have)."""
+def _put_owner(streamer: Any) -> type | None:
+    """The class defining this streamer's put, if that put is our wrapper (None for a put of
+    its own on the instance, as duck-typed streamers have, or one we left alone)."""
     if "put" in getattr(streamer, "__dict__", ()):
-        return False
+        return None
     owner = next((k for k in type(streamer).__mro__ if "put" in k.__dict__), None)
-    return owner is not None and any(o is owner and a == "put" for o, a, _ in _patched)
+    if owner is not None and any(o is owner and a == "put" for o, a, _ in _patched):
+        return owner
+    return None
 
 
 def _tags(streamer: Any) -> dict | None:
@@ -410,7 +420,7 @@ def _ensure_streamer_wrapped(cls: type) -> None:
         if cls in _streamer_classes or not _patched:
             return
         _streamer_classes.add(cls)
-        for attr, wrapper in (("put", _put_wrapper), ("end", _end_wrapper)):
+        for attr, make in (("put", _make_put_wrapper), ("end", _make_end_wrapper)):
             owner = next((k for k in cls.__mro__ if attr in k.__dict__), None)
             if owner is None or owner is object:
                 continue  # put/end set on the instance (duck typing): steps give the times
@@ -421,28 +431,33 @@ def _ensure_streamer_wrapped(cls: type) -> None:
                 continue  # staticmethod, builtin, ...: leave it alone
             with guard("transformers.streamer"):
                 if attr == "put" and isinstance(original, types.FunctionType):
-                    _wrap_plain(owner, attr, _make_put_method)  # one call per token
+                    # one call per token: a plain function
+                    _wrap_plain(owner, attr, lambda f, k=owner: _make_put_method(f, k))
                 else:
-                    setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
+                    setattr(owner, attr, wrapt.FunctionWrapper(original, make(owner)))
                     _patched.append((owner, attr, original))
 
 
-def _make_put_method(original: Any) -> Any:
+def _make_put_method(original: Any, owner: type) -> Any:
+    """The plain-function wrapper of ``owner.put`` (a put is recorded by the wrapper of the
+    class that defines the streamer's own put: ``gen.put_owner``)."""
     get, now = _current.get, now_ns
+    rec = _recorder  # the recorder of this patch(): a new patch() makes new wrappers
+    capture = rec is not None and rec.capture_content
 
     if _plain_params(original) == _PUT_PARAMS:
-
+        # Every line here runs once per token with cold caches (torch ran in between), where
+        # each bytecode shows: ~2.5 µs in all, see benchmarks/transformers_overhead.py.
         def put(self, value):  # type: ignore[no-untyped-def]
             __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
             gen = get()
-            if gen is None or gen.streamer is not self or gen.in_put:
+            if gen is None or gen.put_owner is not owner or gen.streamer is not self:
                 try:
                     return original(self, value)
                 except BaseException as e:
                     hide(e)
                     raise
             t = now()  # the tokens are on the host: put() receives a .cpu() copy
-            gen.in_put = True  # a subclass's put calling super().put is one put
             try:
                 return original(self, value)
             except BaseException as e:
@@ -450,19 +465,16 @@ def _make_put_method(original: Any) -> Any:
                 raise
             finally:
                 dur = now() - t
-                gen.in_put = False
                 try:
-                    rec = _recorder
-                    if rec is not None and rec.capture_content:
+                    if capture:
                         _on_put(gen, t, dur, value)
                     else:  # _on_put's common case, inlined: one frame less per token
-                        puts = gen.puts
                         shape = gen.put_shape
                         if shape is None:
                             shape = value.shape  # ~0.7 µs in a generation: once if we can
-                            if puts and gen.same_shape:  # puts[0] is the prompt's
+                            if gen.puts and gen.same_shape:  # puts[0] is the prompt's
                                 gen.put_shape = shape
-                        puts.append((t, dur, shape))
+                        gen.puts.append((t, dur, shape))
                 except Exception as ours:  # our failure never reaches the host
                     report("transformers.put", ours)
 
@@ -471,14 +483,13 @@ def _make_put_method(original: Any) -> Any:
     def put_any(self: Any, *args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True
         gen = get()
-        if gen is None or gen.streamer is not self or gen.in_put:
+        if gen is None or gen.put_owner is not owner or gen.streamer is not self:
             try:
                 return original(self, *args, **kwargs)
             except BaseException as e:
                 hide(e)
                 raise
         t = now()
-        gen.in_put = True
         try:
             return original(self, *args, **kwargs)
         except BaseException as e:
@@ -486,7 +497,6 @@ def _make_put_method(original: Any) -> Any:
             raise
         finally:
             dur = now() - t
-            gen.in_put = False
             try:
                 _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
             except Exception as ours:
@@ -495,27 +505,30 @@ def _make_put_method(original: Any) -> Any:
     return put_any
 
 
-def _put_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    __tracebackhide__ = True
-    gen = _current.get()
-    if gen is None or gen.streamer is not instance or gen.in_put:
+def _make_put_wrapper(owner: type) -> Any:
+    """The wrapt wrapper of ``owner.put`` where it is not a plain function."""
+
+    def put(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        __tracebackhide__ = True
+        gen = _current.get()
+        if gen is None or gen.put_owner is not owner or gen.streamer is not instance:
+            try:
+                return wrapped(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
+        t = now_ns()  # the tokens are on the host: put() receives a .cpu() copy
         try:
             return wrapped(*args, **kwargs)
         except BaseException as e:
             hide(e)
             raise
-    t = now_ns()  # the tokens are on the host: put() receives a .cpu() copy
-    gen.in_put = True  # a subclass's put calling super().put is one put
-    try:
-        return wrapped(*args, **kwargs)
-    except BaseException as e:
-        hide(e)
-        raise
-    finally:
-        dur = now_ns() - t
-        gen.in_put = False
-        with guard("transformers.put"):
-            _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
+        finally:
+            dur = now_ns() - t
+            with guard("transformers.put"):
+                _on_put(gen, t, dur, args[0] if args else kwargs.get("value"))
+
+    return put
 
 
 def _on_put(gen: _Gen, t: int, dur: int, value: Any) -> None:
@@ -559,29 +572,35 @@ def _put_records(puts: list, gid: int, tid: int, emit: bool) -> tuple[list, list
     return records, times
 
 
-def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    __tracebackhide__ = True
-    gen = _current.get()
-    if gen is None or gen.streamer is not instance or gen.in_put:
+def _make_end_wrapper(owner: type) -> Any:
+    """The wrapper of ``owner.end``: one ``end`` event, the outermost end of the generation's
+    streamer; a put made while it runs is not a token's."""
+
+    def end(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        __tracebackhide__ = True
+        gen = _current.get()
+        if gen is None or gen.streamer is not instance or gen.in_end:
+            try:
+                return wrapped(*args, **kwargs)
+            except BaseException as e:
+                hide(e)
+                raise
+        t = now_ns()
+        gen.in_end, put_owner, gen.put_owner = True, gen.put_owner, None
         try:
             return wrapped(*args, **kwargs)
         except BaseException as e:
             hide(e)
             raise
-    t = now_ns()
-    gen.in_put = True
-    try:
-        return wrapped(*args, **kwargs)
-    except BaseException as e:
-        hide(e)
-        raise
-    finally:
-        dur = now_ns() - t
-        gen.in_put = False
-        rec = _recorder
-        if rec is not None:
-            with guard("transformers.end"):
-                rec.record("end", t, dur, {"gen": gen.id})
+        finally:
+            dur = now_ns() - t
+            gen.in_end, gen.put_owner = False, put_owner
+            rec = _recorder
+            if rec is not None:
+                with guard("transformers.end"):
+                    rec.record("end", t, dur, {"gen": gen.id})
+
+    return end
 
 
 # --------------------------------------------------------------------------------------------
