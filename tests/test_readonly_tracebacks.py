@@ -320,7 +320,7 @@ def test_every_wrapper_is_marked_for_pytest():
         tf_target._decoding_wrapper.__code__,
         tf_target._accepted_wrapper.__code__,
         tf_target._make_put_wrapper(object).__code__,
-        tf_target._make_end_wrapper(object).__code__,
+        tf_target._end_wrapper.__code__,
         ts._make_predict(_Rec(), None, on).__code__,
         ts._make_send(_Rec(), len, on).__code__,
         ts._make_stage("inference", len, None).__code__,

@@ -123,7 +123,8 @@ class _Gen:
         self.put_owner: type | None = None
         self.in_end = False
         # the model whose decoding steps are timed: None when the streamer's puts give the
-        # token times (a step's time would go unused; the loop condition then only checks)
+        # token times (a step's time would go unused; the loop condition then only checks),
+        # set so by the decoding method's wrapper
         self.step_model = model
         # the shape of every token put, once seen, where the decoding method puts one token
         # per sequence each step (all but assisted decoding): not read from each tensor again
@@ -268,8 +269,6 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
     gen = _Gen(next(_gen_ids), model, streamer, source, _torch.get_num_threads())
     if streamer is not None:
         gen.put_owner = _put_owner(streamer)
-        if gen.put_owner is not None:
-            gen.step_model = None
     gen.kwargs = kwargs
     gen.tags = _tags(streamer)
     return gen
@@ -391,6 +390,8 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
             raise
     with guard("transformers.decoding"):
         gen.mode = wrapped.__name__.lstrip("_")
+        if gen.put_owner is not None:  # transformers' decoding methods put every step's tokens
+            gen.step_model = None  # (a custom generate may not: its steps stay timed)
         if gen.mode == "assisted_decoding":  # a step's put may carry several tokens
             _watch_accepted_tokens()
         else:  # every token put is next_tokens: one token per sequence, the same shape
@@ -420,7 +421,7 @@ def _ensure_streamer_wrapped(cls: type) -> None:
         if cls in _streamer_classes or not _patched:
             return
         _streamer_classes.add(cls)
-        for attr, make in (("put", _make_put_wrapper), ("end", _make_end_wrapper)):
+        for attr in ("put", "end"):
             owner = next((k for k in cls.__mro__ if attr in k.__dict__), None)
             if owner is None or owner is object:
                 continue  # put/end set on the instance (duck typing): steps give the times
@@ -434,7 +435,8 @@ def _ensure_streamer_wrapped(cls: type) -> None:
                     # one call per token: a plain function
                     _wrap_plain(owner, attr, lambda f, k=owner: _make_put_method(f, k))
                 else:
-                    setattr(owner, attr, wrapt.FunctionWrapper(original, make(owner)))
+                    wrapper = _make_put_wrapper(owner) if attr == "put" else _end_wrapper
+                    setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
                     _patched.append((owner, attr, original))
 
 
@@ -572,35 +574,31 @@ def _put_records(puts: list, gid: int, tid: int, emit: bool) -> tuple[list, list
     return records, times
 
 
-def _make_end_wrapper(owner: type) -> Any:
-    """The wrapper of ``owner.end``: one ``end`` event, the outermost end of the generation's
-    streamer; a put made while it runs is not a token's."""
-
-    def end(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-        __tracebackhide__ = True
-        gen = _current.get()
-        if gen is None or gen.streamer is not instance or gen.in_end:
-            try:
-                return wrapped(*args, **kwargs)
-            except BaseException as e:
-                hide(e)
-                raise
-        t = now_ns()
-        gen.in_end, put_owner, gen.put_owner = True, gen.put_owner, None
+def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """One ``end`` event: the outermost end of the generation's streamer (a subclass's end
+    calling super().end is one); a put made while it runs is not a token's."""
+    __tracebackhide__ = True
+    gen = _current.get()
+    if gen is None or gen.streamer is not instance or gen.in_end:
         try:
             return wrapped(*args, **kwargs)
         except BaseException as e:
             hide(e)
             raise
-        finally:
-            dur = now_ns() - t
-            gen.in_end, gen.put_owner = False, put_owner
-            rec = _recorder
-            if rec is not None:
-                with guard("transformers.end"):
-                    rec.record("end", t, dur, {"gen": gen.id})
-
-    return end
+    t = now_ns()
+    gen.in_end, put_owner, gen.put_owner = True, gen.put_owner, None
+    try:
+        return wrapped(*args, **kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
+    finally:
+        dur = now_ns() - t
+        gen.in_end, gen.put_owner = False, put_owner
+        rec = _recorder
+        if rec is not None:
+            with guard("transformers.end"):
+                rec.record("end", t, dur, {"gen": gen.id})
 
 
 # --------------------------------------------------------------------------------------------
