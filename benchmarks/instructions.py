@@ -87,9 +87,9 @@ SCENARIOS = (
 WARM = 20
 
 
-def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
-    """One generation of ``n`` new tokens (after a warm-up generation): the per-generation
-    work cancels out between the N1 and N2 runs, the per-token work remains."""
+def _tiny_generation(streamer: bool) -> tuple[Any, Any, Any]:
+    """(gen(k): a greedy generation of exactly k new tokens of the tiny GPT-2 on one torch
+    thread, with a do-nothing streamer if asked; a Recorder; the transformers target)."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -107,15 +107,21 @@ def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
     torch.set_num_threads(1)
     model, tok = tiny_gpt2(seed=0)
     inputs = dict(tok(["Hello, how are you"], return_tensors="pt"))
-    rec = Recorder()
-    if mode == "instrumented":
-        target.patch(rec)
 
     def gen(k: int) -> None:
         kw = {"streamer": Quiet()} if streamer else {}
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, **kw)
 
+    return gen, Recorder(), target
+
+
+def _tokens_worker(streamer: bool, mode: str, n: int) -> None:
+    """One generation of ``n`` new tokens (after a warm-up generation): the per-generation
+    work cancels out between the N1 and N2 runs, the per-token work remains."""
+    gen, rec, target = _tiny_generation(streamer)
+    if mode == "instrumented":
+        target.patch(rec)
     gen(8)  # warm-up: first calls differ
     rec.drain()
     gen(n)
@@ -177,29 +183,7 @@ def _tokens_ab_worker(streamer: bool, pairs: int, n1: int, n2: int) -> None:
     between two ``os.getppid()`` calls (callgrind dumps there). Prints the order as JSON."""
     import json
 
-    import torch
-    from transformers.generation.streamers import BaseStreamer
-
-    from pyinstrument_ai.demo import tiny_gpt2
-    from pyinstrument_ai.recorder import Recorder
-    from pyinstrument_ai.targets import transformers as target
-
-    class Quiet(BaseStreamer):
-        def put(self, value):
-            pass
-
-        def end(self):
-            pass
-
-    torch.set_num_threads(1)
-    model, tok = tiny_gpt2(seed=0)
-    inputs = dict(tok(["Hello, how are you"], return_tensors="pt"))
-    rec = Recorder()
-
-    def gen(k: int) -> None:
-        kw = {"streamer": Quiet()} if streamer else {}
-        with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False, **kw)
+    gen, rec, target = _tiny_generation(streamer)
 
     def one(mode: int, k: int, marked: bool) -> None:
         if mode:

@@ -109,32 +109,51 @@ def ab(
         run()
         on()
         run()
-    a: list[tuple[int, int, int]] = []
-    b: list[tuple[int, int, int]] = []
-    for i in range(pairs):
-        for inst in (False, True) if i % 2 == 0 else (True, False):
-            (on if inst else off)()
-            (b if inst else a).append(run())
+
+    def one(inst: bool) -> tuple[int, int, int]:
+        (on if inst else off)()
+        return run()
+
+    a, b = _interleaved(one, pairs)
     off()
     ratios = sorted(y[0] / x[0] for x, y in zip(a, b, strict=True))
-    added = sorted((y[2] - x[2]) / tokens / 1e3 for x, y in zip(a, b, strict=True))
     q1, q3 = _quartiles(ratios)
-    u1, u3 = _quartiles(added)
-    lo, hi = _median_ci(added)
     return {
         "ratio": statistics.median(ratios),
         "q1": q1,
         "q3": q3,
-        "us_tok": statistics.median(added),
-        "us_q1": u1,
-        "us_q3": u3,
-        "us_lo": lo,
-        "us_hi": hi,
+        **_added_per_token([(y[2] - x[2]) / tokens / 1e3 for x, y in zip(a, b, strict=True)]),
         "min": min(y[0] for y in b) / min(x[0] for x in a),
         "cpu": statistics.median(y[1] for y in b) / statistics.median(x[1] for x in a),
         "thread": statistics.median(y[2] / x[2] for x, y in zip(a, b, strict=True)),
         "bare_s": statistics.median(x[0] for x in a) / 1e9,
         "pairs": pairs,
+    }
+
+
+def _interleaved(one: Callable[[bool], Any], pairs: int) -> tuple[list, list]:
+    """``one(False)`` (bare, A) and ``one(True)`` (instrumented, B) alternating: A B, B A, ...
+    (drift and warm-up hit both sides alike). Returns (A results, B results), paired."""
+    a: list = []
+    b: list = []
+    for i in range(pairs):
+        for inst in (False, True) if i % 2 == 0 else (True, False):
+            (b if inst else a).append(one(inst))
+    return a, b
+
+
+def _added_per_token(added: list[float]) -> dict[str, float]:
+    """Per-pair added µs per token: the median, its quartiles and its 95% confidence interval
+    (``us_tok``, ``us_q1``/``us_q3``, ``us_lo``/``us_hi``)."""
+    added = sorted(added)
+    q1, q3 = _quartiles(added)
+    lo, hi = _median_ci(added)
+    return {
+        "us_tok": statistics.median(added),
+        "us_q1": q1,
+        "us_q3": q3,
+        "us_lo": lo,
+        "us_hi": hi,
     }
 
 
@@ -428,20 +447,9 @@ def in_situ(
 
     one(False)
     one(True)
-    a: list[tuple[float, float]] = []
-    b: list[tuple[float, float]] = []
-    for i in range(runs):
-        for inst in (False, True) if i % 2 == 0 else (True, False):
-            (b if inst else a).append(one(inst))
-    added = sorted((y[0] + y[1] - x[0] - x[1]) / 1e3 for x, y in zip(a, b, strict=True))
-    q1, q3 = _quartiles(added)
-    lo, hi = _median_ci(added)
+    a, b = _interleaved(one, runs)
     return {
-        "us_tok": statistics.median(added),
-        "us_q1": q1,
-        "us_q3": q3,
-        "us_lo": lo,
-        "us_hi": hi,
+        **_added_per_token([(y[0] + y[1] - x[0] - x[1]) / 1e3 for x, y in zip(a, b, strict=True)]),
         "step_us": statistics.median(y[0] - x[0] for x, y in zip(a, b, strict=True)) / 1e3,
         "put_us": statistics.median(y[1] - x[1] for x, y in zip(a, b, strict=True)) / 1e3,
         "runs": runs,
