@@ -343,6 +343,32 @@ def test_with_a_recorded_streamer_the_token_work_is_the_puts_alone(tiny):
         check_token_events(rec.events)
 
 
+@pytest.mark.skipif(
+    not version_ok(transformers.__version__, (">=5",)),
+    reason="custom_generate as a callable is transformers 5's",
+)
+def test_a_custom_decoding_method_that_does_not_put_keeps_step_times(tiny):
+    # Step stamps are skipped only once one of transformers' own decoding methods runs: a
+    # custom one (here: transformers' sampling loop, unwrapped, without the streamer) may not
+    # put every step's tokens, and its tokens are then timed by the steps.
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    s = Keep()
+
+    def custom(model, input_ids, streamer=None, **kw):
+        loop = GenerationMixin.__dict__["_sample"]
+        loop = getattr(loop, "__wrapped__", loop)  # the original, not our wrapper
+        return loop(model, input_ids, streamer=None, **kw)
+
+    with recording() as rec:
+        generate(model, inputs, streamer=s, max_new_tokens=5, custom_generate=custom)
+    assert [k for k, _ in s.calls] == ["put"]  # the prompt's, from generate itself
+    (g,) = named(rec.events, "generate")
+    assert g["token_times"] == "step" and g["mode"] is None
+    assert len(named(rec.events, "token", g["gen"])) == 5
+    check_token_events(rec.events)
+
+
 def test_streamer_with_put_on_the_instance_falls_back_to_step_times(tiny):
     model, tok = tiny
     inputs = encode(tok, 1)

@@ -674,8 +674,13 @@ def _finish(
     per_position: list[int] | None = None
     positions = 0
     new = None
-    if hasattr(seqs, "shape") and len(seqs.shape) == 2 and gen.prompt_len is not None:
-        new = seqs[:, gen.prompt_len :]
+    prompt_len = gen.prompt_len
+    if prompt_len is None and not is_enc_dec and src_shape is not None and len(src_shape) >= 2:
+        # no decoding method of transformers ran (a custom_generate): a decoder-only model's
+        # returned ids start with the prompt given to generate
+        prompt_len = int(src_shape[1])
+    if hasattr(seqs, "shape") and len(seqs.shape) == 2 and prompt_len is not None:
+        new = seqs[:, prompt_len:]
         rows, positions = int(new.shape[0]), int(new.shape[1])
         eos = overrides.get("eos_token_id", getattr(cfg, "eos_token_id", None))
         new_tokens, per_position = _count_new(new, eos, rows, positions)
@@ -688,7 +693,7 @@ def _finish(
 
     if recorder.capture_content and new is not None:
         with guard("transformers.generate.content"):
-            fields["prompt_ids"] = seqs[:, : gen.prompt_len].tolist()
+            fields["prompt_ids"] = seqs[:, :prompt_len].tolist()
             fields["output_ids"] = new.tolist()
     # The generation's events (its puts, itself, its tokens) are made by the flusher from what
     # is ours and fixed now (the lists below are no longer appended to: the generation ended);
