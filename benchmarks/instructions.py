@@ -216,27 +216,9 @@ def _tokens_ab(streamer: bool, pairs: int, n1: int, n2: int, tmp: str) -> tuple[
 
     scenario = "tokens-streamer-ab" if streamer else "tokens-ab"
     out = os.path.join(tmp, f"cg.{scenario}")
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1"}
-    env["OMP_NUM_THREADS"] = "1"
-    run = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--dump-before=os_getppid",  # CPython's C function behind os.getppid
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            os.path.abspath(__file__),
-            "--worker",
-            scenario,
-            str(pairs),
-            f"{n1},{n2}",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    order = json.loads(run.stdout.strip().splitlines()[-1])
+    # os_getppid: CPython's C function behind os.getppid
+    stdout = _callgrind(out, "--dump-before=os_getppid", [scenario, str(pairs), f"{n1},{n2}"])
+    order = json.loads(stdout.strip().splitlines()[-1])
     dumps = sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
     # dump 1: start-up to the first mark; then (one generation, between two generations) ...
     counts = [_totals(p) for p in dumps][1::2]
@@ -390,28 +372,29 @@ def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> flo
 def _instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> tuple[int, int]:
     """One run under callgrind: the main thread's instructions and every thread's."""
     out = os.path.join(tmp, f"cg.{scenario}.{mode}.{n}.{seed}")
+    _callgrind(out, "--separate-threads=yes", [scenario, mode, str(n)], seed)
+    # thread 1: the main thread
+    return _totals(out + "-01"), sum(_totals(p) for p in glob.glob(out + "-*"))
+
+
+def _callgrind(out: str, option: str, worker: list[str], seed: int = 0) -> str:
+    """This script's ``--worker`` with arguments ``worker``, under callgrind with ``option``,
+    writing to ``out``; hash seed and BLAS thread counts fixed so that runs repeat. Returns
+    what the worker printed."""
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "OPENBLAS_NUM_THREADS": "1"}
     env["OMP_NUM_THREADS"] = "1"
-    subprocess.run(
+    run = subprocess.run(
         [
-            "valgrind",
-            "--tool=callgrind",
-            "--separate-threads=yes",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            os.path.abspath(__file__),
-            "--worker",
-            scenario,
-            mode,
-            str(n),
+            *("valgrind", "--tool=callgrind", option, f"--callgrind-out-file={out}"),
+            *(sys.executable, os.path.abspath(__file__), "--worker", *worker),
         ],
         env=env,
         check=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
     )
-    # thread 1: the main thread
-    return _totals(out + "-01"), sum(_totals(p) for p in glob.glob(out + "-*"))
+    return run.stdout
 
 
 def _totals(path: str) -> int:

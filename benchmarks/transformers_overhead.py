@@ -216,14 +216,9 @@ def fmt(
 ) -> str:
     verdict = ""
     if us_target is not None:
-        # decided only when the whole confidence interval is on one side of the target; on a
-        # busy machine it is not, and the isolated estimate (beside it) is the better guide
-        if r["us_hi"] <= us_target:
-            verdict = f"  OK: <= {us_target:g} µs/token (95% CI within)"
-        elif r["us_lo"] > us_target:
-            verdict = f"  ABOVE {us_target:g} µs/token (95% CI above)"
-        else:
-            verdict = f"  UNDECIDED: the 95% CI straddles {us_target:g} µs/token (noisy machine?)"
+        # on a busy machine the whole-run interval straddles the target: the in-situ line
+        # (above it) is the better guide
+        verdict = "  " + _ci_verdict(r["us_lo"], r["us_hi"], us_target, " (noisy machine?)")
     elif target is not None:
         if r["ratio"] <= target:
             verdict = "  OK"
@@ -456,17 +451,22 @@ def in_situ(
     }
 
 
+def _ci_verdict(lo: float, hi: float, target: float, undecided: str = "") -> str:
+    """Decided only when the whole 95% confidence interval ``lo..hi`` (µs/token) is on one
+    side of ``target``."""
+    if hi <= target:
+        return f"OK: <= {target:g} µs/token (95% CI within)"
+    if lo > target:
+        return f"ABOVE {target:g} µs/token (95% CI above)"
+    return f"UNDECIDED: the 95% CI straddles {target:g} µs/token{undecided}"
+
+
 def fmt_in_situ(name: str, r: dict[str, float], fixed_us: float, n: int) -> str:
     """The in-situ line, with the once-per-generation work spread over the tokens and a
     verdict from the confidence interval (the per-generation part is added to both ends)."""
     per_gen = fixed_us / n
     lo, hi = r["us_lo"] + per_gen, r["us_hi"] + per_gen
-    if hi <= US_PER_TOKEN:
-        verdict = f"OK: <= {US_PER_TOKEN:g} µs/token (95% CI within)"
-    elif lo > US_PER_TOKEN:
-        verdict = f"ABOVE {US_PER_TOKEN:g} µs/token (95% CI above)"
-    else:
-        verdict = f"UNDECIDED: the 95% CI straddles {US_PER_TOKEN:g} µs/token"
+    verdict = _ci_verdict(lo, hi, US_PER_TOKEN)
     return (
         f"{name:<40} {r['us_tok'] + per_gen:+.2f} µs/token in situ "
         f"(per-token wrappers +{r['us_tok']:.2f}: loop condition +{r['step_us']:.2f}, put "
