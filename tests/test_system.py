@@ -280,11 +280,18 @@ def test_sampler_thread_in_a_session(toy_registered):
 
 FORKS = textwrap.dedent(
     """
-    import os, time
+    import glob, os, time
     time.sleep(0.1)
     pid = os.fork()
     if pid == 0:
-        time.sleep(0.3)  # several samples, and flushes (os._exit skips the exit flush)
+        # os._exit skips the exit flush, so stay until the flusher has written two samples
+        # of this process (a fixed sleep was too short on a loaded 2-core machine)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            mine = glob.glob(os.path.join("out", f"*-{os.getpid()}-*.jsonl"))
+            if mine and open(mine[0]).read().count('"system.sample"') >= 2:
+                break
+            time.sleep(0.02)
         os._exit(0)
     os.waitpid(pid, 0)
     """
