@@ -752,6 +752,62 @@ def test_a_generations_events_are_made_by_the_flusher_not_the_generating_thread(
     assert [r[4]["index"] for r in drained if r[0] == "token"] == list(range(5))
 
 
+def test_the_event_says_what_held_when_generate_returned_not_when_it_was_written():
+    """The flusher makes a generation's fields later; what the program changes in between
+    (the returned ids, the model's dtype) must not reach them. And the first parameter that
+    gives device and dtype, remembered per model, follows .to() and a replaced module, and
+    keeps neither alive."""
+    import gc
+    import weakref
+
+    from pyinstrument_ai.demo import tiny_gpt2
+    from pyinstrument_ai.recorder import Recorder
+
+    model, tok = tiny_gpt2(seed=0, cached=False)  # its own: this test converts and changes it
+    inputs = encode(tok, 3)
+    plen = inputs["input_ids"].shape[1]
+    procs = LogitsProcessorList([ForceEos(plen, 3, tok.eos_token_id, row=1)])
+    kw = dict(logits_processor=procs, max_new_tokens=8)
+    rec = Recorder()
+
+    def drained_generation() -> dict:
+        (g,) = [r[4] for r in rec.drain() if r[0] == "generate"]
+        return g
+
+    target.patch(rec)
+    try:
+        out = generate(model, inputs, **kw)
+        out[:, plen:] = tok.eos_token_id  # the program reuses the ids before the flush
+        model.to(torch.bfloat16)
+        g = drained_generation()
+        assert g["new_tokens"] == [8, 4, 8] and g["tokens"] == 20
+        assert g["dtype"] == "float32" and g["device"] == "cpu" and g["max_new_tokens"] == 8
+
+        generate(model, inputs, **kw)
+        assert drained_generation()["dtype"] == "bfloat16"  # the same parameter, converted
+
+        model.to(torch.float32)
+        old = model.get_input_embeddings()
+        assert target._model_facts(model)[0] is old.weight
+        emb = torch.nn.Embedding(old.num_embeddings, old.embedding_dim)
+        emb.weight.data.copy_(old.weight.data)
+        model.set_input_embeddings(emb)  # a module replaced: a new first parameter
+        model.tie_weights()  # (the output layer had the old one)
+        old_ref = weakref.ref(old.weight)
+        del old
+        gc.collect()
+        assert old_ref() is None  # the replaced parameter was not kept by us
+        assert target._model_facts(model)[0] is emb.weight
+        generate(model, inputs, **kw)
+        assert drained_generation()["dtype"] == "float32"
+    finally:
+        target.unpatch()
+    model_ref = weakref.ref(model)
+    del model, out, emb
+    gc.collect()
+    assert model_ref() is None  # nor the model
+
+
 # -- end to end through the launcher ----------------------------------------------------------
 
 

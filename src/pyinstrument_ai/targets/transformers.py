@@ -35,6 +35,7 @@ import itertools
 import sys
 import threading
 import types
+import weakref
 from contextvars import ContextVar
 from typing import Any
 
@@ -143,7 +144,11 @@ _current: ContextVar[_Gen | None] = ContextVar("pyinstrument_ai.transformers.gen
 _gen_ids = itertools.count(1)
 _lock = threading.RLock()
 _patched: list[tuple[type, str, Any]] = []  # (owner class, attribute, original __dict__ entry)
-_streamer_classes: set[type] = set()  # streamer classes already looked at
+# streamer classes already looked at -> the class whose put our wrapper records (or None)
+_streamer_classes: dict[type, type | None] = {}
+_UNSEEN: Any = object()
+# id(model) -> (model, its first parameter) as weak references, and two facts: _model_facts
+_models: dict[int, tuple[Any, Any, str | None, bool]] = {}
 _recorder: Any = None
 _torch: Any = None
 
@@ -213,7 +218,9 @@ def _make_generate_wrapper(recorder: Any) -> Any:
     def generate(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         # Every wrapper here re-raises with hide(e) first: the host's exception leaves with the
         # traceback it would have without us (see pyinstrument_ai._tb); __tracebackhide__ is
-        # pytest's marker for the same, and what _tb.strip() looks for.
+        # pytest's marker for the same, and what _tb.strip() looks for. Our own failures are
+        # caught with try/except report() rather than a guard object on the once-per-generation
+        # paths: its three calls cost ~5 µs there, with torch's caches (see _finish).
         __tracebackhide__ = True
         if _current.get() is not None:  # nested: recorded by the outermost call
             try:
@@ -222,8 +229,10 @@ def _make_generate_wrapper(recorder: Any) -> Any:
                 hide(e)
                 raise
         gen = None
-        with guard("transformers.generate"):
+        try:
             gen = _start(instance, args, kwargs)
+        except Exception as ours:
+            report("transformers.generate", ours)
         if gen is None:
             try:
                 return wrapped(*args, **kwargs)
@@ -246,8 +255,10 @@ def _make_generate_wrapper(recorder: Any) -> Any:
                 _current.reset(token)
             except Exception:  # a foreign context: never leave this thread "inside" generate
                 _current.set(None)
-            with guard("transformers.generate"):
+            try:
                 _finish(recorder, gen, t0, t1, result, error)
+            except Exception as ours:
+                report("transformers.generate", ours)
             error = None  # no reference cycle through the traceback
 
     return generate
@@ -257,8 +268,6 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
     streamer = kwargs.get("streamer")
     if streamer is None and len(args) > _STREAMER_POS:
         streamer = args[_STREAMER_POS]
-    if streamer is not None:
-        _ensure_streamer_wrapped(type(streamer))
     source = kwargs.get("input_ids")
     if source is None:
         source = kwargs.get("inputs")
@@ -276,13 +285,14 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
 
 def _put_owner(streamer: Any) -> type | None:
     """The class defining this streamer's put, if that put is our wrapper (None for a put of
-    its own on the instance, as duck-typed streamers have, or one we left alone)."""
-    if "put" in getattr(streamer, "__dict__", ()):
+    its own on the instance, as duck-typed streamers have, or one we left alone). The first
+    streamer of a class has its class's put and end wrapped."""
+    owner = _streamer_classes.get(streamer.__class__, _UNSEEN)
+    if owner is _UNSEEN:
+        owner = _ensure_streamer_wrapped(streamer.__class__)
+    if owner is not None and "put" in getattr(streamer, "__dict__", ()):
         return None
-    owner = next((k for k in type(streamer).__mro__ if "put" in k.__dict__), None)
-    if owner is not None and any(o is owner and a == "put" for o, a, _ in _patched):
-        return owner
-    return None
+    return owner
 
 
 def _tags(streamer: Any) -> dict | None:
@@ -388,7 +398,7 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
         except BaseException as e:
             hide(e)
             raise
-    with guard("transformers.decoding"):
+    try:
         gen.mode = wrapped.__name__.lstrip("_")
         if gen.put_owner is not None:  # transformers' decoding methods put every step's tokens
             gen.step_model = None  # (a custom generate may not: its steps stay timed)
@@ -399,6 +409,8 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
         input_ids = args[0] if args else kwargs.get("input_ids")
         gen.rows, gen.prompt_len = int(input_ids.shape[0]), int(input_ids.shape[-1])
         gen.cfg = kwargs.get("generation_config")
+    except Exception as ours:
+        report("transformers.decoding", ours)
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as e:
@@ -412,15 +424,16 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
 # streamers
 
 
-def _ensure_streamer_wrapped(cls: type) -> None:
-    if cls in _streamer_classes:
-        return
+def _ensure_streamer_wrapped(cls: type) -> type | None:
+    """Wrap the put and end that a streamer class uses, once per class; returns the class whose
+    put our wrapper records for it (kept in ``_streamer_classes``: a generation looks it up)."""
     import wrapt
 
     with _lock:
-        if cls in _streamer_classes or not _patched:
-            return
-        _streamer_classes.add(cls)
+        if not _patched:
+            return None
+        if cls in _streamer_classes:
+            return _streamer_classes[cls]
         for attr in ("put", "end"):
             owner = next((k for k in cls.__mro__ if attr in k.__dict__), None)
             if owner is None or owner is object:
@@ -438,6 +451,11 @@ def _ensure_streamer_wrapped(cls: type) -> None:
                     wrapper = _make_put_wrapper(owner) if attr == "put" else _end_wrapper
                     setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
                     _patched.append((owner, attr, original))
+        owner = next((k for k in cls.__mro__ if "put" in k.__dict__), None)
+        if owner is None or not any(o is owner and a == "put" for o, a, _ in _patched):
+            owner = None
+        _streamer_classes[cls] = owner
+        return owner
 
 
 def _make_put_method(original: Any, owner: type) -> Any:
@@ -597,8 +615,10 @@ def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
         gen.in_end, gen.put_owner = False, put_owner
         rec = _recorder
         if rec is not None:
-            with guard("transformers.end"):
+            try:
                 rec.record("end", t, dur, {"gen": gen.id})
+            except Exception as ours:
+                report("transformers.end", ours)
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,106 +633,162 @@ def _finish(
     result: Any,
     error: BaseException | None,
 ) -> None:
+    """Hand an ended generation to the flusher (``_generation_records``).
+
+    This runs on the generating thread right after the last token, with the caches as torch
+    left them, where each line costs several times what it does in a loop (~100 µs in all when
+    everything was done here). So this part reads only what may change once ``generate`` has
+    returned (the model's device and dtype, the returned ids, the content) and keeps references
+    to what will not (the ``GenerationConfig`` copy this call decoded with, the shapes, the
+    lists of times); the flusher makes the fields from them."""
     model = gen.model
-    config = getattr(model, "config", None)
-    cfg, overrides = gen.cfg, _NO_OVERRIDES
-    if cfg is None:
+    param, name_or_path, is_enc_dec = _model_facts(model)
+    cfg = base = gen.cfg  # this call's own copy: read by the flusher
+    overrides = _NO_OVERRIDES
+    if base is None:
         # the decoding method did not receive the final GenerationConfig (4.40 .. 4.41 pass
-        # its values one by one): the model's config, overridden by generate's arguments
+        # its values one by one): the model's config (the program's to change at any time:
+        # read now), overridden by generate's arguments
         overrides = gen.kwargs
-        cfg = overrides.get("generation_config") or getattr(model, "generation_config", None)
-    fields: dict[str, Any] = {
-        "gen": gen.id,
-        "model": type(model).__name__,
-        "name_or_path": getattr(model, "name_or_path", None)
-        or getattr(config, "_name_or_path", None)
-        or None,
-        "mode": gen.mode,
-        "streamer": type(gen.streamer).__name__ if gen.streamer is not None else None,
-        "threads": gen.threads,
-    }
-    with guard("transformers.generate.device"):
-        # PreTrainedModel.device/.dtype walk the modules twice; one parameter says the same
-        param = next(model.parameters(), None)
+        base = overrides.get("generation_config") or getattr(model, "generation_config", None)
+        cfg = {name: getattr(base, name, None) for name in _SETTINGS}
+    device = dtype = None
+    try:
         if param is not None and param.dtype.is_floating_point:
-            fields["device"] = str(param.device)
-            fields["dtype"] = str(param.dtype).removeprefix("torch.")
+            device, dtype = param.device, param.dtype
         else:
-            fields["device"] = str(model.device)
-            fields["dtype"] = str(model.dtype).removeprefix("torch.")
-    for name in _SETTINGS:
-        value = overrides[name] if name in overrides else getattr(cfg, name, None)
-        fields[name] = value if value is None or isinstance(value, (int, float, bool)) else None
-    if not fields["do_sample"]:  # not in effect: do not suggest they shaped the output
-        fields["temperature"] = fields["top_k"] = fields["top_p"] = None
+            device, dtype = model.device, model.dtype
+    except Exception as ours:
+        report("transformers.generate.device", ours)
 
     source = gen.source
-    src_shape = tuple(source.shape) if hasattr(source, "shape") else None
-    if src_shape is not None and len(src_shape) >= 2:
-        fields["batch"] = int(src_shape[0])
-    elif gen.rows is not None:
-        expand = max(fields.get("num_beams") or 1, fields.get("num_return_sequences") or 1)
-        fields["batch"] = gen.rows // expand
-    else:
-        fields["batch"] = None
-
-    # prompt tokens: what the decoding loop starts from (decoder-only), the encoder input
-    # (encoder-decoder), or the embeddings' length (decoder-only fed inputs_embeds)
-    is_enc_dec = bool(getattr(config, "is_encoder_decoder", False))
-    if (is_enc_dec or not gen.prompt_len) and src_shape is not None and len(src_shape) >= 2:
-        fields["prompt_tokens"] = int(src_shape[1])
-    else:
-        fields["prompt_tokens"] = gen.prompt_len
-    if overrides.get("max_new_tokens") is not None and "max_length" not in overrides:
-        if gen.prompt_len is not None:  # what generate derives from max_new_tokens
-            fields["max_length"] = gen.prompt_len + overrides["max_new_tokens"]
-
-    # new tokens, counted from the returned ids
-    out = gen.out if gen.out is not None else result
-    seqs = getattr(out, "sequences", out)
-    new_tokens: list[int] | None = None
-    per_position: list[int] | None = None
-    positions = 0
-    new = None
+    src_shape = source.shape if hasattr(source, "shape") else None  # torch.Size: immutable
     prompt_len = gen.prompt_len
     if prompt_len is None and not is_enc_dec and src_shape is not None and len(src_shape) >= 2:
         # no decoding method of transformers ran (a custom_generate): a decoder-only model's
         # returned ids start with the prompt given to generate
         prompt_len = int(src_shape[1])
-    if hasattr(seqs, "shape") and len(seqs.shape) == 2 and prompt_len is not None:
-        new = seqs[:, prompt_len:]
-        rows, positions = int(new.shape[0]), int(new.shape[1])
-        eos = overrides.get("eos_token_id", getattr(cfg, "eos_token_id", None))
-        new_tokens, per_position = _count_new(new, eos, rows, positions)
-    fields["new_tokens"] = new_tokens
-    fields["tokens"] = sum(new_tokens) if new_tokens is not None else None
-    if error is not None:
-        fields["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
-    if gen.tags:
-        fields.update(gen.tags)
 
-    if recorder.capture_content and new is not None:
-        with guard("transformers.generate.content"):
-            fields["prompt_ids"] = seqs[:, :prompt_len].tolist()
-            fields["output_ids"] = new.tolist()
-    # The generation's events (its puts, itself, its tokens) are made by the flusher from what
-    # is ours and fixed now (the lists below are no longer appended to: the generation ended);
-    # ~30 µs per 64-token generation off the caller's thread.
+    # new tokens, counted from the returned ids (the program's to change once we return)
+    out = gen.out if gen.out is not None else result
+    seqs = getattr(out, "sequences", out)
+    new_tokens: list[int] | None = None
+    per_position: list[int] | None = None
+    positions = 0
+    content = None
+    shape = getattr(seqs, "shape", None)
+    if shape is not None and len(shape) == 2 and prompt_len is not None:
+        rows, positions = int(shape[0]), max(0, int(shape[1]) - prompt_len)
+        eos = None
+        if rows > 1 and positions:  # (one sequence stops at its EOS: no ids to read)
+            eos = overrides.get("eos_token_id", getattr(base, "eos_token_id", None))
+        if eos is None:
+            new_tokens = [positions] * rows
+        else:
+            new_tokens, per_position = _count_new(seqs[:, prompt_len:], eos, rows, positions)
+        if recorder.capture_content:
+            with guard("transformers.generate.content"):
+                content = (seqs[:, :prompt_len].tolist(), seqs[:, prompt_len:].tolist())
+
     emit = not recorder.capture_content  # else each put was recorded as it came
     state = (
-        fields, t0, t1 - t0, _thread.get_ident(), gen.id, gen.puts, gen.steps, gen.accepted,
+        (type(model).__name__, name_or_path, gen.mode, type(gen.streamer), gen.threads,
+         device, dtype, cfg, overrides, src_shape, gen.rows, is_enc_dec, gen.prompt_len,
+         new_tokens, None if error is None else type(error), gen.tags, content),
+        t0, t1 - t0, _thread.get_ident(), gen.id, gen.puts, gen.steps, gen.accepted,
         emit, positions, error is not None, new_tokens, per_position,
     )  # fmt: skip
     recorder.records_later(_generation_records, state)
+
+
+def _model_facts(model: Any) -> tuple[Any, str | None, bool]:
+    """(first parameter, ``name_or_path``, is encoder-decoder) of a model, read once per model
+    (~25 µs after the last token, mostly ``next(model.parameters())``, which walks generators
+    over the modules) and kept as long as model and parameter live. The parameter gives device
+    and dtype, read at each generation: ``.to()`` and ``.half()`` change it in place; a module
+    replaced drops its parameters, and the next generation reads the model again."""
+    key = id(model)
+    hit = _models.get(key)
+    if hit is not None and hit[0]() is model:
+        param = hit[1]()
+        if param is not None:
+            return param, hit[2], hit[3]
+    config = getattr(model, "config", None)
+    name_or_path = (
+        getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None) or None
+    )
+    is_enc_dec = bool(getattr(config, "is_encoder_decoder", False))
+    try:
+        param = next(model.parameters(), None)
+    except Exception as ours:  # not a torch module after all: no device or dtype
+        report("transformers.generate.device", ours)
+        param = None
+    if param is not None:
+        if len(_models) >= 64:  # a program with many models: a bound all the same
+            _models.clear()
+        _models[key] = (weakref.ref(model), weakref.ref(param), name_or_path, is_enc_dec)
+    return param, name_or_path, is_enc_dec
+
+
+def _generate_fields(parts: tuple, gid: int) -> dict[str, Any]:
+    """The ``generate`` event's fields, from what ``_finish`` kept (on the flusher)."""
+    (
+        model_name, name_or_path, mode, streamer, threads, device, dtype, cfg, overrides,
+        src_shape, rows, is_enc_dec, prompt_len, new_tokens, error, tags, content,
+    ) = parts  # fmt: skip
+    fields: dict[str, Any] = {
+        "gen": gid,
+        "model": model_name,
+        "name_or_path": name_or_path,
+        "mode": mode,
+        "streamer": streamer.__name__ if streamer is not type(None) else None,
+        "threads": threads,
+    }
+    if device is not None:
+        fields["device"] = str(device)
+        fields["dtype"] = str(dtype).removeprefix("torch.")
+    get = cfg.get if isinstance(cfg, dict) else functools.partial(getattr, cfg)
+    for name in _SETTINGS:
+        value = overrides[name] if name in overrides else get(name, None)
+        fields[name] = value if value is None or isinstance(value, (int, float, bool)) else None
+    if not fields["do_sample"]:  # not in effect: do not suggest they shaped the output
+        fields["temperature"] = fields["top_k"] = fields["top_p"] = None
+
+    if src_shape is not None and len(src_shape) >= 2:
+        fields["batch"] = int(src_shape[0])
+    elif rows is not None:
+        expand = max(fields.get("num_beams") or 1, fields.get("num_return_sequences") or 1)
+        fields["batch"] = rows // expand
+    else:
+        fields["batch"] = None
+    # prompt tokens: what the decoding loop starts from (decoder-only), the encoder input
+    # (encoder-decoder), or the embeddings' length (decoder-only fed inputs_embeds)
+    if (is_enc_dec or not prompt_len) and src_shape is not None and len(src_shape) >= 2:
+        fields["prompt_tokens"] = int(src_shape[1])
+    else:
+        fields["prompt_tokens"] = prompt_len
+    if overrides.get("max_new_tokens") is not None and "max_length" not in overrides:
+        if prompt_len is not None:  # what generate derives from max_new_tokens
+            fields["max_length"] = prompt_len + overrides["max_new_tokens"]
+    fields["new_tokens"] = new_tokens
+    fields["tokens"] = sum(new_tokens) if new_tokens is not None else None
+    if error is not None:
+        fields["error"] = f"{error.__module__}.{error.__qualname__}"
+    if tags:
+        fields.update(tags)
+    if content is not None:
+        fields["prompt_ids"], fields["output_ids"] = content
+    return fields
 
 
 def _generation_records(state: tuple) -> list:
     """The ``put``, ``generate`` and ``token`` records of an ended generation (runs on the
     flusher; in this order, which the OTLP sink relies on: a token follows its generation)."""
     (
-        fields, t0, dur, tid, gid, puts, steps, accepted,
+        parts, t0, dur, tid, gid, puts, steps, accepted,
         emit, positions, failed, new_tokens, per_position,
     ) = state  # fmt: skip
+    fields = _generate_fields(parts, gid)
     # token times: puts when the streamer delivered tokens, else decoding steps (minus the
     # loop condition's first call, which precedes the prefill)
     records, times = _put_records(puts, gid, tid, emit) if puts else ([], [])
