@@ -14,12 +14,13 @@ drift and warm-up hit both sides alike. For each A/B pair we compute:
   background flusher runs in its own thread and is left out here (the process-CPU ratio
   includes it).
 
-First, the per-token figure that decides the 5 µs target on a shared machine: our per-token
-wrappers (the loop condition and the streamer's ``put``) **timed in situ**, inside real
-generations, by a timing shim that is the same on both sides (around the original in bare runs,
-around our wrapper in instrumented ones); see ``in_situ``. Our code runs with the caches as
-torch leaves them between two tokens, 3-5x slower than in a loop, which the isolated figures
-(``micro``, printed first) do not show.
+First, the per-token figure that decides the 5 µs target on a shared machine: our work
+**timed in situ**, inside real generations, by a timing shim that is the same on both sides
+(around the original in bare runs, around our wrapper in instrumented ones): the per-token
+wrappers (the loop condition and the streamer's ``put``), and the main thread's CPU time before
+the loop's first step and after its last (our once-per-generation work), spread over the
+tokens; see ``in_situ``. Our code runs with the caches as torch leaves them, 3-5x slower than
+in a loop, which the isolated figures (``micro``, printed first) do not show.
 
 Each figure is the median over pairs with its interquartile range (the spread of single pairs)
 and, for µs/token, a 95% confidence interval of the median (order statistics), which is what
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     for streamer in (False, True):
         label = "tiny GPT-2, streamer" if streamer else "tiny GPT-2, no streamer"
         r = in_situ(model, tok, on, off, args.tokens, args.situ_runs, streamer)
-        show(fmt_in_situ(label + " (in situ)", r, est["gen_us"], args.tokens))
+        show(fmt_in_situ(label + " (in situ)", r, args.tokens))
 
     print(f"\n== A/B, {args.tokens}-token greedy generations (events -> {out_dir})")
     n = args.tokens
@@ -390,63 +391,82 @@ def estimate(cost_ns: float, r: dict[str, float], tokens: int) -> str:
 def in_situ(
     model: Any, tok: Any, on: Any, off: Any, n: int, runs: int, streamer: bool
 ) -> dict[str, float]:
-    """Our per-token wrappers timed where they run: inside real generations, with the caches as
-    torch leaves them between two tokens (the isolated figures run with warm caches and
-    understate it several times over).
+    """Our work timed where it runs: inside real generations, with the caches as torch leaves
+    them between two tokens and after the last one (the isolated figures run with warm caches
+    and understate it several times over).
 
-    The loop condition (``_has_unfinished_sequences``) and the streamer's ``put`` get a timing
-    shim, the same on both sides: around the original function in bare runs (A), around our
-    wrapper (which calls the original) in instrumented runs (B), A and B alternating. Per run,
-    the median call times the calls per token; per pair, B - A. It leaves out what our code
-    does to torch's caches for the next token and our once-per-generation work (printed beside
-    it, from the isolated measurement); the whole-run A/B lines below include both, with their
-    noise."""
+    * Per token: the loop condition (``_has_unfinished_sequences``) and the streamer's ``put``
+      get a timing shim, the same on both sides: around the original function in bare runs
+      (A), around our wrapper (which calls the original) in instrumented runs (B), A and B
+      alternating. Per run, the median call times the calls per token.
+    * Once per generation: the main thread's CPU time from ``generate``'s call to the loop
+      condition's first return, and from its last return to ``generate``'s return (our start,
+      our end and its fields, the wrappers of generate, the decoding method and ``end``),
+      read by the same shim and around the same call on both sides.
+
+    Per pair, B - A of both, the once-per-generation part spread over the tokens. It leaves
+    out what our code does to torch's caches for the next token; the whole-run A/B lines
+    below include that, with their noise."""
     import torch
     from transformers.generation.utils import GenerationMixin
 
     from pyinstrument_ai.targets import transformers as target
 
-    clock = time.perf_counter_ns
+    clock, cpu = time.perf_counter_ns, time.thread_time_ns
     inputs = tok("Hello, how are you today?", return_tensors="pt")
 
-    def shim(fn: Any, out: list[int]) -> Any:
+    def shim(fn: Any, out: list[int], marks: list[int] | None = None) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             t = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 out.append(clock() - t)
+                if marks is not None:
+                    marks.append(cpu())
 
         return timed
 
-    def one(instrumented: bool) -> tuple[float, float]:
+    def one(instrumented: bool) -> tuple[float, float, float, float]:
         (on if instrumented else off)()
         sink = Sink() if streamer else None
         if instrumented and streamer:
             target._ensure_streamer_wrapped(Sink)  # what generate does on seeing the streamer
         steps: list[int] = []
+        marks: list[int] = []  # main-thread CPU time as each loop condition returns
         puts: list[int] = []
         step, put = GenerationMixin.__dict__["_has_unfinished_sequences"], Sink.__dict__["put"]
-        GenerationMixin._has_unfinished_sequences = shim(step, steps)
+        GenerationMixin._has_unfinished_sequences = shim(step, steps, marks)
         Sink.put = shim(put, puts)  # type: ignore[method-assign]
         try:
             with torch.inference_mode():
+                t_in = cpu()
                 model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
+                t_out = cpu()
         finally:
             GenerationMixin._has_unfinished_sequences = step
             Sink.put = put  # type: ignore[method-assign]
             off()
         step_ns = statistics.median(steps) * len(steps) / n
         put_ns = statistics.median(puts) * len(puts) / n if puts else 0.0
-        return step_ns, put_ns
+        return step_ns, put_ns, marks[0] - t_in, t_out - marks[-1]
 
     one(False)
     one(True)
     a, b = _interleaved(one, runs)
+    pairs = list(zip(a, b, strict=True))
+
+    def median_us(i: int) -> float:
+        return statistics.median(y[i] - x[i] for x, y in pairs) / 1e3
+
+    # per pair: the per-token wrappers plus the once-per-generation part spread over n tokens
+    added = [(y[0] + y[1] - x[0] - x[1] + (y[2] + y[3] - x[2] - x[3]) / n) / 1e3 for x, y in pairs]
     return {
-        **_added_per_token([(y[0] + y[1] - x[0] - x[1]) / 1e3 for x, y in zip(a, b, strict=True)]),
-        "step_us": statistics.median(y[0] - x[0] for x, y in zip(a, b, strict=True)) / 1e3,
-        "put_us": statistics.median(y[1] - x[1] for x, y in zip(a, b, strict=True)) / 1e3,
+        **_added_per_token(added),
+        "step_us": median_us(0),
+        "put_us": median_us(1),
+        "before_us": median_us(2),
+        "after_us": median_us(3),
         "runs": runs,
     }
 
@@ -461,17 +481,15 @@ def _ci_verdict(lo: float, hi: float, target: float, undecided: str = "") -> str
     return f"UNDECIDED: the 95% CI straddles {target:g} µs/token{undecided}"
 
 
-def fmt_in_situ(name: str, r: dict[str, float], fixed_us: float, n: int) -> str:
-    """The in-situ line, with the once-per-generation work spread over the tokens and a
-    verdict from the confidence interval (the per-generation part is added to both ends)."""
-    per_gen = fixed_us / n
-    lo, hi = r["us_lo"] + per_gen, r["us_hi"] + per_gen
-    verdict = _ci_verdict(lo, hi, US_PER_TOKEN)
+def fmt_in_situ(name: str, r: dict[str, float], n: int) -> str:
+    """The in-situ line, with a verdict from the confidence interval."""
+    verdict = _ci_verdict(r["us_lo"], r["us_hi"], US_PER_TOKEN)
     return (
-        f"{name:<40} {r['us_tok'] + per_gen:+.2f} µs/token in situ "
-        f"(per-token wrappers +{r['us_tok']:.2f}: loop condition +{r['step_us']:.2f}, put "
-        f"+{r['put_us']:.2f}; IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}; + once per generation "
-        f"{per_gen:.2f}; 95% CI {lo:.2f}..{hi:.2f}, n={r['runs']})  {verdict}"
+        f"{name:<40} {r['us_tok']:+.2f} µs/token in situ (loop condition "
+        f"{r['step_us']:+.2f}, put {r['put_us']:+.2f} per token; once per generation "
+        f"{r['before_us']:+.1f} µs before the loop, {r['after_us']:+.1f} µs after it; "
+        f"IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}, 95% CI {r['us_lo']:.2f}..{r['us_hi']:.2f}, "
+        f"{n} tokens, n={r['runs']})  {verdict}"
     )
 
 
