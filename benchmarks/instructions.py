@@ -27,7 +27,11 @@ Scenarios (units):
   ~158,000 between two processes; ours added +3,300 per token without a streamer and +9,000
   with one (medians of 6 pairs), inside that spread. Time is another matter: what our code
   costs depends on how cold the caches are between two tokens (``transformers_overhead.py``'s
-  in-situ line).
+  in-situ line). With ``--cache-sim`` callgrind also simulates the caches (L1 and last level,
+  this machine's sizes; no L2, no other processes) for the same generations and prints the
+  added misses per token and cachegrind's cycle estimate (Ir + 10 per L1 miss + 100 per
+  last-level miss): whether our code makes torch's own work miss more, the part the in-situ
+  timing leaves out. About 4x slower (~18 minutes for ``--pairs 2``).
 * ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
   uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
   own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.
@@ -209,32 +213,48 @@ def _tokens_ab_worker(streamer: bool, pairs: int, n1: int, n2: int) -> None:
     print(json.dumps(order))
 
 
-def _tokens_ab(streamer: bool, pairs: int, n1: int, n2: int, tmp: str) -> tuple[list, list]:
-    """Per-token instructions (the slope between n1 and n2 tokens) of each bare and each
-    instrumented pair of generations, from one callgrind run of _tokens_ab_worker."""
+def _tokens_ab(
+    streamer: bool, pairs: int, n1: int, n2: int, tmp: str, cache_sim: bool = False
+) -> dict[str, tuple[list[float], list[float]]]:
+    """Per-token counts (the slope between n1 and n2 tokens) of each bare and each instrumented
+    pair of generations, from one callgrind run of _tokens_ab_worker: ``{event: (bare,
+    instrumented)}`` for ``Ir`` and, with ``cache_sim``, the simulated cache misses and
+    ``cycles`` (cachegrind's estimate)."""
     import json
 
     scenario = "tokens-streamer-ab" if streamer else "tokens-ab"
     out = os.path.join(tmp, f"cg.{scenario}")
     # os_getppid: CPython's C function behind os.getppid
-    stdout = _callgrind(out, "--dump-before=os_getppid", [scenario, str(pairs), f"{n1},{n2}"])
+    options = ["--dump-before=os_getppid", *(["--cache-sim=yes"] if cache_sim else [])]
+    stdout = _callgrind(out, options, [scenario, str(pairs), f"{n1},{n2}"])
     order = json.loads(stdout.strip().splitlines()[-1])
     dumps = sorted(glob.glob(out + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
     # dump 1: start-up to the first mark; then (one generation, between two generations) ...
-    counts = [_totals(p) for p in dumps][1::2]
+    counts = [_events(p) for p in dumps][1::2]
     if len(counts) != len(order):
         raise RuntimeError(
             f"{scenario}: {len(counts)} counted generations for {len(order)} run: did callgrind "
             "find os_getppid in this Python (a build without symbols)?"
         )
-    runs: dict[tuple[int, int], list[int]] = {}
+    if cache_sim:
+        for c in counts:
+            c["cycles"] = _estimated_cycles(c)
+            c["L1 misses"] = sum(c[k] for k in L1_MISS)
+            c["LL misses"] = sum(c[k] for k in LL_MISS)
+    runs: dict[tuple[int, int], list[dict[str, int]]] = {}
     for (mode, k), c in zip(order, counts, strict=True):
         runs.setdefault((mode, k), []).append(c)
-    slopes = tuple(
-        [(b - a) / (n2 - n1) for a, b in zip(runs[(m, n1)], runs[(m, n2)], strict=True)]
-        for m in (0, 1)
-    )
-    return slopes[0], slopes[1]
+    out_slopes = {}
+    for event in counts[0]:
+        a, b = (
+            [
+                (y[event] - x[event]) / (n2 - n1)
+                for x, y in zip(runs[(m, n1)], runs[(m, n2)], strict=True)
+            ]
+            for m in (0, 1)
+        )
+        out_slopes[event] = (a, b)
+    return out_slopes
 
 
 def _worker(scenario: str, mode: str, n: int) -> None:
@@ -372,20 +392,20 @@ def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> flo
 def _instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> tuple[int, int]:
     """One run under callgrind: the main thread's instructions and every thread's."""
     out = os.path.join(tmp, f"cg.{scenario}.{mode}.{n}.{seed}")
-    _callgrind(out, "--separate-threads=yes", [scenario, mode, str(n)], seed)
+    _callgrind(out, ["--separate-threads=yes"], [scenario, mode, str(n)], seed)
     # thread 1: the main thread
     return _totals(out + "-01"), sum(_totals(p) for p in glob.glob(out + "-*"))
 
 
-def _callgrind(out: str, option: str, worker: list[str], seed: int = 0) -> str:
-    """This script's ``--worker`` with arguments ``worker``, under callgrind with ``option``,
+def _callgrind(out: str, options: list[str], worker: list[str], seed: int = 0) -> str:
+    """This script's ``--worker`` with arguments ``worker``, under callgrind with ``options``,
     writing to ``out``; hash seed and BLAS thread counts fixed so that runs repeat. Returns
     what the worker printed."""
     env = {**os.environ, "PYTHONHASHSEED": str(seed), "OPENBLAS_NUM_THREADS": "1"}
     env["OMP_NUM_THREADS"] = "1"
     run = subprocess.run(
         [
-            *("valgrind", "--tool=callgrind", option, f"--callgrind-out-file={out}"),
+            *("valgrind", "--tool=callgrind", *options, f"--callgrind-out-file={out}"),
             *(sys.executable, os.path.abspath(__file__), "--worker", *worker),
         ],
         env=env,
@@ -398,11 +418,50 @@ def _callgrind(out: str, option: str, worker: list[str], seed: int = 0) -> str:
 
 
 def _totals(path: str) -> int:
+    return _events(path)["Ir"]
+
+
+def _events(path: str) -> dict[str, int]:
+    """A callgrind output's totals by event (``Ir``; with ``--cache-sim=yes`` also the
+    simulated misses: ``I1mr``, ``D1mr``, ``D1mw``, ``ILmr``, ``DLmr``, ``DLmw``)."""
+    names = ["Ir"]
     with open(path) as f:
         for line in f:
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
+            if line.startswith("events:"):
+                names = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                values = [int(v) for v in line.split()[1:]]  # trailing zeros may be left out
+                return {n: values[i] if i < len(values) else 0 for i, n in enumerate(names)}
     raise RuntimeError(f"no totals in {path}")
+
+
+#: cachegrind's cycle estimate: an L1 miss ~10 cycles, a last-level miss ~100
+L1_MISS, LL_MISS = ("I1mr", "D1mr", "D1mw"), ("ILmr", "DLmr", "DLmw")
+
+
+def _estimated_cycles(ev: dict[str, int]) -> int:
+    return ev["Ir"] + 10 * sum(ev[k] for k in L1_MISS) + 100 * sum(ev[k] for k in LL_MISS)
+
+
+def _ab_line(event: str, a: list[float], b: list[float]) -> str:
+    """Bare and instrumented medians of one event per token, the added count, and the spreads
+    (the bare generations' spread is the A/A)."""
+    ma, mb = statistics.median(a), statistics.median(b)
+    share = f" ({(mb - ma) / ma * 100:+.3f}%)" if ma else ""
+    return (
+        f"{_EVENT_NAMES.get(event, event):34s} plain {ma:12,.0f}  instrumented {mb:12,.0f}  "
+        f"added {mb - ma:+9,.0f}{share}   [bare {min(a):,.0f}..{max(a):,.0f}, "
+        f"instrumented {min(b):,.0f}..{max(b):,.0f}]"
+    )
+
+
+_EVENT_NAMES = {
+    "Ir": "instructions",
+    "I1mr": "  L1 instruction-cache misses",
+    "D1mr": "  L1 data-cache read misses",
+    "D1mw": "  L1 data-cache write misses",
+    "cycles": "estimated cycles (Ir+10 L1+100 LL)",
+}
 
 
 def main() -> None:
@@ -415,6 +474,12 @@ def main() -> None:
     ap.add_argument("--n2", type=int, default=400, help="units in the second run (tokens: 64)")
     ap.add_argument(
         "--pairs", type=int, default=3, help="*-ab scenarios: rounds of A B B A (default 3)"
+    )
+    ap.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="*-ab scenarios: also simulate the caches (valgrind --cache-sim=yes; ~4x slower) "
+        "and print the misses and cachegrind's cycle estimate per token",
     )
     args = ap.parse_args()
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -430,17 +495,17 @@ def main() -> None:
             if scenario.startswith("tokens") and (n1, n2) == (100, 400):
                 n1, n2 = 16, 64  # a generation of 400 tokens would outrun the tiny model
             if scenario.endswith("-ab"):
-                a, b = _tokens_ab(scenario == "tokens-streamer-ab", args.pairs, n1, n2, tmp)
-                added = statistics.median(b) - statistics.median(a)
+                slopes = _tokens_ab(
+                    scenario == "tokens-streamer-ab", args.pairs, n1, n2, tmp, args.cache_sim
+                )
                 print(
-                    f"  {scenario:22s} plain {statistics.median(a):12,.0f}  instrumented "
-                    f"{statistics.median(b):12,.0f}  added {added:+10,.0f} "
-                    f"({added / statistics.median(a) * 100:+.2f}%) per token, medians of "
-                    f"{len(a)} pairs of generations ({n1} and {n2} tokens) in one process   "
-                    f"[A/A: the bare generations' spread {max(a) - min(a):,.0f}; "
-                    f"instrumented: {max(b) - min(b):,.0f}]",
+                    f"  {scenario}: per token, medians of {len(slopes['Ir'][0])} pairs of "
+                    f"generations ({n1} and {n2} tokens) in one process",
                     flush=True,
                 )
+                for event in ("Ir", "L1 misses", "I1mr", "D1mr", "D1mw", "LL misses", "cycles"):
+                    if event in slopes:
+                        print("    " + _ab_line(event, *slopes[event]), flush=True)
                 continue
             if scenario == "web-live":  # all threads of a real server, one counted window
                 for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
