@@ -287,9 +287,10 @@ def _put_owner(streamer: Any) -> type | None:
     """The class defining this streamer's put, if that put is our wrapper (None for a put of
     its own on the instance, as duck-typed streamers have, or one we left alone). The first
     streamer of a class has its class's put and end wrapped."""
-    owner = _streamer_classes.get(streamer.__class__, _UNSEEN)
+    cls = type(streamer)  # (not __class__, which a proxy answers with the proxied class)
+    owner = _streamer_classes.get(cls, _UNSEEN)
     if owner is _UNSEEN:
-        owner = _ensure_streamer_wrapped(streamer.__class__)
+        owner = _ensure_streamer_wrapped(cls)
     if owner is not None and "put" in getattr(streamer, "__dict__", ()):
         return None
     return owner
