@@ -447,7 +447,7 @@ def _ab_line(event: str, a: list[float], b: list[float]) -> str:
     """Bare and instrumented medians of one event per token, the added count, and the spreads
     (the bare generations' spread is the A/A)."""
     ma, mb = statistics.median(a), statistics.median(b)
-    share = f" ({(mb - ma) / ma * 100:+.3f}%)" if ma else ""
+    share = f" ({(mb - ma) / ma * 100:+.3f}%)" if ma >= 1000 else ""  # (not of a few misses)
     return (
         f"{_EVENT_NAMES.get(event, event):34s} plain {ma:12,.0f}  instrumented {mb:12,.0f}  "
         f"added {mb - ma:+9,.0f}{share}   [bare {min(a):,.0f}..{max(a):,.0f}, "

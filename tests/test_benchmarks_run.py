@@ -43,7 +43,7 @@ RUNS = [
             *("--pairs", "2", "--situ-runs", "2", "--no-small", "--no-others"),
             *("--mem-tokens", "100", "--tokens", "4"),
         ],
-        "µs after it;",
+        "after the last;",
     ),
     ("web_overhead.py", ["--in-process", "--requests", "20", "--rounds", "1"], "added CPU"),
     # the workers benchmarks/instructions.py runs under valgrind, run here without it
