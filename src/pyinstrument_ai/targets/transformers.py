@@ -22,8 +22,9 @@ What is wrapped (class-level, with wrapt; ``unpatch()`` puts the original object
 
 Token events are emitted when ``generate`` returns (or raises), from the times collected on the
 way: the put times when the streamer delivered tokens, otherwise the decoding-step times. The
-generating thread reads what only it can read then (the model, the settings, the returned ids)
-and hands the rest to the flusher, which makes the ``put``, ``generate`` and ``token`` records.
+generating thread reads what may change once ``generate`` has returned (the model's device and
+dtype, the returned ids) and hands the rest to the flusher, which makes the ``put``,
+``generate`` and ``token`` records.
 """
 
 from __future__ import annotations
