@@ -19,8 +19,8 @@ First, the per-token figure that decides the 5 µs target on a shared machine: o
 (around the original in bare runs, around our wrapper in instrumented ones): the per-token
 wrappers (the loop condition and the streamer's ``put``), and our once-per-generation work
 (the main thread's CPU time after the last token, and our start of the generation), spread
-over the tokens; see ``in_situ``. Our code runs with the caches as torch leaves them, 3-5x slower than
-in a loop, which the isolated figures (``micro``, printed first) do not show.
+over the tokens; see ``in_situ``. Our code runs with the caches as torch leaves them, 3-5x
+slower than in a loop, which the isolated figures (``micro``, printed first) do not show.
 
 Each figure is the median over pairs with its interquartile range (the spread of single pairs)
 and, for µs/token, a 95% confidence interval of the median (order statistics), which is what
