@@ -236,11 +236,11 @@ def _tokens_ab(
             f"{scenario}: {len(counts)} counted generations for {len(order)} run: did callgrind "
             "find os_getppid in this Python (a build without symbols)?"
         )
-    if cache_sim:
+    if cache_sim:  # cachegrind's cycle estimate: an L1 miss ~10 cycles, a last-level miss ~100
         for c in counts:
-            c["cycles"] = _estimated_cycles(c)
-            c["L1 misses"] = sum(c[k] for k in L1_MISS)
-            c["LL misses"] = sum(c[k] for k in LL_MISS)
+            c["L1 misses"] = sum(c[k] for k in ("I1mr", "D1mr", "D1mw"))
+            c["LL misses"] = sum(c[k] for k in ("ILmr", "DLmr", "DLmw"))
+            c["cycles"] = c["Ir"] + 10 * c["L1 misses"] + 100 * c["LL misses"]
     runs: dict[tuple[int, int], list[dict[str, int]]] = {}
     for (mode, k), c in zip(order, counts, strict=True):
         runs.setdefault((mode, k), []).append(c)
@@ -433,14 +433,6 @@ def _events(path: str) -> dict[str, int]:
                 values = [int(v) for v in line.split()[1:]]  # trailing zeros may be left out
                 return {n: values[i] if i < len(values) else 0 for i, n in enumerate(names)}
     raise RuntimeError(f"no totals in {path}")
-
-
-#: cachegrind's cycle estimate: an L1 miss ~10 cycles, a last-level miss ~100
-L1_MISS, LL_MISS = ("I1mr", "D1mr", "D1mw"), ("ILmr", "DLmr", "DLmw")
-
-
-def _estimated_cycles(ev: dict[str, int]) -> int:
-    return ev["Ir"] + 10 * sum(ev[k] for k in L1_MISS) + 100 * sum(ev[k] for k in LL_MISS)
 
 
 def _ab_line(event: str, a: list[float], b: list[float]) -> str:

@@ -417,15 +417,15 @@ def in_situ(
     clock, cpu = time.perf_counter_ns, time.thread_time_ns
     inputs = tok("Hello, how are you today?", return_tensors="pt")
 
-    def shim(fn: Any, out: list[int], marks: list[int] | None = None) -> Any:
+    def shim(fn: Any, out: list[int], last: list[int] | None = None) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             t = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 out.append(clock() - t)
-                if marks is not None:
-                    marks.append(cpu())
+                if last is not None:
+                    last[0] = cpu()
 
         return timed
 
@@ -446,10 +446,10 @@ def in_situ(
         if instrumented and streamer:
             target._ensure_streamer_wrapped(Sink)  # what generate does on seeing the streamer
         steps: list[int] = []
-        marks: list[int] = []  # main-thread CPU time as each loop condition returns
+        last = [0]  # main-thread CPU time as the latest loop condition returned
         puts: list[int] = []
         step, put = GenerationMixin.__dict__["_has_unfinished_sequences"], Sink.__dict__["put"]
-        GenerationMixin._has_unfinished_sequences = shim(step, steps, marks)
+        GenerationMixin._has_unfinished_sequences = shim(step, steps, last)
         Sink.put = shim(put, puts)  # type: ignore[method-assign]
         target._start = timed_start  # the generate wrapper looks it up at each call
         try:
@@ -463,7 +463,7 @@ def in_situ(
             off()
         step_ns = statistics.median(steps) * len(steps) / n
         put_ns = statistics.median(puts) * len(puts) / n if puts else 0.0
-        return step_ns, put_ns, sum(started), t_out - marks[-1]
+        return step_ns, put_ns, sum(started), t_out - last[0]
 
     one(False)
     one(True)
@@ -502,8 +502,7 @@ def fmt_in_situ(name: str, r: dict[str, float], n: int) -> str:
         f"{name:<40} {r['us_tok']:+.2f} µs/token in situ (loop condition "
         f"{r['step_us']:+.2f}, put {r['put_us']:+.2f} per token; once per generation "
         f"{r['before_us']:+.1f} µs before the first token, {r['after_us']:+.1f} µs after the "
-        "last; "
-        f"IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}, 95% CI {r['us_lo']:.2f}..{r['us_hi']:.2f}, "
+        f"last; IQR {r['us_q1']:.2f}..{r['us_q3']:.2f}, 95% CI {r['us_lo']:.2f}..{r['us_hi']:.2f}, "
         f"{n} tokens, n={r['runs']})  {verdict}"
     )
 
