@@ -344,8 +344,41 @@ def _closed_loop(ts, clients: int, seconds: float) -> tuple[int, int, list[float
     return start, stop, latencies
 
 
-@pytest.mark.slow
-def test_queueing_reference_one_worker_100ms(tmp_path):
+class _LateWakes:
+    """How late a 5 ms sleep in this process wakes, sampled all along: a reading, independent
+    of our data, of whether the machine gave its processes the CPU when due. On a quiet run the
+    median is ~0.1 ms, and stays there under 8 busy loops on 2 cores (the scheduler favours
+    sleepers); what it catches is the VM's vCPUs not running at all (the host stealing them),
+    as in a CI run where the worker's 100 ms sleep took 109 ms and each request 287 ms."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, float]] = []  # (wake time ns, lateness ms)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            time.sleep(0.005)
+            self.samples.append((time.time_ns(), (time.perf_counter() - t0 - 0.005) * 1e3))
+
+    def __enter__(self) -> _LateWakes:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def median_ms(self, start: int, stop: int) -> float:
+        late = sorted(ms for t, ms in self.samples if start <= t <= stop)
+        return late[len(late) // 2] if late else float("nan")
+
+
+def _queueing_levels(tmp_path: Path) -> tuple[Path, dict, dict[int, float]]:
+    """One TorchServe under the launcher, one 100 ms worker, closed-loop levels of 1..4
+    clients. Returns the events folder, each level's (start, stop, latencies) and how late
+    this process's sleeps woke during it (median ms)."""
     out = tmp_path / "events"
     env = clean_env(PYINSTRUMENT_AI_SUMMARY="0", PYINSTRUMENT_AI_TARGETS="torchserve")
     ts = harness.TorchServe(
@@ -355,11 +388,36 @@ def test_queueing_reference_one_worker_100ms(tmp_path):
     )
     harness.archive("sleep", ASSETS / "sleep_handler.py", ts.store)
     levels = {}
-    with ts:
+    with ts, _LateWakes() as wakes:
         ts.register("sleep.mar", workers=1, batch_size=1, max_batch_delay_ms=1)
         ts.predict("sleep", {})  # warm: the worker's first batch sets up its wrappers
         for c in (1, 2, 3, 4):
             levels[c] = _closed_loop(ts, c, LEVEL_S)
+    late = {c: round(wakes.median_ms(start, stop), 2) for c, (start, stop, _) in levels.items()}
+    return out, levels, late
+
+
+@pytest.mark.slow
+def test_queueing_reference_one_worker_100ms(tmp_path):
+    # The bounds below (λ near 1/S, latency ≈ c·W) hold on a machine that runs its processes
+    # when due. When one fails and this process's own sleeps woke late too (median > 1 ms, ten
+    # times a quiet run's), the host took the CPUs away: the run is measured again, at most
+    # three times in all, and the last failure is raised with the lateness beside it. On a
+    # machine that was not contended a failure is raised at once.
+    for attempt in (1, 2, 3):
+        out, levels, late = _queueing_levels(tmp_path / f"attempt{attempt}")
+        try:
+            _check_queueing(out, levels)
+            print(f"late wakes per level (median ms): {late}")
+            return
+        except AssertionError as e:
+            contended = any(ms > 1.0 for ms in late.values())
+            if not contended or attempt == 3:
+                raise AssertionError(f"{e}\nlate wakes per level (median ms): {late}") from e
+            print(f"attempt {attempt}: the machine was contended (late wakes {late} ms); again")
+
+
+def _check_queueing(out: Path, levels: dict) -> None:
     figures = {}
     for c, (start, stop, lat) in levels.items():
         d = report(out, "--since", _iso(start), "--until", _iso(stop))
