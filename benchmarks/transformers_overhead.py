@@ -398,13 +398,17 @@ def in_situ(
     * Per token: the loop condition (``_has_unfinished_sequences``) and the streamer's ``put``
       get a timing shim, the same on both sides: around the original function in bare runs
       (A), around our wrapper (which calls the original) in instrumented runs (B), A and B
-      alternating. Per run, the median call times the calls per token.
+      alternating. Per run, the median call times the calls per token. The target puts its
+      loop-condition wrapper on the class only while a generation needs step times (none
+      with a streamer): in B both objects it swaps are shimmed alike.
     * Once per generation, main-thread CPU time: after the last token, from the loop
       condition's last return to ``generate``'s return, read by the same shim and around the
       same call on both sides (our end of the generation and its fields, the wrappers of
       generate, the decoding method and ``end``); before the first token, our start of the
-      generation (``_start``), timed in instrumented runs (an A/B of everything before the
-      loop would carry generate's own preparation and prefill, whose noise is ~100x that).
+      generation (``_start``) and, with a streamer, the decoding method's taking the
+      loop-condition wrapper off (``_untime``), timed in instrumented runs (an A/B of
+      everything before the loop would carry generate's own preparation and prefill, whose
+      noise is ~100x that).
 
     Per pair, B - A of both, the once-per-generation part spread over the tokens. It leaves
     out what our code does to torch's caches for the next token; the whole-run A/B lines
@@ -430,7 +434,7 @@ def in_situ(
         return timed
 
     started: list[int] = []
-    start = target._start
+    start, untime = target._start, target._untime
 
     def timed_start(*args: Any) -> Any:
         t = cpu()
@@ -446,12 +450,29 @@ def in_situ(
         if instrumented and streamer:
             target._ensure_streamer_wrapped(Sink)  # what generate does on seeing the streamer
         steps: list[int] = []
+
+        def timed_untime(gen: Any) -> Any:
+            if steps:  # after the loop: inside the A/B after the last token already
+                return untime(gen)
+            t = cpu()
+            try:
+                return untime(gen)
+            finally:
+                started.append(cpu() - t)
+
         last = [0]  # main-thread CPU time as the latest loop condition returned
         puts: list[int] = []
+        # the original on both sides (no generation running); in B the target swaps it with
+        # its wrapper while a generation needs step times: both are shimmed
         step, put = GenerationMixin.__dict__["_has_unfinished_sequences"], Sink.__dict__["put"]
         GenerationMixin._has_unfinished_sequences = shim(step, steps, last)
         Sink.put = shim(put, puts)  # type: ignore[method-assign]
-        target._start = timed_start  # the generate wrapper looks it up at each call
+        switch = target._step
+        if instrumented:
+            owner, _, wrapper = switch
+            target._step = (owner, owner.__dict__[target._STEP], shim(wrapper, steps, last))
+        target._start = timed_start  # the generate wrapper looks them up at each call
+        target._untime = timed_untime
         try:
             with torch.inference_mode():
                 model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
@@ -459,7 +480,7 @@ def in_situ(
         finally:
             GenerationMixin._has_unfinished_sequences = step
             Sink.put = put  # type: ignore[method-assign]
-            target._start = start
+            target._start, target._untime, target._step = start, untime, switch
             off()
         step_ns = statistics.median(steps) * len(steps) / n
         put_ns = statistics.median(puts) * len(puts) / n if puts else 0.0
@@ -521,8 +542,10 @@ def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dic
     sink = Sink()
     value = torch.zeros(1, dtype=torch.long)
 
-    def step() -> None:
-        model._has_unfinished_sequences(False, False, device=dev)
+    from transformers.generation.utils import GenerationMixin
+
+    def step_of(fn: Any) -> Callable[[], None]:
+        return lambda: fn(model, False, False, device=dev)
 
     def put() -> None:
         sink.put(value)
@@ -531,8 +554,10 @@ def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dic
         return min(timeit.repeat(fn, number=k, repeat=7)) / k * 1e9
 
     off()
-    bare_step, bare_put = best(step), best(put)
+    bare_step, bare_put = best(step_of(GenerationMixin._has_unfinished_sequences)), best(put)
     on()
+    # our loop-condition wrapper, as a generation that needs step times has it on the class
+    step = step_of(target._step[2])
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=n, do_sample=False, streamer=sink)
     gen = target._Gen(0, model, sink, inputs["input_ids"], 1)
@@ -549,7 +574,8 @@ def micro(model: Any, tok: Any, recorder: Any, on: Any, off: Any, n: int) -> dic
     gen.prompt_len, gen.rows, gen.cfg, gen.out = inputs["input_ids"].shape[1], 1, None, out
 
     def fixed() -> None:
-        target._start(model, (), dict(inputs))
+        started = target._start(model, (), dict(inputs))
+        target._untime(started)  # as generate's wrapper does: the wrapper goes off again
         target._finish(recorder, gen, 0, 1, out, None)
 
     gen_ns = best(fixed, 200)

@@ -281,8 +281,8 @@ def test_per_token_wrappers_bind_like_the_originals_where_the_parameters_are_kno
     known = _params(step) == (target._STEP_PARAMS, False)
     keep, other = Keep(), OtherPut()
     with recording() as rec:
-        patched = GenerationMixin.__dict__["_has_unfinished_sequences"]
-        assert patched is not step
+        patched = target._step[2]  # on the class while a generation needs step times
+        assert patched is not step and target._step[1] is step
         assert _params(patched) == ((target._STEP_PARAMS, False) if known else (("self",), True))
         generate(model, inputs, streamer=keep, max_new_tokens=5)
         generate(model, inputs, streamer=other, max_new_tokens=5)
@@ -341,6 +341,116 @@ def test_with_a_recorded_streamer_the_token_work_is_the_puts_alone(tiny):
             assert g["token_times"] == "step"
         assert len(named(rec.events, "token", g["gen"])) == 6
         check_token_events(rec.events)
+
+
+def test_the_loop_condition_is_wrapped_only_while_generations_need_step_times(tiny):
+    # A streaming generation's steps call no code of ours. The wrapper is put on the class by
+    # the first generation that needs step times and stays on after it; a streaming generation
+    # that starts while none needs it takes it off. Here a streaming generation is paused in
+    # its third put while one without a streamer runs beside it: from then on the wrapper is
+    # on, and each generation is timed its own way. Every generation uncounts itself, also
+    # when it raises.
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    paused, go = threading.Event(), threading.Event()
+    seen: dict[str, list[bool]] = {"streamed": [], "stepped": [], "again": []}
+
+    def wrapped_now() -> bool:
+        return GenerationMixin.__dict__[target._STEP] is target._step[2]
+
+    class Pausing(Keep):
+        def put(self, value):
+            super().put(value)
+            if len(self.calls) == 3:
+                paused.set()
+                assert go.wait(60)
+
+    def look(key):
+        class Look(LogitsProcessor):
+            def __call__(self, input_ids, scores):
+                seen[key].append(wrapped_now())
+                return scores
+
+        return LogitsProcessorList([Look()])
+
+    with recording() as rec:
+        original = target._step[1]
+        assert GenerationMixin.__dict__[target._STEP] is original and target._step_users == 0
+        kwargs = {"streamer": Pausing(), "max_new_tokens": 6, "logits_processor": look("streamed")}
+        th = threading.Thread(target=generate, args=(model, inputs), kwargs=kwargs)
+        th.start()
+        assert paused.wait(60)
+        assert not wrapped_now() and target._step_users == 0
+        generate(model, inputs, max_new_tokens=5, logits_processor=look("stepped"))
+        assert wrapped_now() and target._step_users == 0  # left on: no swap per generation
+        go.set()
+        th.join(60)
+        assert not th.is_alive()
+        # a streaming generation started while none needs step times takes the wrapper off
+        generate(model, inputs, streamer=Keep(), max_new_tokens=4, logits_processor=look("again"))
+        assert not wrapped_now()
+        assert seen == {
+            "streamed": [False, False] + [True] * 4,  # on from the third step: the other ran
+            "stepped": [True] * 5,
+            "again": [False] * 4,
+        }
+
+        class Failing(Keep):
+            def put(self, value):
+                super().put(value)
+                if len(self.calls) == 3:
+                    raise RuntimeError("the program's own")
+
+        for streamer, procs, on in ((None, [Raising()], True), (Failing(), [], False)):
+            with pytest.raises(RuntimeError, match="the program's own"):
+                generate(model, inputs, streamer=streamer, logits_processor=procs)
+            assert wrapped_now() is on and target._step_users == 0
+    assert GenerationMixin.__dict__[target._STEP] is original  # unpatched
+    gens = [gens for gens in named(rec.events, "generate")]
+    gens.sort(key=lambda g: g["gen"])
+    streamed, stepped, again = gens[:3]
+    for g, times, n in ((streamed, "put", 6), (stepped, "step", 5), (again, "put", 4)):
+        assert g["token_times"] == times and len(named(rec.events, "token", g["gen"])) == n
+    ok = {g["gen"] for g in gens[:3]}
+    check_token_events([e for e in rec.events if e.get("gen") in ok])
+
+
+def test_a_loop_condition_wrapped_by_another_tool_after_us_is_left_alone(tiny):
+    # We swap only our own two objects on the class: a wrapper another tool put there after
+    # us stays, called on every step as it expects; our steps then go untimed (no token
+    # events), and the program's output is the same.
+    model, tok = tiny
+    inputs = encode(tok, 1)
+    calls = []
+    with recording() as rec:
+        original = GenerationMixin.__dict__[target._STEP]
+
+        def theirs(self, *args, **kwargs):
+            calls.append(1)
+            return original(self, *args, **kwargs)
+
+        GenerationMixin._has_unfinished_sequences = theirs
+        try:
+            out = generate(model, inputs, max_new_tokens=4)
+            assert GenerationMixin.__dict__[target._STEP] is theirs
+        finally:
+            GenerationMixin._has_unfinished_sequences = original
+    assert len(calls) == 1 + 4 and out.shape[1] - inputs["input_ids"].shape[1] == 4
+    (g,) = named(rec.events, "generate")
+    assert g["new_tokens"] == [4] and not named(rec.events, "token")
+
+
+class Raising(LogitsProcessor):
+    """Raises at the third step."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, input_ids, scores):
+        self.n += 1
+        if self.n == 3:
+            raise RuntimeError("the program's own")
+        return scores
 
 
 @pytest.mark.skipif(
@@ -683,7 +793,9 @@ def test_unpatch_restores_the_original_objects_exactly(tiny, capsys):
     keep_put = Keep.__dict__["put"]
     with recording():
         assert target.is_patched()
-        assert all(GenerationMixin.__dict__[n] is not before[n] for n in names)
+        # the loop condition's wrapper is put on while a generation needs step times
+        assert all(GenerationMixin.__dict__[n] is not before[n] for n in names if n != target._STEP)
+        assert GenerationMixin.__dict__[target._STEP] is before[target._STEP]
         assert GenerationMixin.__dict__[lazy] is before[lazy]
         generate(model, inputs, max_new_tokens=3, streamer=TextIteratorStreamer(tok))
         generate(model, inputs, max_new_tokens=3, streamer=Keep(), assistant_model=model)

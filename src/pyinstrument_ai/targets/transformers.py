@@ -11,6 +11,10 @@ What is wrapped (class-level, with wrapt; ``unpatch()`` puts the original object
   per decoding step, right after the step's host synchronisation (4.x: ``bool()`` of the
   ``this_peer_finished`` tensor inside it; 5.x: ``bool()`` in ``StopCheck`` just before it), so
   the time it returns is when that step's tokens exist. Its first call precedes the prefill.
+  Our wrapper is put on the class by the first generation that needs its steps timed (one
+  without a streamer whose puts we record), and taken off by a streaming generation that
+  starts while none does: a streaming generation's tokens pass through no code of ours but
+  the put (see ``_count_steps``).
 * the decoding methods (``_sample``, ``_beam_search``, ...) -- once per generation, to read the
   prompt as the loop sees it, the final ``GenerationConfig`` and the returned ids.
 * ``GenerationMixin._update_model_kwargs_for_generation`` -- only once assisted decoding has
@@ -152,6 +156,12 @@ _UNSEEN: Any = object()
 _models: dict[int, tuple[Any, Any, str | None, bool]] = {}
 _recorder: Any = None
 _torch: Any = None
+# (class, original, our wrapper) of the loop condition while patched; the running generations
+# that need their steps timed; whether our wrapper is on the class (see _count_steps)
+_STEP = "_has_unfinished_sequences"
+_step: tuple[type, Any, Any] | None = None
+_step_users = 0
+_step_on = False
 
 
 def is_patched() -> bool:
@@ -175,8 +185,15 @@ def patch(recorder: Any) -> None:
         _recorder = recorder
         _wrap(GenerationMixin, "generate", _make_generate_wrapper(recorder))
         # per decoding step: a plain method, not a wrapt wrapper (wrapt's descriptor binds a
-        # new wrapper object on every attribute access, ~1 µs a step)
-        _wrap_plain(GenerationMixin, "_has_unfinished_sequences", _make_step_method)
+        # new wrapper object on every attribute access, ~1 µs a step), on the class only
+        # while a generation needs it
+        global _step
+        original = GenerationMixin.__dict__[_STEP]
+        wrapper = functools.update_wrapper(_make_step_method(original), original)
+        _patched.append((GenerationMixin, _STEP, original))
+        _step = (GenerationMixin, original, wrapper)
+        if _step_users:  # generations running since an earlier patch() still count
+            _switch_steps(True)
         for name in _DECODING_METHODS:
             if name in GenerationMixin.__dict__:
                 _wrap(GenerationMixin, name, _decoding_wrapper)
@@ -184,8 +201,9 @@ def patch(recorder: Any) -> None:
 
 def unpatch() -> None:
     """Put every original object back where it was (including on streamer classes)."""
-    global _recorder
+    global _recorder, _step, _step_on
     with _lock:
+        _step, _step_on = None, False
         while _patched:
             owner, attr, original = _patched.pop()
             setattr(owner, attr, original)
@@ -257,6 +275,7 @@ def _make_generate_wrapper(recorder: Any) -> Any:
             except Exception:  # a foreign context: never leave this thread "inside" generate
                 _current.set(None)
             try:
+                _untime(gen)
                 _finish(recorder, gen, t0, t1, result, error)
             except Exception as ours:
                 report("transformers.generate", ours)
@@ -281,7 +300,59 @@ def _start(model: Any, args: tuple, kwargs: dict) -> _Gen:
         gen.put_owner = _put_owner(streamer)
     gen.kwargs = kwargs
     gen.tags = _tags(streamer)
+    if gen.put_owner is not None and kwargs.get("custom_generate") is None:
+        # transformers' decoding methods put every step's tokens: the puts give the times (a
+        # custom generate may not put them: its steps stay timed)
+        gen.step_model = None
+    _count_steps(gen)  # last: counted once returned; _untime uncounts it
     return gen
+
+
+def _count_steps(gen: _Gen) -> None:
+    """Count a starting generation that needs its decoding steps timed, and see that our
+    wrapper of the loop condition is on the class when one runs.
+
+    The wrapper is put on by the first generation that needs it and stays on after it (no
+    swap per generation while the workload stays the same); a streaming generation that starts
+    while none needs it takes it off. So in a process whose generations all stream, the steps
+    call no code of ours: ~1 µs per token in situ, where the call itself is most of the cost
+    (benchmarks/). A swap is one class attribute set (it also resets the type's attribute
+    caches), at most one per generation and only when the workload changes."""
+    global _step_users
+    if gen.step_model is None:
+        if _step_on and not _step_users:  # (read without the lock: rechecked under it)
+            with _lock:
+                if not _step_users:
+                    _switch_steps(False)
+        return
+    with _lock:
+        _step_users += 1
+        if not _step_on:
+            _switch_steps(True)
+
+
+def _switch_steps(on: bool) -> None:
+    """Put our loop-condition wrapper on the class, or the original back (under _lock). Only
+    our own two objects are swapped: if another tool replaced the method after us, theirs
+    stays, and steps go untimed."""
+    global _step_on
+    if _step is None:
+        return
+    owner, original, wrapper = _step
+    current = owner.__dict__.get(_STEP)
+    if current is (original if on else wrapper):
+        setattr(owner, _STEP, wrapper if on else original)
+    _step_on = owner.__dict__.get(_STEP) is wrapper
+
+
+def _untime(gen: _Gen) -> None:
+    """The generation's steps need no time stamps from now on: uncount it, once (the wrapper
+    stays on: see _count_steps)."""
+    global _step_users
+    if gen.step_model is not None:
+        gen.step_model = None
+        with _lock:
+            _step_users -= 1
 
 
 def _put_owner(streamer: Any) -> type | None:
@@ -403,7 +474,7 @@ def _decoding_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) ->
     try:
         gen.mode = wrapped.__name__.lstrip("_")
         if gen.put_owner is not None:  # transformers' decoding methods put every step's tokens
-            gen.step_model = None  # (a custom generate may not: its steps stay timed)
+            _untime(gen)  # (still counted only when a custom generate was given: _start)
         if gen.mode == "assisted_decoding":  # a step's put may carry several tokens
             _watch_accepted_tokens()
         else:  # every token put is next_tokens: one token per sequence, the same shape
