@@ -190,29 +190,37 @@ def _at_exit() -> None:
 
 
 _held_for_fork: Session | None = None
+_sampler_held: Any = None
 
 
 def _before_fork() -> None:
     # Wait for a background flush to finish before the fork: a child born while the flusher
     # thread holds a lock (ours, an import lock while it first imports orjson, a file's) would
-    # inherit that lock held forever and deadlock on its first flush.
-    global _held_for_fork
+    # inherit that lock held forever and deadlock on its first flush. Likewise for the
+    # sampler's set-up, which imports psutil on its own thread.
+    global _held_for_fork, _sampler_held
     s = _session
     if s is not None and not s.busy_in(_thread.get_ident()):
         if s._lock.acquire(timeout=5):
             _held_for_fork = s
+        sampler = s._sampler
+        if sampler is not None and sampler.hold_for_fork(timeout=5):
+            _sampler_held = sampler
 
 
 def _after_fork_in_parent() -> None:
-    global _held_for_fork
+    global _held_for_fork, _sampler_held
     s, _held_for_fork = _held_for_fork, None
+    sampler, _sampler_held = _sampler_held, None
+    if sampler is not None:
+        sampler.release_after_fork()
     if s is not None:
         s._lock.release()
 
 
 def _after_fork_in_child() -> None:
-    global _lock, _held_for_fork
-    _held_for_fork = None
+    global _lock, _held_for_fork, _sampler_held
+    _held_for_fork = _sampler_held = None  # the child samples with a sampler of its own
     _lock = _thread.RLock()
     s = _session
     if s is not None:

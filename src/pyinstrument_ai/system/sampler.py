@@ -90,14 +90,39 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._proc: Any = None  # psutil.Process, when psutil is installed
         self._nvml: Any = None  # (pynvml, [handles]) once initialised
+        self._cpu_stat: str | None = None
+        self._pressure: str | None = None
+        self._host_pressure: str | None = None
         self._options = (use_psutil, use_nvml)
-        self._ready = False  # set up on the sampler's thread: imports stay off the caller's
+        # Set up by the first sample, on the sampler's thread (imports stay off the caller's),
+        # under this lock: the final sample of a program that exits at once waits for it
+        # instead of reading half-set attributes, and a fork waits for it too
+        # (hold_for_fork): a child born while this thread imports psutil would inherit the
+        # module's import lock held by a thread it does not have, and its own sampler would
+        # wait on it forever.
+        self._ready = False
+        self._setup_lock = threading.Lock()
+
+    def hold_for_fork(self, timeout: float) -> bool:
+        """Before ``os.fork()``: wait (up to ``timeout``) for a set-up in progress and keep
+        the next one from starting until :meth:`release_after_fork` (in the parent)."""
+        if self._ready:
+            return False
+        return self._setup_lock.acquire(timeout=timeout)
+
+    def release_after_fork(self) -> None:
+        self._setup_lock.release()
 
     def _path(self, p: str) -> str:
         return os.path.join(self.root, p.lstrip("/"))
 
     def _setup(self) -> None:
-        self._ready = True
+        try:
+            self._setup_sources()
+        finally:
+            self._ready = True  # once, even if a source failed: the others still sample
+
+    def _setup_sources(self) -> None:
         use_psutil, use_nvml = self._options
         if use_psutil:
             try:
@@ -107,8 +132,6 @@ class Sampler:
             except Exception:  # not installed, or no support here: /proc and getrusage
                 self._proc = None
         dirs = cgroup_dirs(self.root)
-        self._cpu_stat: str | None = None
-        self._pressure: str | None = None
         # throttling counters: v1's cpu controller, else v2 (on a hybrid host, v2's cpu.stat
         # has usage only: the cpu controller is bound to v1)
         for key in ("cpu", "v2"):
@@ -157,7 +180,9 @@ class Sampler:
     def sample(self) -> dict[str, Any]:
         """Read every source once and record (and return) the fields of one event."""
         if not self._ready:
-            self._setup()
+            with self._setup_lock:
+                if not self._ready:
+                    self._setup()
         t = clock.now_ns()
         f: dict[str, Any] = {}
         try:
