@@ -131,7 +131,9 @@ def littles(items: list[tuple[int, int, object]]) -> dict:
         "window": (lo, hi),
         "L": overlap([(s, e) for s, e, _ in items], lo, hi) / span,
         "lambda": len(done) / (span / 1e9),
-        "W": sum(done) / len(done) / 1e9,
+        # none may complete inside it: when the process was descheduled for most of the run
+        # (seen under a 30% CPU quota), the runs sit at both ends of the span
+        "W": sum(done) / len(done) / 1e9 if done else None,
         "busy": {w: union(iv, lo, hi) / span for w, iv in workers.items()},
     }
 
@@ -141,7 +143,10 @@ def check_littles(got: dict, items) -> None:
     assert (got["window_start_ns"], got["window_end_ns"]) == want["window"]
     assert got["L"] == approx(want["L"], rel=1e-9)
     assert got["lambda_per_s"] == approx(want["lambda"], rel=1e-9)
-    assert got["W_s"] == approx(want["W"], rel=1e-9)
+    if want["W"] is None:
+        assert got["W_s"] is None and got["note"] == "no item completed inside the steady window"
+    else:
+        assert got["W_s"] == approx(want["W"], rel=1e-9)
     busy = {(w["host"], w["pid"]): w["busy_fraction"] for w in got["workers"]}
     assert busy == approx(want["busy"], rel=1e-9)
 
