@@ -119,6 +119,16 @@ class _FailingStreamer:
         pass
 
 
+class _FailingEnd(_FailingStreamer):
+    """A streamer whose end fails (after the last token: generate's own frame is next)."""
+
+    def put(self, value):
+        pass
+
+    def end(self):
+        raise OSError("could not close the stream")
+
+
 @pytest.mark.skipif(not HIDE_WORKS, reason="wrappers hide their frame at the source on 3.11+")
 def test_formatted_traceback_identical_through_generate_streamer_and_decoding():
     model, tok = _tiny.tiny()
@@ -126,6 +136,8 @@ def test_formatted_traceback_identical_through_generate_streamer_and_decoding():
     cases = {
         # put -> decoding method -> generate: three of our wrappers on the way out
         "streamer": lambda: _tiny.generate(model, inputs, streamer=_FailingStreamer()),
+        # end -> (our timed end) -> decoding method -> generate
+        "end": lambda: _tiny.generate(model, inputs, streamer=_FailingEnd()),
         "argument": lambda: _tiny.generate(model, inputs, num_beams=0),
     }
     bare = {name: _formatted(fn)[1] for name, fn in cases.items()}
@@ -135,7 +147,7 @@ def test_formatted_traceback_identical_through_generate_streamer_and_decoding():
         assert inst[name] == bare[name], name
         assert "pyinstrument_ai" not in inst[name], name
     gens = [e for e in rec.events if e["name"] == "generate"]
-    assert len(gens) == 2 and all("error" in g for g in gens)
+    assert len(gens) == 3 and all("error" in g for g in gens)
 
 
 def test_strip_removes_wrapper_frames_left_in_a_traceback(monkeypatch):
@@ -298,6 +310,9 @@ def test_every_wrapper_is_marked_for_pytest():
     def _known_put(self, value):
         pass
 
+    def _known_end(self):
+        pass
+
     class _Rec:
         def record(self, *a):
             pass
@@ -321,6 +336,9 @@ def test_every_wrapper_is_marked_for_pytest():
         tf_target._accepted_wrapper.__code__,
         tf_target._make_put_wrapper(object).__code__,
         tf_target._end_wrapper.__code__,
+        tf_target._make_end_method(len).__code__,  # the generic form
+        tf_target._make_end_method(_known_end).__code__,
+        tf_target._timed_end.__code__,
         ts._make_predict(_Rec(), None, on).__code__,
         ts._make_send(_Rec(), len, on).__code__,
         ts._make_stage("inference", len, None).__code__,

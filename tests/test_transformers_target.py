@@ -856,7 +856,7 @@ def test_a_generations_events_are_made_by_the_flusher_not_the_generating_thread(
         target.unpatch()
     assert made_in == [flusher.ident]
     names = [r[0] for r in drained]
-    # end() is recorded as it comes, inside generate; the rest when generate has returned
+    # every record, end() included, is made when generate has returned, in this order
     assert names == ["end"] + ["put"] * 6 + ["generate"] + ["token"] * 5, names
     assert {r[3] for r in drained} == {threading.get_ident()}
     gen = next(r for r in drained if r[0] == "generate")[4]

@@ -99,6 +99,7 @@ class _Gen:
         "puts",
         "put_owner",
         "in_end",
+        "ends",
         "step_model",
         "put_shape",
         "same_shape",
@@ -128,6 +129,7 @@ class _Gen:
         # the streamer goes through a wrapper of ours
         self.put_owner: type | None = None
         self.in_end = False
+        self.ends: list[tuple[int, int]] = []  # (time, duration) of the streamer's end()
         # the model whose decoding steps are timed: None when the streamer's puts give the
         # token times (a step's time would go unused; the loop condition then only checks),
         # set so by the decoding method's wrapper
@@ -520,6 +522,10 @@ def _ensure_streamer_wrapped(cls: type) -> type | None:
                 if attr == "put" and isinstance(original, types.FunctionType):
                     # one call per token: a plain function
                     _wrap_plain(owner, attr, lambda f, k=owner: _make_put_method(f, k))
+                elif isinstance(original, types.FunctionType):
+                    # once per generation, but right after the last token, where wrapt's
+                    # binding and call cost several µs with cold caches
+                    _wrap_plain(owner, attr, _make_end_method)
                 else:
                     wrapper = _make_put_wrapper(owner) if attr == "put" else _end_wrapper
                     setattr(owner, attr, wrapt.FunctionWrapper(original, wrapper))
@@ -665,33 +671,67 @@ def _put_records(puts: list, gid: int, tid: int, emit: bool) -> tuple[list, list
     return records, times
 
 
-def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """One ``end`` event: the outermost end of the generation's streamer (a subclass's end
-    calling super().end is one); a put made while it runs is not a token's."""
-    __tracebackhide__ = True
-    gen = _current.get()
-    if gen is None or gen.streamer is not instance or gen.in_end:
+def _make_end_method(original: Any) -> Any:
+    """The plain-function wrapper of a streamer class's ``end``: see _end_wrapper."""
+    get = _current.get
+    if _plain_params(original) == ("self",):
+
+        def end(self):  # type: ignore[no-untyped-def]
+            __tracebackhide__ = True
+            gen = get()
+            try:
+                if gen is None or gen.streamer is not self or gen.in_end:
+                    return original(self)
+                return _timed_end(gen, original, (self,), {})
+            except BaseException as e:
+                hide(e)
+                raise
+
+        return end
+
+    def end_any(self: Any, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        gen = get()
         try:
-            return wrapped(*args, **kwargs)
+            if gen is None or gen.streamer is not self or gen.in_end:
+                return original(self, *args, **kwargs)
+            return _timed_end(gen, original, (self, *args), kwargs)
         except BaseException as e:
             hide(e)
             raise
+
+    return end_any
+
+
+def _end_wrapper(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """The wrapt wrapper of an ``end`` that is not a plain function. One ``end`` event per
+    generation: the outermost end of its streamer (a subclass's end calling super().end is
+    one); a put made while it runs is not a token's."""
+    __tracebackhide__ = True
+    gen = _current.get()
+    try:
+        if gen is None or gen.streamer is not instance or gen.in_end:
+            return wrapped(*args, **kwargs)
+        return _timed_end(gen, wrapped, args, kwargs)
+    except BaseException as e:
+        hide(e)
+        raise
+
+
+def _timed_end(gen: _Gen, fn: Any, args: tuple, kwargs: dict) -> Any:
+    """Run the generation's outermost ``end`` and keep its time; its event is made with the
+    generation's others, on the flusher (_generation_records)."""
+    __tracebackhide__ = True
     t = now_ns()
     gen.in_end, put_owner, gen.put_owner = True, gen.put_owner, None
     try:
-        return wrapped(*args, **kwargs)
+        return fn(*args, **kwargs)
     except BaseException as e:
         hide(e)
         raise
     finally:
-        dur = now_ns() - t
+        gen.ends.append((t, now_ns() - t))
         gen.in_end, gen.put_owner = False, put_owner
-        rec = _recorder
-        if rec is not None:
-            try:
-                rec.record("end", t, dur, {"gen": gen.id})
-            except Exception as ours:
-                report("transformers.end", ours)
 
 
 # --------------------------------------------------------------------------------------------
@@ -769,7 +809,7 @@ def _finish(
          device, dtype, cfg, overrides, src_shape, gen.rows, is_enc_dec, gen.prompt_len,
          new_tokens, None if error is None else type(error), gen.tags, content),
         t0, t1 - t0, _thread.get_ident(), gen.id, gen.puts, gen.steps, gen.accepted,
-        emit, positions, error is not None, new_tokens, per_position,
+        emit, positions, error is not None, new_tokens, per_position, gen.ends,
     )  # fmt: skip
     recorder.records_later(_generation_records, state)
 
@@ -855,16 +895,19 @@ def _generate_fields(parts: tuple, gid: int) -> dict[str, Any]:
 
 
 def _generation_records(state: tuple) -> list:
-    """The ``put``, ``generate`` and ``token`` records of an ended generation (runs on the
-    flusher; in this order, which the OTLP sink relies on: a token follows its generation)."""
+    """The ``end``, ``put``, ``generate`` and ``token`` records of an ended generation (runs
+    on the flusher; in this order, which the OTLP sink relies on: a token follows its
+    generation)."""
     (
         parts, t0, dur, tid, gid, puts, steps, accepted,
-        emit, positions, failed, new_tokens, per_position,
+        emit, positions, failed, new_tokens, per_position, ends,
     ) = state  # fmt: skip
     fields = _generate_fields(parts, gid)
     # token times: puts when the streamer delivered tokens, else decoding steps (minus the
     # loop condition's first call, which precedes the prefill)
     records, times = _put_records(puts, gid, tid, emit) if puts else ([], [])
+    if ends:
+        records[:0] = [("end", t, d, tid, {"gen": gid}) for t, d in ends]
     if times:
         fields["token_times"] = "put"
     else:
