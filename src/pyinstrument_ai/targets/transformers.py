@@ -131,8 +131,8 @@ class _Gen:
         self.in_end = False
         self.ends: list[tuple[int, int]] = []  # (time, duration) of the streamer's end()
         # the model whose decoding steps are timed: None when the streamer's puts give the
-        # token times (a step's time would go unused; the loop condition then only checks),
-        # set so by the decoding method's wrapper
+        # token times (set so by _start: a step's time would go unused) and once the
+        # generation no longer needs step times (_untime)
         self.step_model = model
         # the shape of every token put, once seen, where the decoding method puts one token
         # per sequence each step (all but assisted decoding): not read from each tensor again
