@@ -66,6 +66,15 @@ def test_tokens_counts_every_sequence_of_a_batch():
     assert g.tpot_s == approx((0.2 - 0.05) / 3)  # per position, not per token
 
 
+def test_summary_counts_input_tokens_of_every_row_like_output_tokens():
+    # a batch of 3 rows of a 6-token prompt and a single 4-token prompt: 22 tokens fed, while
+    # the generate events carry each prompt's length once (6 + 4)
+    events = gen_events(1, 1, 0, 100, [50, 90], tokens=6, batch=3, prompt_tokens=6)
+    events += gen_events(1, 2, 200, 100, [250, 290], prompt_tokens=4)
+    s = analyze(events).generations_summary()
+    assert (s["prompt_tokens"], s["input_tokens"], s["output_tokens"]) == (10, 22, 8)
+
+
 def test_tpot_only_with_more_than_one_position():
     g = _one(gen_events(1, 1, 0, 80, [60]))
     assert g.ttft_s == approx(0.060)

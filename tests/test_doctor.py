@@ -389,3 +389,15 @@ def test_every_rule_is_documented(rule):
     from conftest import ROOT
 
     assert f"`{rule}`" in (ROOT / "docs" / "doctor.md").read_text()
+
+
+def test_the_html_report_carries_doctors_findings_like_the_terminal_report(tmp_path):
+    """docs/pictures.md: the HTML's tables are the terminal report, doctor's section included."""
+    pytest.importorskip("bokeh")
+    from pyinstrument_ai.renderers import html
+
+    for pid in (11, 12):
+        write_proc(tmp_path, pid, gen(1, 1 * S, [10] * 5, threads=4))
+    text = html.render(analyze_paths(tmp_path))
+    assert "oversubscription" in text
+    assert "2 processes × 4 torch threads = 8 on 2 allowed CPUs" in text

@@ -247,3 +247,32 @@ def test_the_version_is_written_once_per_file_and_agrees():
 
     text = (TESTS.parent / "pyproject.toml").read_text()
     assert re.search(r'^version = "([^"]+)"$', text, re.M).group(1) == pyinstrument_ai.__version__
+
+
+def test_summary_reads_only_this_runs_files_whatever_else_the_folder_holds(tmp_path):
+    """An earlier run's file, a stray ``.jsonl`` and a file cut off in its header line (a
+    process killed during its first write) in the output folder: the summary at exit is this
+    run's, counts this run's one file, and warns of nothing (it used to fail on the stray file
+    with an internal error, and count every file in the folder)."""
+    (tmp_path / "gen.py").write_text(
+        GENERATE_THEN_BLOCK.format(tests=str(TESTS)).replace("time.sleep(120)", "")
+    )
+    cmd = ["-m", "instrument", "--out", "o", "gen.py"]
+    first = run_py(cmd, cwd=tmp_path)
+    assert "(1 file)" in first.stderr, first.stderr
+    (good,) = (tmp_path / "o").glob("*.jsonl")
+    (tmp_path / "o" / "zz-stray.jsonl").write_text('{"a": 1}\n')
+    (tmp_path / "o" / "cut.jsonl").write_bytes(good.read_bytes()[:40])
+    res = run_py(cmd, cwd=tmp_path)
+    assert (res.returncode, res.stdout) == (0, "ready\n")
+    assert "pyinstrument-ai: 1 generation, " in res.stderr, res.stderr
+    assert "(1 file)" in res.stderr and "warning" not in res.stderr, res.stderr
+    assert len(list((tmp_path / "o").glob("*.jsonl"))) == 4
+
+
+def test_negative_durations_read_as_durations():
+    from pyinstrument_ai.summary import fmt_duration
+
+    assert fmt_duration(-0.3694) == "-369.4 ms"
+    assert fmt_duration(-2e-6) == "-2.0 µs"
+    assert fmt_duration(0.0025) == "2.5 ms"

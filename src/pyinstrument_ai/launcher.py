@@ -564,15 +564,18 @@ def _print_summary(config: "cfg.Config") -> None:
         try:
             from pyinstrument_ai.analysis import Filters
             from pyinstrument_ai.reader import analyze_paths
-            from pyinstrument_ai.summary import render_analysis
+            from pyinstrument_ai.summary import render_analysis, run_files
         except ImportError:
+            return
+        files = run_files(config.out_dir, config.run_id)  # this run's only (see run_files)
+        if not files:
             return
         # streamed through the analysis (token columns, not event dicts): a long-running
         # server's millions of tokens summarize in seconds and bounded memory
-        a = analyze_paths(config.out_dir, filters=Filters(run_ids={config.run_id}), strict=False)
+        a = analyze_paths(*files, filters=Filters(run_ids={config.run_id}), strict=False)
         if not a.generations:
             return  # the summary is about generations; say nothing (stderr unchanged) otherwise
-        text = render_analysis(a, config.out_dir)
+        text = render_analysis(a, config.out_dir, n_files=len(files))
         if text:
             sys.stderr.write(text if text.endswith("\n") else text + "\n")
             sys.stderr.flush()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["render_summary", "render_analysis", "fmt_duration", "fmt_rate"]
+__all__ = ["render_summary", "render_analysis", "run_files", "fmt_duration", "fmt_rate"]
 
 PREFIX = "pyinstrument-ai"
 
@@ -19,6 +19,8 @@ def fmt_duration(seconds: float | None) -> str:
     """``1.2 ms``-style text for a duration in seconds; ``-`` for None."""
     if seconds is None:
         return "-"
+    if seconds < 0:  # e.g. a delivery delay when a handler sends before the first token
+        return "-" + fmt_duration(-seconds)
     ns = seconds * 1e9
     if ns < 1e3:
         return f"{ns:.0f} ns"
@@ -35,18 +37,44 @@ def fmt_rate(r: float | None) -> str:
     return f"{r:.0f}" if r >= 100 else f"{r:.1f}"
 
 
-def _files(out_dir: str | None) -> str:
+def _files(out_dir: str | None, n: int | None = None) -> str:
     if not out_dir:
         return "events kept in memory (no output folder)"
-    try:
-        n = sum(1 for f in os.listdir(out_dir) if f.endswith(".jsonl"))
-    except OSError:
-        return f"events: {out_dir}"
+    if n is None:
+        try:
+            n = sum(1 for f in os.listdir(out_dir) if f.endswith(".jsonl"))
+        except OSError:
+            return f"events: {out_dir}"
     return f"events: {out_dir} ({n} file{'s' if n != 1 else ''})"
 
 
-def render_analysis(a: Any, out_dir: str | None, n_events: int | None = None) -> str:
-    """The summary lines of an :class:`~pyinstrument_ai.analysis.Analysis`."""
+def run_files(out_dir: str, run_id: str) -> list[str]:
+    """The event files of one run in ``out_dir``: those whose header carries ``run_id``.
+
+    The folder may hold other runs' files, a stray ``.jsonl`` or a file cut off in its first
+    line (a process killed while writing it): at exit those are none of this run's business,
+    and one of them must not cost the summary of this run."""
+    from pyinstrument_ai.reader import read_header
+
+    out = []
+    for name in sorted(os.listdir(out_dir)):
+        if not name.endswith(".jsonl"):
+            continue
+        path = os.path.join(out_dir, name)
+        try:
+            header = read_header(path)
+        except (OSError, ValueError):  # EventFileError is a ValueError
+            continue
+        if header is not None and header.get("run_id") == run_id:
+            out.append(path)
+    return out
+
+
+def render_analysis(
+    a: Any, out_dir: str | None, n_events: int | None = None, n_files: int | None = None
+) -> str:
+    """The summary lines of an :class:`~pyinstrument_ai.analysis.Analysis` (``n_files``: how
+    many files it read; default: every ``.jsonl`` in ``out_dir``)."""
     lines: list[str] = []
     gens = a.generations
     if gens:
@@ -74,7 +102,7 @@ def render_analysis(a: Any, out_dir: str | None, n_events: int | None = None) ->
     else:
         n = a.events if n_events is None else n_events
         lines.append(f"{PREFIX}: {n} events, no generate() calls")
-    lines.append(f"  {_files(out_dir)}")
+    lines.append(f"  {_files(out_dir, n_files)}")
     return "\n".join(lines) + "\n"
 
 

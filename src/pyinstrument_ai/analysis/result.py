@@ -178,7 +178,10 @@ class Analysis:
             "count": len(gens),
             "failed": sum(1 for g in gens if g.failed),
             "output_tokens": tokens,
+            # the prompts' lengths, one row each (as generate events carry them) ...
             "prompt_tokens": sum(g.prompt_tokens or 0 for g in gens),
+            # ... and every row fed to the model (prompt x batch), counted like output_tokens
+            "input_tokens": sum(g.input_tokens or 0 for g in gens),
         }
         for m in GENERATION_METRICS:
             d[m] = self.stats(m).to_dict()

@@ -13,12 +13,19 @@ __all__ = ["render_session"]
 def _recorded(out_dir: str, run_id: str | None) -> str:
     from pyinstrument_ai.analysis import Filters
     from pyinstrument_ai.reader import EventFileError, analyze_paths
-    from pyinstrument_ai.summary import render_analysis
+    from pyinstrument_ai.summary import render_analysis, run_files
 
+    nothing = f"pyinstrument-ai: nothing recorded (no event files in {out_dir})\n"
     try:
-        a = analyze_paths(out_dir, filters=Filters(run_ids={run_id}) if run_id else None)
+        if run_id:  # this session's files only: the folder may hold others (see run_files)
+            files = run_files(out_dir, run_id)
+            if not files:
+                return nothing
+            a = analyze_paths(*files, filters=Filters(run_ids={run_id}))
+            return render_analysis(a, out_dir, n_files=len(files))
+        a = analyze_paths(out_dir)
     except (EventFileError, FileNotFoundError):
-        return f"pyinstrument-ai: nothing recorded (no event files in {out_dir})\n"
+        return nothing
     return render_analysis(a, out_dir)
 
 

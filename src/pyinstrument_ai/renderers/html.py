@@ -376,12 +376,15 @@ def _cdf(title: str, values: Any, color: str) -> Any:
 
 
 def _tables(a: Any, slo: dict[str, float] | None) -> str:
+    """The terminal report as HTML, doctor's findings included (as `report` prints them)."""
     from rich.console import Console
     from rich.text import Text
 
-    from pyinstrument_ai.renderers import terminal
+    from pyinstrument_ai.analysis.findings import find
+    from pyinstrument_ai.renderers import doctor, terminal
 
-    text = terminal.render(a, slo, width=160, color=True)
+    extra = [Text("doctor", style="bold"), Text(doctor.render(find(a), 160, bool(a.samples)))]
+    text = terminal.render(a, slo, width=160, color=True, extra=extra)
     console = Console(record=True, width=160, file=io.StringIO(), color_system="truecolor")
     console.print(Text.from_ansi(text))
     return console.export_html(inline_styles=True, code_format='<pre class="tables">{code}</pre>')
