@@ -413,3 +413,37 @@ def test_rows_and_pandas():
     assert len(toks) == 4 and toks["index"].tolist() == [0, 1, 2, 0]
     with pytest.raises(ValueError):
         a.rows("nope")
+
+
+def _http(pid: int, start_ms: float, dur_ms: float, rid: str, first_ms: float) -> dict:
+    return {
+        "name": "http.request",
+        "t_ns": int(start_ms * 1e6),
+        "dur_ns": int(dur_ms * 1e6),
+        "pid": pid,
+        "tid": 1,
+        "request_id": rid,
+        "status": 200,
+        "first_chunk_ns": int(first_ms * 1e6),
+        "last_chunk_ns": int(dur_ms * 1e6),
+    }
+
+
+def test_a_request_id_sent_twice_joins_each_request_to_its_own_generation():
+    """A client retrying with the same x-request-id: each request takes the generation that
+    started while it was in progress (joined by id alone, the second request got the first's
+    generation and a negative wait)."""
+    events = [_http(1, 0, 100, "retry-me", 60), _http(1, 1000, 100, "retry-me", 60)]
+    events += gen_events(1, 1, 10, 40, [30, 35], request_id="retry-me")
+    events += gen_events(1, 2, 1020, 30, [20, 25], request_id="retry-me")
+    # started while no request with its id was in progress: nobody's
+    events += gen_events(1, 3, 500, 30, [20], request_id="retry-me")
+    # another process's request with the same id: not this one's
+    events += gen_events(2, 1, 1030, 30, [20], request_id="retry-me")
+    a = analyze(events)
+    first, second = a.requests
+    assert [g.gen for g in first.generations] == [1]
+    assert [g.gen for g in second.generations] == [2]
+    assert first.wait_s == approx(0.010) and second.wait_s == approx(0.020)
+    assert a.requests_summary()["with_generation"] == 2
+    assert a.requests_summary()["wait_s"]["min"] == approx(0.010)

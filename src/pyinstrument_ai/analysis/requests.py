@@ -1,7 +1,8 @@
 """Requests: what the user of a model server waits for, matched to the work that served it.
 
 An ``http.request`` event (targets ``asgi`` / ``wsgi``) and the generations carrying its
-``request_id`` in the same process make one :class:`Request`. Per request (seconds):
+``request_id`` in the same process, started while it was in progress, make one
+:class:`Request`. Per request (seconds):
 
 - ``wait_s``: arrival → start of its first ``generate`` (HTTP parsing, tokenizing, thread start,
   queueing for a worker: everything before the model starts);
@@ -89,20 +90,28 @@ class Request:
 def build_requests(
     events: Sequence[tuple[dict[str, Any], Any]], generations: Sequence[Any]
 ) -> list[Request]:
-    """``events``: (http.request event, host); generations matched by (host, pid, request_id)."""
-    by_id: dict[tuple[Any, Any, Any], list[Any]] = {}
-    for g in generations:
-        rid = getattr(g, "request_id", None)
+    """``events``: (http.request event, host). A generation is the work of the request with its
+    (host, pid, request_id) that was in progress when the generation started: clients send the
+    same ``x-request-id`` again (a retry), and an id alone would join every generation of that
+    id to each of those requests. Where requests with one id overlap in time, the latest to
+    arrive before the generation started takes it; a generation that started while no request
+    with its id was in progress is matched to none."""
+    requests = sorted((Request(e, host, []) for e, host in events), key=lambda r: r.start_ns)
+    by_id: dict[tuple[Any, Any, Any], list[Request]] = {}
+    for r in requests:
+        rid = r.event.get("request_id")
         if rid is not None:
-            by_id.setdefault((g.host, g.pid, rid), []).append(g)
-    out = []
-    for e, host in events:
-        gens = sorted(
-            by_id.get((host, e.get("pid"), e.get("request_id")), ()), key=lambda g: g.start_ns
-        )
-        out.append(Request(e, host, gens))
-    out.sort(key=lambda r: r.start_ns)
-    return out
+            by_id.setdefault((r.host, r.event.get("pid"), rid), []).append(r)
+    for g in sorted(generations, key=lambda g: g.start_ns):
+        rid = getattr(g, "request_id", None)
+        if rid is None:
+            continue
+        for r in reversed(by_id.get((g.host, g.pid, rid), ())):
+            if r.start_ns <= g.start_ns:
+                if g.start_ns <= r.end_ns:
+                    r.generations.append(g)
+                break
+    return requests
 
 
 def summary(requests: Sequence[Request], generations: Sequence[Any]) -> dict[str, Any]:
