@@ -81,7 +81,7 @@ def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny"):
     }
 
 
-def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1") -> Path:
+def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1", threads=None) -> Path:
     """Three processes of one run: generations (pid 101), ONNX Runtime (202), TorchServe (303).
 
     Generations (slow=1): g1 0..400 ms tokens at 100,130,160,190; g2 200..500 ms tokens at
@@ -89,9 +89,10 @@ def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1") -> Path:
     """
     versions = versions or {"transformers": "5.23.0"}
     k = slow
-    gens = gen_events(101, 1, 0, 400 * k, [100 * k, 130 * k, 160 * k, 190 * k], model="A")
-    gens += gen_events(101, 2, 200, 300 * k, [150 * k, 200 * k], model="A")
-    gens += gen_events(101, 3, 1000, 1000 * k, [300 * k], model="B")
+    th = {} if threads is None else {"threads": threads}
+    gens = gen_events(101, 1, 0, 400 * k, [100 * k, 130 * k, 160 * k, 190 * k], model="A", **th)
+    gens += gen_events(101, 2, 200, 300 * k, [150 * k, 200 * k], model="A", **th)
+    gens += gen_events(101, 3, 1000, 1000 * k, [300 * k], model="B", **th)
     write_epoch(d / "p101.jsonl", header(101, run_id=run_id, versions=versions), shift(gens, WALL0))
     sess = {
         "name": "onnxruntime.session",
@@ -350,6 +351,16 @@ def test_compare_ratios_and_configuration(tmp_path):
     assert "(2.00×)" in r.stdout and "4.57.6" in r.stdout
     r = cli("compare", a, a)
     assert "configuration: no differences recorded" in r.stdout
+
+
+def test_compare_shows_a_torch_thread_count_difference(tmp_path):
+    """The commonest A/B run: the same program with another torch.set_num_threads."""
+    a = make_run(tmp_path / "a", threads=1)
+    b = make_run(tmp_path / "b", threads=2)
+    d = json.loads(cli("compare", a, b, "--json").stdout)
+    diffs = {x["key"]: x["values"] for x in d["config_differences"]}
+    assert diffs == {"torch threads": ["1", "2"]}
+    assert report_json(b)["generations"]["torch_threads"] == [2]
 
 
 def test_compare_needs_two_runs_and_good_inputs(tmp_path):

@@ -195,6 +195,8 @@ class Analysis:
             seqs = [s for g in batched for s in (g.seqs or [g.batch] * g.positions)]
             d["mean_sequences_per_position"] = sum(seqs) / len(seqs) if seqs else None
         d["models"] = dict(Counter(g.model or "?" for g in gens))
+        # torch's intra-op thread count as each generation found it (the knob A/B runs turn)
+        d["torch_threads"] = sorted({g.threads for g in gens if g.threads is not None})
         return d
 
     # -- ONNX Runtime ------------------------------------------------------------------------

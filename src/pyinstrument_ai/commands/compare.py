@@ -61,9 +61,17 @@ def config_of(d: dict[str, Any]) -> dict[str, str]:
         put("argv", " ".join(p.get("argv") or []))
         for lib, v in (p.get("versions") or {}).items():
             put(lib, v)
-        for k, v in ((p.get("context") or {}).get("thread_env") or {}).items():
+        ctx = p.get("context") or {}
+        for k, v in (ctx.get("thread_env") or {}).items():
             put(k, v)
+        torch = ctx.get("torch") or {}
+        for k in ("num_interop_threads", "parallel_backend"):
+            if torch.get(k) is not None:
+                put(f"torch {k}", torch[k])
     put("processes", len(procs))
+    # what generate found (set_num_threads may change it after the header was written)
+    for n in d["generations"].get("torch_threads") or ():
+        put("torch threads", n)
     for s in d["onnxruntime"]["sessions"]:
         for k, v in (s.get("threads") or {}).items():
             put(f"ort {k}", v)
