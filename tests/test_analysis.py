@@ -296,7 +296,8 @@ def test_goodput_share_rate_and_misses():
 
 
 @pytest.mark.parametrize(
-    "text", ["ttft=200", "ttft", "speed=1s", "", "ttft=-1ms", "ttft=nan s", "tpot=fast"]
+    "text",
+    ["ttft=200", "ttft", "speed=1s", "", "ttft=-1ms", "ttft=nan s", "tpot=fast", "ttft=1s,ttft=2s"],
 )
 def test_parse_slo_rejects(text):
     with pytest.raises(ValueError):
@@ -447,3 +448,8 @@ def test_a_request_id_sent_twice_joins_each_request_to_its_own_generation():
     assert first.wait_s == approx(0.010) and second.wait_s == approx(0.020)
     assert a.requests_summary()["with_generation"] == 2
     assert a.requests_summary()["wait_s"]["min"] == approx(0.010)
+    rows = a.rows("requests")  # report --csv's requests.csv
+    assert [(r["request_id"], r["generations"], r["wait_s"]) for r in rows] == [
+        ("retry-me", 1, approx(0.010)),
+        ("retry-me", 1, approx(0.020)),
+    ]

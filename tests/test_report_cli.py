@@ -261,6 +261,8 @@ def test_newer_schema(tmp_path):
     [
         (["--slo", "ttft=200"], "no unit"),
         (["--slo", "speed=1s"], "unknown metric"),
+        (["--slo", "ttft=200ms,ttft=100ms"], "ttft is given twice"),
+        (["--slo", ""], "no bound given"),
         (["--since", "yesterday"], "--since"),
         (["--until", "5"], "--until"),
         (["--pid", "abc"], "--pid"),
@@ -291,6 +293,7 @@ def test_csv_files_and_rows(run1, tmp_path):
     assert rows["generations"][2]["tpot_s"] == ""  # one token: no TPOT
     assert rows["predictions"][3]["request_ids"] == "r3-0 r3-1 r3-2 r3-3"
     assert {r["model"] for r in rows["ort_runs"]} == {"m.onnx"}
+    assert not (out / "requests.csv").exists()  # no http.request recorded: no empty table
 
 
 def test_slo_goodput(run1):

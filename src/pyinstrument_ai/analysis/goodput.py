@@ -36,6 +36,8 @@ def parse_slo(text: str, where: str = "--slo") -> dict[str, float]:
             raise ValueError(
                 f"{where}: unknown metric {key!r}; known: {', '.join(sorted(SLO_METRICS))}"
             )
+        if key in out:  # which one was meant? not ours to guess
+            raise ValueError(f"{where}: {key} is given twice")
         out[key] = parse_duration(value, where=f"{where} {key}")
     if not out:
         raise ValueError(f"{where}: no bound given (e.g. ttft=200ms,tpot=50ms)")

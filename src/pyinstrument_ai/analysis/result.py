@@ -376,7 +376,7 @@ class Analysis:
 
     # -- notebooks -----------------------------------------------------------------------------
     def rows(self, kind: str = "generations") -> list[dict[str, Any]]:
-        """Flat rows: ``generations``, ``tokens``, ``ort_runs`` or ``predictions``."""
+        """Flat rows: ``generations``, ``tokens``, ``requests``, ``ort_runs`` or ``predictions``."""
         if kind == "generations":
             return [g.row() for g in self.generations]
         if kind == "tokens":
@@ -396,7 +396,11 @@ class Analysis:
             return [r.row() for r in self.ort_runs]
         if kind == "predictions":
             return [p.row() for p in self.predictions]
-        raise ValueError(f"unknown kind {kind!r}: generations, tokens, ort_runs or predictions")
+        if kind == "requests":
+            return [{"host": r.host, **r.to_dict()} for r in self.requests]
+        raise ValueError(
+            f"unknown kind {kind!r}: generations, tokens, requests, ort_runs or predictions"
+        )
 
     def to_pandas(self, kind: str = "generations") -> Any:
         """A pandas DataFrame of :meth:`rows` (needs pandas)."""

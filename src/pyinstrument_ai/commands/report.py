@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--csv",
         metavar="DIR",
-        help="also write generations.csv, predictions.csv, ort_runs.csv to DIR",
+        help="also write the tables that have rows (generations.csv, requests.csv, "
+        "predictions.csv, ort_runs.csv) to DIR",
     )
     out.add_argument("--width", type=int, default=None, help="terminal width for the tables")
     out.add_argument(
@@ -52,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     slo = None
-    if args.slo:
+    if args.slo is not None:  # --slo "" is a mistake to report, not "no bounds"
         from pyinstrument_ai.analysis import parse_slo
 
         try:

@@ -1,4 +1,4 @@
-"""``report --csv DIR``: one row per generation, prediction and ONNX Runtime run."""
+"""``report --csv DIR``: one row per generation, HTTP request, prediction and ONNX Runtime run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["KINDS", "render"]
 
-KINDS = ("generations", "predictions", "ort_runs")
+KINDS = ("generations", "requests", "predictions", "ort_runs")
 
 
 def render(a: Any, out_dir: str) -> list[str]:
