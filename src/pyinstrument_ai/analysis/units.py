@@ -1,4 +1,4 @@
-"""Durations written by people: ``250us``, ``200ms``, ``1.5s`` (also ``µs``).
+"""Durations written by people: ``250us``, ``200ms``, ``1.5s`` (also ``ns``, ``µs``, ``m``/``min``).
 
 Shared by ``report --slo``, the pytest plugin's bounds and ``--since``/``--until``.
 """
@@ -26,7 +26,8 @@ def parse_duration(text: str, *, where: str = "duration", allow_bare: bool = Fal
         value = float(num)
     except ValueError:
         raise ValueError(
-            f"{where}: {text!r} is not a duration (expected a number with a unit: us, ms, s)"
+            f"{where}: {text!r} is not a duration (expected a number with a unit: "
+            f"{', '.join(UNITS)})"
         ) from None
     if not unit:
         if not allow_bare:
