@@ -137,6 +137,17 @@ def test_oversubscription_counts_the_quota(tmp_path):
     assert "4 torch threads = 4 on 1.50 allowed CPUs (cgroup CPU quota 1.5 CPUs" in f.message
 
 
+def test_oversubscription_quiet_when_the_processes_never_computed_at_once(tmp_path):
+    # a parent that generated, then a child (forked after it) that generated: 2 + 2 threads on
+    # 2 CPUs, never at the same time
+    write_proc(tmp_path, 11, gen(1, 1 * S, [10] * 5, threads=2))
+    write_proc(tmp_path, 12, gen(1, 3 * S, [10] * 5, threads=2), ppid=11)
+    assert "oversubscription" not in rules(tmp_path)
+    write_proc(tmp_path, 13, gen(1, 3 * S, [10] * 5, threads=2), ppid=11)  # beside 12
+    f = one(tmp_path, "oversubscription")
+    assert sorted(f.pids) == [12, 13] and "2 processes × 2 torch threads = 4" in f.message
+
+
 def test_oversubscription_quiet_when_threads_fit(tmp_path):
     for pid in (11, 12):
         write_proc(tmp_path, pid, gen(1, S, [10] * 5, threads=1))

@@ -204,6 +204,29 @@ def _overlaps(s: int, e: int, work: list[tuple[int, int]]) -> bool:
     return any(ws < e and s < we for ws, we in work)
 
 
+def _at_once(busy: list[tuple[_Proc, Any]]) -> list[tuple[_Proc, Any]]:
+    """The processes whose work spans (first start → last end) overlap at the instant where
+    their threads add up to the most: a parent and the child it forked after it finished
+    computing never compete for the CPUs."""
+    edges = []
+    for i, (p, (t, _)) in enumerate(busy):
+        edges.append((p.work[0][0], 1, i, t))
+        edges.append((max(e for _, e in p.work), 0, i, t))  # an end sorts before a start
+    running: set[int] = set()
+    best: set[int] = set()
+    total = peak = 0
+    for _, starts, i, t in sorted(edges):
+        if starts:
+            running.add(i)
+            total += t
+            if total > peak:
+                peak, best = total, set(running)
+        else:
+            running.discard(i)
+            total -= t
+    return [b for i, b in enumerate(busy) if i in best]
+
+
 # -- the rules ----------------------------------------------------------------------------------
 
 
@@ -211,7 +234,7 @@ def oversubscription(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     """Intra-op threads × processes above the CPUs allowed by affinity or quota."""
     out = []
     for host, ps in _by_host(procs).items():
-        busy = [(p, p.threads) for p in ps if p.work and p.threads]
+        busy = _at_once([(p, p.threads) for p in ps if p.work and p.threads])
         if not busy:
             continue
         allowed, why = _allowed(ps)
@@ -384,7 +407,7 @@ def hyperthread_sharing(a: Analysis, procs: dict, th: Thresholds) -> list[Findin
     """More busy inference threads than physical cores in the affinity set."""
     out = []
     for host, ps in _by_host(procs).items():
-        busy = [(p, p.threads) for p in ps if p.work and p.threads]
+        busy = _at_once([(p, p.threads) for p in ps if p.work and p.threads])
         if not busy:
             continue
         ctxs = [p.ctx for p in ps if p.ctx.get("threads_per_core", 1) > 1]
