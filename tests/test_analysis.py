@@ -453,3 +453,15 @@ def test_a_request_id_sent_twice_joins_each_request_to_its_own_generation():
         ("retry-me", 1, approx(0.010)),
         ("retry-me", 1, approx(0.020)),
     ]
+
+
+def test_a_response_cut_short_stays_out_of_end_to_end_but_counts_in_flight():
+    done = _http(1, 0, 100, "a", 10)
+    cut = {**_http(1, 50, 300, "b", 10), "last_chunk_ns": None, "incomplete": True}
+    a = analyze([done, cut])
+    first, second = a.requests
+    assert first.e2e_s == approx(0.100) and second.e2e_s is None
+    assert second.ttfb_s == approx(0.010)  # its first byte did reach the client
+    s = a.requests_summary()
+    assert (s["count"], s["incomplete"], s["e2e_s"]["count"], s["ttfb_s"]["count"]) == (2, 1, 1, 2)
+    assert [r["incomplete"] for r in a.rows("requests")] == [False, True]

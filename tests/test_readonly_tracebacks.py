@@ -19,7 +19,7 @@ import pytest
 import toylib
 
 import pyinstrument_ai
-from pyinstrument_ai import _tb
+from pyinstrument_ai import _tb, request_context
 from pyinstrument_ai.targets import onnxruntime as ort_target
 from pyinstrument_ai.targets import transformers as tf_target
 
@@ -229,6 +229,111 @@ def test_uncaught_exception_in_an_auto_loaded_process_prints_as_without_us(tmp_p
     assert "onnxruntime.run" in names and "toy.add" in names
 
 
+# A request's tag is carried into threads by three more wrappers (request_context): Thread.start,
+# the closure ThreadPoolExecutor.submit hands the pool (run_in_executor, asyncio.to_thread) and
+# TextStreamer.__init__. Each is on the way out of an exception the host sees: a thread started
+# twice, the pool function's own exception (what uvicorn logs as "Exception in ASGI
+# application"), a streamer subclass calling super().__init__ wrongly. Run in a real request
+# (FastAPI through httpx's ASGI transport), so that the tag they carry is the request's.
+WEB_APP = """
+import asyncio
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+from fastapi import FastAPI
+from transformers import TextStreamer
+
+app = FastAPI()
+
+
+def bad():
+    raise KeyError("raised in the pool")
+
+
+class MyStreamer(TextStreamer):
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, False, "one positional too many")
+
+
+def printed(label):
+    print("--", label, file=sys.stderr)
+    traceback.print_exc()
+
+
+@app.get("/")
+async def handler():
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    try:
+        t.start()
+    except RuntimeError:
+        printed("thread started twice")
+    pool = ThreadPoolExecutor(1)
+    try:
+        pool.submit(bad).result()
+    except KeyError:
+        printed("submit")
+    pool.shutdown()
+    try:
+        pool.submit(bad)
+    except RuntimeError:
+        printed("submit after shutdown")
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, bad)
+    except KeyError:
+        printed("run_in_executor")
+    try:
+        await asyncio.to_thread(bad)
+    except KeyError:
+        printed("to_thread")
+    try:
+        MyStreamer(None)
+    except TypeError:
+        printed("streamer")
+    return "ok"
+
+
+@app.get("/uncaught")
+async def uncaught():
+    await asyncio.to_thread(bad)
+
+
+async def main():
+    transport = httpx.ASGITransport(app=app)  # the app's exception reaches us, as a server's log
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        print((await c.get("/")).text)
+        try:
+            await c.get("/uncaught", headers={"x-request-id": "u1"})
+        except KeyError:
+            printed("uncaught in the application")
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not HIDE_WORKS, reason="wrappers hide their frame at the source on 3.11+")
+def test_thread_pool_and_streamer_wrappers_leave_no_frame(tmp_path):
+    app = tmp_path / "web_app.py"
+    app.write_text(WEB_APP)
+    bare = run_py([str(app)], cwd=tmp_path)
+    out = tmp_path / "out"
+    inst = run_py(["-m", "instrument", "--out", str(out), "--no-summary", str(app)], cwd=tmp_path)
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stderr.count("Traceback") == 7, bare.stderr
+    assert (inst.returncode, inst.stdout, inst.stderr) == (
+        bare.returncode,
+        bare.stdout,
+        bare.stderr,
+    )
+    reqs = [e for e in pyinstrument_ai.load(out) if e["name"] == "http.request"]
+    assert len(reqs) == 2  # instrumented: both requests were watched, the wrappers in place
+
+
 # ------------------------------------------------------------------------ pytest reports
 
 INNER_TESTS = """
@@ -342,6 +447,10 @@ def test_every_wrapper_is_marked_for_pytest():
         ts._make_predict(_Rec(), None, on).__code__,
         ts._make_send(_Rec(), len, on).__code__,
         ts._make_stage("inference", len, None).__code__,
+        request_context._make_start(len).__code__,
+        request_context._make_submit(len).__code__,
+        request_context._carry(len, None).__code__,
+        request_context._make_streamer_init(len).__code__,
     ]
     for code in codes:
         assert _tb._is_wrapper(code), code.co_name

@@ -218,3 +218,175 @@ def test_gunicorn_flask_every_request_matched_to_its_generation(tmp_path):
     routes = {e["route"] for e in events if e["name"] == "http.request"}
     assert routes == {"/stream", "/direct", "/items/<int:item_id>"}
     assert os.name == "posix"
+
+
+# -- what the client got: a stream it cut short, a HEAD request ---------------------------------
+
+CUT_ASGI_APP = """
+import asyncio
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+
+async def stream(request):
+    n = int(request.query_params["n"])
+
+    async def body():
+        for i in range(n):
+            yield f"chunk{i}\\n".encode()
+            await asyncio.sleep(0.02)
+
+    return StreamingResponse(body())
+
+
+async def text(request):  # Starlette's GET routes answer HEAD too, body and all
+    return PlainTextResponse("hello, head")
+
+
+app = Starlette(routes=[Route("/stream", stream), Route("/text", text)])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+CUT_WSGI_APP = """
+import time
+
+from flask import Flask, Response, request
+
+app = Flask("cut")
+
+
+@app.route("/stream")
+def stream():
+    n = int(request.args["n"])
+
+    def body():
+        for i in range(n):
+            yield f"chunk{i}\\n".encode()
+            time.sleep(0.02)
+
+    return Response(body())
+
+
+@app.route("/text")
+def text():
+    return "hello, head"
+"""
+
+
+def _cut_after_first_chunk(port: int, rid: str) -> int:
+    """A client that goes away mid-stream: it reads the first chunk and closes the socket (a
+    stream of 500 chunks, 10 s if it ran to its end). Returns the body bytes it had."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET /stream?n=500 HTTP/1.1\r\nHost: t\r\nx-request-id: {rid}\r\n\r\n".encode())
+        got = b""
+        while b"chunk0\n" not in got:
+            data = s.recv(4096)
+            assert data, got
+            got += data
+    return len(got.partition(b"\r\n\r\n")[2])
+
+
+def _cut_and_head(port: int) -> dict:
+    seen = {"cut": _cut_after_first_chunk(port, "cut")}
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        sent = time.monotonic_ns()
+        r = c.get("/stream?n=3", headers={"x-request-id": "whole"})
+        seen["whole"] = {"sent": sent, "end": time.monotonic_ns(), "bytes": len(r.content)}
+        head = c.head("/text", headers={"x-request-id": "head"})
+        get = c.get("/text", headers={"x-request-id": "get"})
+    assert (head.status_code, head.content, get.content) == (200, b"", b"hello, head")
+    assert head.headers["content-length"] == str(len(get.content))
+    return seen
+
+
+def _check_cut_and_head(events: list[dict], seen: dict) -> None:
+    ours = {e["request_id"]: e for e in events if e["name"] == "http.request"}
+    cut, whole, head, get = ours["cut"], ours["whole"], ours["head"], ours["get"]
+    # cut short: what the client had is not the response's end, and it says so
+    assert cut["status"] == 200 and cut["incomplete"] is True, cut
+    assert cut["last_chunk_ns"] is None and cut["first_chunk_ns"] is not None, cut
+    assert 1 <= cut["chunks"] < 500 and cut["bytes"] >= len(b"chunk0\n"), cut
+    # run to its end: complete, its end handed over before the client had it
+    assert "incomplete" not in whole and whole["chunks"] == 3, whole
+    assert whole["bytes"] == seen["whole"]["bytes"] == len(b"chunk0\n") * 3
+    assert whole["first_chunk_ns"] <= whole["last_chunk_ns"]
+    assert whole["t_mono_ns"] + whole["last_chunk_ns"] <= seen["whole"]["end"]
+    # HEAD: no body reached the client, none is recorded; the response did end
+    assert (head["method"], head["status"], head["bytes"], head["chunks"]) == ("HEAD", 200, 0, 0)
+    assert head["first_chunk_ns"] is None and head["last_chunk_ns"] is not None, head
+    assert "incomplete" not in head
+    assert (get["bytes"], get["chunks"]) == (len(b"hello, head"), 1) and "incomplete" not in get
+
+
+@pytest.mark.slow
+def test_uvicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got(tmp_path):
+    port = _free_port()
+    app = tmp_path / "cut_app.py"
+    app.write_text(CUT_ASGI_APP)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--out",
+            str(out),
+            "--no-summary",
+            str(app),
+            str(port),
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_up(proc, port, "/text")
+        seen = _cut_and_head(port)
+    finally:
+        err = _stop(proc)
+    assert "internal error" not in err, err
+    _check_cut_and_head(pyinstrument_ai.load(out), seen)
+
+
+@pytest.mark.slow
+def test_gunicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got(tmp_path):
+    port = _free_port()
+    (tmp_path / "cut_app.py").write_text(CUT_WSGI_APP)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "instrument",
+            "--out",
+            str(out),
+            "--no-summary",
+            "--",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "cut_app:app",
+        ],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_up(proc, port, "/text")
+        seen = _cut_and_head(port)
+    finally:
+        err = _stop(proc)
+    assert "internal error" not in err, err
+    _check_cut_and_head(pyinstrument_ai.load(out), seen)

@@ -548,6 +548,9 @@ def test_wsgiref_plain_app_read_only_and_recorded():
     e, f = requests_of(rec.events)
     assert (e["request_id"], e["status"], e["bytes"], e["chunks"]) == ("p1", 201, 4, 3)
     assert f["error"] == "builtins.ValueError" and f["chunks"] == 1 and failed
+    # raised mid-body: the client had a response cut short, and the event says so
+    assert f["incomplete"] is True and f["last_chunk_ns"] is None
+    assert "incomplete" not in e and e["last_chunk_ns"] >= e["first_chunk_ns"]
 
 
 def test_sized_body_keeps_content_length():
@@ -573,6 +576,100 @@ def test_file_wrapper_result_is_returned_as_is():
     assert body.endswith(b"filedata")
     (e,) = requests_of(rec.events)
     assert e["status"] == 200 and e["chunks"] == 0
+    # handed over whole: not cut short, its end when it was handed over
+    assert "incomplete" not in e and 0 <= e["last_chunk_ns"] <= e["dur_ns"]
+
+
+# -- complete or cut short; HEAD ------------------------------------------------------------------
+
+
+def _starlette_app():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse, StreamingResponse
+    from starlette.routing import Route
+
+    async def text(request):  # a GET route: Starlette answers HEAD with it, body included
+        return PlainTextResponse("hello, head")
+
+    async def fails_mid_stream(request):
+        async def body():
+            yield b"first"
+            raise ValueError("mid-stream")
+
+        return StreamingResponse(body())
+
+    return Starlette(routes=[Route("/text", text), Route("/fails", fails_mid_stream)])
+
+
+def test_asgi_head_records_no_body_and_a_stream_cut_short_is_incomplete():
+    async def go():
+        transport = httpx.ASGITransport(app=_starlette_app(), raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            head = await c.head("/text", headers={"x-request-id": "head"})
+            get = await c.get("/text", headers={"x-request-id": "get"})
+            await c.get("/fails", headers={"x-request-id": "fails"})
+        return head, get
+
+    with web() as rec:
+        head, get = asyncio.run(go())
+    reqs = {e["request_id"]: e for e in requests_of(rec.events)}
+    h, g, f = reqs["head"], reqs["get"], reqs["fails"]
+    # A response to HEAD has no content: what the client reads (none), not the body Starlette
+    # handed over (which uvicorn drops; see test_web_servers), as werkzeug's HEAD is recorded
+    assert head.content == b"" and get.content == b"hello, head"
+    assert (h["method"], h["status"], h["bytes"], h["chunks"]) == ("HEAD", 200, 0, 0)
+    assert h["first_chunk_ns"] is None and h["last_chunk_ns"] >= h["headers_ns"]
+    assert (g["bytes"], g["chunks"]) == (11, 1) and g["last_chunk_ns"] >= g["first_chunk_ns"]
+    assert "incomplete" not in h and "incomplete" not in g
+    # the application raised after its first chunk: the body never ended
+    assert (f["status"], f["chunks"], f["bytes"]) == (200, 1, 5)
+    assert f["incomplete"] is True and f["last_chunk_ns"] is None
+    assert f["error"] == "builtins.ValueError"
+
+
+def test_wsgi_head_records_no_body():
+    def app(environ, start_response):  # hands a body for HEAD too, as a bare application may
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"abc"]
+
+    with web() as rec:
+        _wsgiref_call(app, {"REQUEST_METHOD": "HEAD", "HTTP_X_REQUEST_ID": "head"})
+        _wsgiref_call(app, {"HTTP_X_REQUEST_ID": "get"})
+    h, g = requests_of(rec.events)
+    assert (h["method"], h["bytes"], h["chunks"], h["first_chunk_ns"]) == ("HEAD", 0, 0, None)
+    assert h["last_chunk_ns"] is not None and "incomplete" not in h
+    assert (g["method"], g["bytes"], g["chunks"]) == ("GET", 3, 1)
+
+
+def test_wsgi_body_closed_before_its_end_is_incomplete():
+    app = Flask("cut")
+
+    @app.route("/stream")
+    def stream():
+        return app.response_class(iter([b"a", b"b", b"c"]))
+
+    @app.route("/empty")
+    def no_body():
+        return ""
+
+    client = app.test_client()
+    with web() as rec:
+        # the server closes the body after one chunk: the client went away
+        r = client.get("/stream", headers={"x-request-id": "cut"}, buffered=False)
+        assert next(iter(r.response)) == b"a"
+        r.close()
+        with client.get("/stream", headers={"x-request-id": "whole"}) as r:
+            assert r.get_data() == b"abc"
+        with client.get("/empty", headers={"x-request-id": "empty"}) as r:
+            assert r.get_data() == b""
+    reqs = {e["request_id"]: e for e in requests_of(rec.events)}
+    cut, whole, empty = reqs["cut"], reqs["whole"], reqs["empty"]
+    assert cut["incomplete"] is True and cut["last_chunk_ns"] is None and cut["chunks"] == 1
+    assert "incomplete" not in whole and whole["chunks"] == 3
+    assert whole["first_chunk_ns"] <= whole["last_chunk_ns"] <= whole["dur_ns"]
+    # an empty body ends too: when the server found it exhausted
+    assert "incomplete" not in empty and empty["bytes"] == 0
+    assert 0 <= empty["last_chunk_ns"] <= empty["dur_ns"]
 
 
 # -- tracebacks: the app's exception carries no frame of ours (issue 14) -------------------------

@@ -23,7 +23,10 @@ are wrapped to carry the tag across, read-only:
     one its ``generate`` serves, wherever that ``generate`` runs (:func:`owner_fields`).
 
 A tag stops counting when its request ends (``done``): a long-lived worker thread that happened
-to be started during a request does not claim every later generation for that request.
+to be started during a request does not claim every later generation for that request. Until
+then it does, for all work in that thread without a tag of its own (a queue-fed worker started
+lazily by request A credits other requests' jobs to A while A is open): such workers enter
+:class:`tag` per job, or take a streamer created in the request (docs/targets/web.md).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import Any
 
 from pyinstrument_ai import hooks
 from pyinstrument_ai._guard import report
+from pyinstrument_ai._tb import hide
 from pyinstrument_ai.tagging import register_provider, unregister_provider
 
 __all__ = ["Tag", "tag", "current_tag", "owner_fields", "acquire", "release", "provider"]
@@ -229,21 +233,32 @@ def _patch(owner: Any, attr: str, factory: Any) -> None:
     _patched.append((owner, attr, original, wrapper))
 
 
+# Each wrapper below stands between the host's call and the original (a second start() of a
+# thread raises through start; the pool's worker calls run_tagged, whose exception is the
+# caller's function's): it hides its own frame, as every wrapper does (see _tb).
+
+
 def _make_start(original: Any) -> Any:
     def start(self: Any) -> None:
+        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
         try:
             t = current_tag() if _propagating else None
             if t is not None:
                 _remember(_threads, self, t)
         except Exception as ours:
             report("request_context.thread_start", ours)
-        return original(self)
+        try:
+            return original(self)
+        except BaseException as e:
+            hide(e)
+            raise
 
     return start
 
 
 def _make_submit(original: Any) -> Any:
     def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         t = None
         try:
             t = current_tag() if _propagating else None
@@ -251,16 +266,24 @@ def _make_submit(original: Any) -> Any:
             report("request_context.submit", ours)
         if t is not None:
             fn = _carry(fn, t)
-        return original(self, fn, *args, **kwargs)
+        try:
+            return original(self, fn, *args, **kwargs)  # raises after shutdown()
+        except BaseException as e:
+            hide(e)
+            raise
 
     return submit
 
 
 def _carry(fn: Any, t: Tag) -> Any:
     def run_tagged(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         token = _current.set(t)
         try:
             return fn(*args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
         finally:
             _current.reset(token)
 
@@ -269,7 +292,12 @@ def _carry(fn: Any, t: Tag) -> Any:
 
 def _make_streamer_init(original: Any) -> Any:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
+        __tracebackhide__ = True
+        try:
+            original(self, *args, **kwargs)
+        except BaseException as e:
+            hide(e)
+            raise
         try:
             t = current_tag() if _propagating else None
             if t is not None:

@@ -10,7 +10,9 @@ An ``http.request`` event (targets ``asgi`` / ``wsgi``) and the generations carr
   minus the network);
 - ``model_ttft_s``: the first generation's own TTFT (``generate`` start → first token);
 - ``delivery_s``: first token → first body chunk (streamer → handler → server);
-- ``e2e_s``: arrival → last body chunk (or the end of the request when no chunk was sent).
+- ``e2e_s``: arrival → last body chunk (or the end of the request when no chunk was sent);
+  none for an incomplete response (``incomplete``: its body never ended), which still counts
+  in flight for Little's law.
 
 So ``ttfb_s = wait_s + model_ttft_s + delivery_s`` for a streamed reply. Little's law is checked on
 requests in flight; ``waiting`` = L(requests) − L(generations) over the requests' steady window
@@ -75,7 +77,16 @@ class Request:
         return None if first is None or tok is None else _s(first - tok)
 
     @property
-    def e2e_s(self) -> float:
+    def incomplete(self) -> bool:
+        """The response's body never ended (the client went away, the app raised mid-body)."""
+        return bool(self.event.get("incomplete"))
+
+    @property
+    def e2e_s(self) -> float | None:
+        """Arrival → last body chunk; None for an incomplete response (its end is when the
+        server noticed, not a response the user got: kept out of the end-to-end figures)."""
+        if self.incomplete:
+            return None
         last = self.event.get("last_chunk_ns")
         return (last if last is not None else self.event.get("dur_ns") or 0) / 1e9
 
@@ -83,6 +94,7 @@ class Request:
         e = self.event
         d = {k: e.get(k) for k in ("request_id", "pid", "method", "route", "status", "bytes")}
         d.update({"start_ns": self.start_ns, "generations": len(self.generations)})
+        d["incomplete"] = self.incomplete
         d.update({m: getattr(self, m) for m in METRICS})
         return d
 
@@ -120,6 +132,7 @@ def summary(requests: Sequence[Request], generations: Sequence[Any]) -> dict[str
     if not requests:
         return d
     d["with_generation"] = sum(1 for r in requests if r.generations)
+    d["incomplete"] = sum(1 for r in requests if r.incomplete)
     for m in METRICS:
         d[m] = summarize([v for r in requests if (v := getattr(r, m)) is not None]).to_dict()
     ll = littles_law.check(

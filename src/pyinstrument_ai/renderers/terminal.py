@@ -142,6 +142,8 @@ def _requests(d: dict[str, Any]) -> list[Any]:
     rows = [(label, r[key]) for label, key in _REQ_ROWS if key in r]
     out: list[Any] = [_stats_table("requests (server side)", rows)]
     line = f"{r['count']} requests, {r.get('with_generation', 0)} matched to a generation"
+    if r.get("incomplete"):
+        line += f", {r['incomplete']} cut short (not in end-to-end)"
     fl = r.get("in_flight")
     if fl:
         line += (

@@ -159,7 +159,7 @@ class Request(Tag):
         self.status: int | None = None
         self.headers_t: int | None = None
         self.first_t: int | None = None
-        self.last_t: int | None = None
+        self.last_t: int | None = None  # the body's end: set only if the body completed
         self.nbytes = 0
         self.chunks = 0
         self.route: str | None = None  # the route template, when the framework said
@@ -168,7 +168,10 @@ class Request(Tag):
         if n:
             if self.first_t is None:
                 self.first_t = t
-            self.last_t = t  # WSGI: the end of iteration comes after the client has it all
+            # WSGI: the body's end if the server exhausts the iterable (it asks for the end
+            # only after sending this chunk: the client may have it all); the wsgi target
+            # takes it back when the body is closed or fails before its end
+            self.last_t = t
             self.nbytes += n
             self.chunks += 1
 
@@ -184,6 +187,13 @@ class Request(Tag):
         try:
             t0 = self.t0
             h, f, last = self.headers_t, self.first_t, self.last_t
+            if self.method == "HEAD":
+                # A response to HEAD has no content (RFC 9110 9.3.2): servers (uvicorn, gunicorn)
+                # drop whatever body the application hands them, and clients read none.
+                # Recorded as the client gets it, the same whether the framework left the body
+                # out (werkzeug) or the server did (Starlette under uvicorn).
+                self.nbytes = self.chunks = 0
+                f = None
             fields: dict[str, Any] = {
                 "request_id": self.fields["request_id"],
                 "request_id_source": self.source,
@@ -197,6 +207,10 @@ class Request(Tag):
                 "bytes": self.nbytes,
                 "chunks": self.chunks,
             }
+            if last is None:
+                # the body never ended (the client went away, the application raised mid-body):
+                # the client never had a whole response
+                fields["incomplete"] = True
             if self.upstream is not None:
                 fields["upstream_start_wall_ns"] = self.upstream
             if error is not None:

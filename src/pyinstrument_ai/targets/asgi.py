@@ -171,15 +171,19 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
                 if body:
                     if req.first_t is None:
                         req.first_t = t
-                    req.last_t = t
                     req.nbytes += len(body)
                     req.chunks += 1
-                elif not message.get("more_body"):
-                    req.last_t = t  # an empty last chunk ends the body
+                # Only the message without more_body ends the body: a stream cut short (the
+                # client went away and Starlette stopped it) never sends one, and must not
+                # look complete at its last chunk.
+                if not message.get("more_body"):
+                    req.last_t = t
             elif kind == "http.response.start":
                 req.status = message.get("status")
                 if req.headers_t is None:
                     req.headers_t = t
+            elif kind == "http.response.pathsend":  # a whole file in one message (granian)
+                req.last_t = t
         except Exception as ours:  # a malformed message is the server's to reject, not ours
             report("asgi.send", ours)
         try:

@@ -12,8 +12,10 @@ already in flight and passes through. Watched, never changed: the ``start_respon
 (status, when the headers were given), the body iterable (when each chunk was handed to the
 server, bytes; a ``len()`` is kept so servers still set Content-Length) and the legacy
 ``write`` callable. The event is recorded when the server closes the body (PEP 3333 requires
-it) or, if the application raised, at once. A ``wsgi.file_wrapper`` result is returned as is
-(so ``sendfile`` still works) and recorded without chunk times. The route template is Flask's
+it) or, if the application raised, at once; the body is complete only if the server ran the
+iterable to its end (a client gone away makes the server close it early). A
+``wsgi.file_wrapper`` result is returned as is (so ``sendfile`` still works) and recorded at
+once, complete, without chunks. The route template is Flask's
 matched rule (``/items/<int:item_id>``), read from ``environ["werkzeug.request"].url_rule``.
 The request's tag is current while the application runs and while each chunk is produced, on
 whichever thread the server iterates the body.
@@ -195,6 +197,7 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
         else:
             result = app(environ, watched_start_response)
     except BaseException as exc:
+        req.last_t = None  # what write() sent is no whole response
         req.finish(record, now_ns(), _route(environ), exc)
         hide(exc)
         raise
@@ -203,7 +206,9 @@ def _serve(unbound: Any, app: Any, environ: Any, start_response: Any) -> Any:
     try:
         wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(wrapper, type) and isinstance(result, wrapper):
-            req.finish(record, now_ns(), _route(environ), None)
+            # handed over whole (the server may sendfile it): its end as far as we can see
+            req.last_t = t1 = now_ns()
+            req.finish(record, t1, _route(environ), None)
             return result
         body = _SizedBody if hasattr(type(result), "__len__") else _Body
         return body(result, req, record, environ)
@@ -235,6 +240,10 @@ def _watched_write(write: Any, req: Request) -> Any:
     return watched_write
 
 
+# what _Body._it becomes when the body is exhausted (still exhausted if asked again)
+_EXHAUSTED: Any = iter(())
+
+
 class _Body:
     """The application's body iterable, handed to the server chunk by chunk, unchanged."""
 
@@ -259,9 +268,16 @@ class _Body:
                 self._it = iter(self._result)
             chunk = next(self._it)
         except StopIteration as stop:  # the body's normal end, not an error
+            # Exhausted: the body is complete (a server that stops early, its write failed as
+            # the client went away, closes the body without getting here). Its end is the
+            # last chunk's, or now for a body of nothing but empty chunks.
+            self._it = _EXHAUSTED
+            if req.last_t is None:
+                req.last_t = now_ns()
             hide(stop)
             raise
         except BaseException as exc:
+            req.last_t = None  # failed before its end
             req.finish(self._record, now_ns(), _route(self._environ), exc)
             hide(exc)
             raise
@@ -284,6 +300,8 @@ class _Body:
             raise
         finally:
             req = self._req
+            if self._it is not _EXHAUSTED:  # closed before its end: cut short
+                req.last_t = None
             req.finish(self._record, now_ns(), _route(self._environ), None)
 
 
