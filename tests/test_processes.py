@@ -160,6 +160,43 @@ def test_multiprocessing_pool_each_worker_writes_its_own_file(tmp_path, method):
     assert sum(by_pid.values()) == 41
 
 
+POOL_IMPORTS_IN_WORKERS = textwrap.dedent(
+    """
+    import multiprocessing as mp, os, sys
+
+    def work(i):
+        import toylib  # the target library only in the workers: their sessions start here
+        toylib.add(i, i)
+        return os.getpid()
+
+    if __name__ == "__main__":
+        method, end = sys.argv[1:]
+        pool = mp.get_context(method).Pool(2)
+        pids = pool.map(work, range(20), chunksize=1)
+        getattr(pool, end)()  # close: workers exit; terminate: they are sent SIGTERM
+        pool.join()
+        print(method, len(pids))
+    """
+)
+
+
+@pytest.mark.parametrize("end", ["close", "terminate"])
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_that_start_recording_themselves_flush_at_exit(tmp_path, method, end):
+    """The parent never imports the target library (a model loaded only in the workers, as a
+    fork-safe program must): a forked worker's session starts after multiprocessing's
+    after-fork hooks ran, and the worker leaves through os._exit. With the periodic flush out
+    of the way (30 s), every event must come from the exit path (it used to be lost)."""
+    (tmp_path / "pool.py").write_text(POOL_IMPORTS_IN_WORKERS)
+    out = tmp_path / "o"
+    cmd = ["-m", "instrument", "--flush-interval", "30", "--out", str(out), "pool.py"]
+    res = run_py([*cmd, method, end], cwd=tmp_path)
+    assert (res.returncode, res.stdout, res.stderr) == (0, f"{method} 20\n", "")
+    adds = [e for e in pyinstrument_ai.load(out) if e["name"] == "toy.add"]
+    assert len(adds) == 20  # nothing lost
+    assert len({h["pid"] for h in load_headers(out)}) == len({e["pid"] for e in adds})
+
+
 def test_plain_fork_child_gets_its_own_file(tmp_path):
     prog = textwrap.dedent(
         """

@@ -237,16 +237,35 @@ _MP_TOKEN = _Token()
 _mp_registered = False
 
 
+_mp_finalizer_pid = 0  # the process whose multiprocessing exit finalizers flush us
+
+
 def _hook_multiprocessing(util: ModuleType) -> None:
     global _mp_registered
     if not _mp_registered:
         _mp_registered = True
         util.register_after_fork(_MP_TOKEN, _mp_after_fork)
+    # A session that starts inside a multiprocessing worker (the program imports the target
+    # library only in its workers: the parent had no session to fork) came after the
+    # worker's after-fork hooks ran: the worker needs its exit finalizer all the same.
+    try:
+        import multiprocessing.process as mpp
+
+        if mpp.parent_process() is not None:
+            _mp_after_fork(None)
+    except Exception as exc:
+        from pyinstrument_ai._guard import report
+
+        report("multiprocessing worker", exc)
 
 
 def _mp_after_fork(_token: object) -> None:
     # Runs in a multiprocessing child after its registries were reset; forked workers end in
     # os._exit(), so atexit never runs there: flush from multiprocessing's own exit finalizers.
+    global _mp_finalizer_pid
+    if _mp_finalizer_pid == os.getpid():
+        return  # once per process
+    _mp_finalizer_pid = os.getpid()
     import multiprocessing.util as util
 
     util.Finalize(None, _at_exit, exitpriority=-100)
