@@ -163,6 +163,31 @@ def test_bad_options_exit_2_before_the_program_starts(tmp_path, args, env, needl
     assert "program ran" not in res.stdout
 
 
+@pytest.mark.parametrize(
+    "flags, var, bad",
+    [
+        (["--sink", "jsonl"], "PYINSTRUMENT_AI_SINK", "foo"),
+        (["--flush-interval", "0.5"], "PYINSTRUMENT_AI_FLUSH_INTERVAL", "abc"),
+        (["--out", "o"], "PYINSTRUMENT_AI_OUT", " "),
+        (["--no-summary"], "PYINSTRUMENT_AI_SUMMARY", "maybe"),
+        (["--targets", "toy"], "PYINSTRUMENT_AI_TARGETS", "ghost"),
+    ],
+)
+def test_a_flag_overrides_a_bad_variable_without_reading_it(tmp_path, flags, var, bad):
+    """Flags > environment: a variable the flag overrides is not read, so a bad value left in
+    the shell does not stop the run (it used to exit 2 naming the variable)."""
+    script = tmp_path / "s.py"
+    script.write_text("import toylib\nprint(toylib.add(1, 2))\n")
+    cmd = ["-m", "instrument", "--out", "o", *flags, str(script)]
+    res = run_py(cmd, cwd=tmp_path, **{var: bad})
+    assert (res.returncode, res.stdout, res.stderr) == (0, "3\n", ""), res.stderr
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+    # without the flag, the variable is read and its bad value named
+    res = run_py(["-m", "instrument", "--out", "o", str(script)], cwd=tmp_path, **{var: bad})
+    if var != "PYINSTRUMENT_AI_OUT":  # (--out is in both runs)
+        assert res.returncode == 2 and var in res.stderr, res.stderr
+
+
 def test_keyboard_interrupt_ends_as_without_us(tmp_path):
     script = tmp_path / "kbd.py"
     script.write_text("import toylib\ntoylib.add(1, 1)\nraise KeyboardInterrupt\n")

@@ -136,10 +136,32 @@ def parse_args(argv: "list[str]") -> "Invocation":
     raise UsageError("expected a script, -m module, or -- COMMAND")
 
 
+#: launcher option / flag -> the variable it overrides
+_FLAG_VARIABLES = {
+    "out": cfg.ENV_OUT,
+    "targets": cfg.ENV_TARGETS,
+    "disable": cfg.ENV_DISABLE,
+    "flush_interval": cfg.ENV_FLUSH,
+    "sample": cfg.ENV_SAMPLE,
+    "capture_content": cfg.ENV_CAPTURE,
+    "no_summary": cfg.ENV_SUMMARY,
+    "sink": cfg.ENV_SINK,
+    "otel_token_events": cfg.ENV_OTEL_TOKEN_EVENTS,
+    "otel_run_spans": cfg.ENV_OTEL_RUN_SPANS,
+}
+
+
 def resolve_config(inv: "Invocation", environ: "Any" = None) -> "cfg.Config":
     """Environment, then flags; raises ConfigError naming the flag or variable."""
-    config = cfg.from_env(environ)
     o = inv.options
+    # A variable that a flag overrides is not read at all: a bad value there (left in the
+    # shell from another run) must not stop a command whose flag says what to do.
+    given = {*o, *inv.flags}
+    env = dict(os.environ if environ is None else environ)
+    for key, var in _FLAG_VARIABLES.items():
+        if key in given:
+            env.pop(var, None)
+    config = cfg.from_env(env)
     changes: dict[str, Any] = {}
     if "out" in o:
         changes["out_dir"] = cfg.parse_out(*o["out"])
