@@ -332,6 +332,39 @@ def test_filters(run1, tmp_path):
     assert report_json(run1, "--since", iso)["torchserve"]["predictions"] == 2
 
 
+def test_a_filter_keeps_only_its_processes_and_says_when_it_matches_none(run1):
+    d = report_json(run1, "--pid", "202")
+    assert [p["pid"] for p in d["processes"]] == [202]
+    r = cli("report", run1, "--pid", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "--pid 1 matches no process in the files (pids there: 101, 202, 303)" in r.stderr
+    assert json.loads(r.stdout)["processes"] == []
+    r = cli("report", run1, "--run", "nope", "--json")
+    assert "--run nope matches no process in the files (runs there: r1)" in r.stderr
+    r = cli("report", run1, "--model", "Nope", "--json")
+    assert "--model Nope matches no generation" in r.stderr
+    assert "note" not in cli("report", run1, "--pid", "101", "--json").stderr
+
+
+def test_torch_facts_from_a_sample_fill_in_the_header(tmp_path):
+    """With --sample, the header may be written while torch is still importing: the sampler
+    puts torch's facts on a later system.sample, and the analysis gives them to the header's
+    context (what doctor and compare read)."""
+    ctx = {"torch": {"version": "2.13.0"}, "cpus_logical": 2}
+    sample = {
+        "name": "system.sample",
+        "t_ns": WALL0 + 50 * MS,
+        "pid": 101,
+        "tid": 2,
+        "cpu_ns": 1000,
+        "context": {"torch": {"num_threads": 2, "version": "2.13.0"}, "openmp": ["libgomp"]},
+    }
+    write_epoch(tmp_path / "p.jsonl", header(101, context=ctx), [sample])
+    (p,) = report_json(tmp_path)["processes"]
+    assert p["context"]["torch"] == {"version": "2.13.0", "num_threads": 2}
+    assert p["context"]["openmp"] == ["libgomp"] and p["context"]["cpus_logical"] == 2
+
+
 # -- compare ---------------------------------------------------------------------------------------
 
 

@@ -5,8 +5,12 @@ events as dicts sorted by time. Each event gets ``t_ns``: nanoseconds since the 
 from its monotonic ``t_mono_ns`` through the anchor pair in its file's header, so events of
 many processes and hosts can be compared.
 
-A process killed mid-write can leave a truncated *last* line: it is skipped. A bad line
-anywhere else is an error naming the file and line (``strict=False`` skips it with a warning).
+A process killed mid-write can leave a truncated *last* line: it is skipped. When that line is
+the first one (killed during its first write), the file has no header yet and is skipped whole.
+A bad line anywhere else is an error naming the file and line (``strict=False`` skips it with a
+warning); a bad line is one that is not JSON, has no integer ``t_mono_ns``, or has a field the
+analysis reads with the wrong type or range (:mod:`pyinstrument_ai.analysis.validate`). A file
+whose first line is complete but not our header is an error (``strict=False``: skipped).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from pyinstrument_ai.analysis.validate import InvalidEvent, event_problem, header_problem
 from pyinstrument_ai.sinks.serialize import to_dict
 
 
@@ -30,7 +35,12 @@ class EventFileError(ValueError):
         super().__init__(f"{path}:{line}: {why}" if line else f"{path}: {why}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # raised in a reading worker, re-raised here
-        return (EventFileError, (self.path, self.line, self.why))
+        return (type(self), (self.path, self.line, self.why))
+
+
+class NewerSchemaError(EventFileError):
+    """An event file written by a newer pyinstrument-ai: an error even with ``strict=False``,
+    since skipping it would drop a whole process's data for want of an upgrade."""
 
 
 def find_files(paths: Iterable[str | os.PathLike[str]], *, require: bool = False) -> list[str]:
@@ -55,43 +65,62 @@ def find_files(paths: Iterable[str | os.PathLike[str]], *, require: bool = False
 
 
 def read_file(path: str, strict: bool = True) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """Return ``(header, events)`` of one file; ``(None, [])`` for an empty file."""
+    """Return ``(header, events)`` of one file; ``(None, [])`` for an empty file, one cut off in
+    its first line, or (with ``strict=False``, after a warning) one that is not an event file."""
     with open(path, "rb") as f:
         data = f.read()
     lines = data.split(b"\n")
     ends_clean = data.endswith(b"\n")
     if ends_clean:
         lines.pop()
-    header: dict[str, Any] | None = None
+    if not lines or not lines[0].strip():
+        return None, []
+    try:
+        header = _check_header(
+            path, lines[0], terminated=len(lines) > 1 or ends_clean, not_ours=_NOT_HEADER
+        )
+    except NewerSchemaError:
+        raise
+    except EventFileError as exc:
+        if strict:
+            raise
+        _warn_skipped(path, 1, f"skipped the file: {exc.why}")
+        return None, []
+    if header is None:
+        return None, []  # killed during its first write: no header, no events
     events: list[dict[str, Any]] = []
     last = len(lines) - 1
-    for i, raw in enumerate(lines):
+    for i in range(1, len(lines)):
+        raw = lines[i]
         if not raw.strip():
             continue
         try:
             obj = orjson.loads(raw)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
+            if type(obj.get("t_mono_ns")) is not int:
+                raise ValueError("no integer t_mono_ns")
         except ValueError as exc:
             if i == last and not ends_clean:
                 break  # the tail of a killed process: tolerated
             if strict:
                 raise EventFileError(path, i + 1, f"not a JSON event line ({exc})") from None
-            from pyinstrument_ai import _log
-
-            _log.warn(f"{path}:{i + 1}: skipped a line that is not a JSON event")
+            _warn_skipped(path, i + 1, "skipped a line that is not a JSON event")
             continue
-        if header is None:
-            if obj.get("type") != "header" or "anchor" not in obj:
-                raise EventFileError(
-                    path, i + 1, "first line is not a pyinstrument-ai header (type=header)"
-                )
-            header = obj
+        why = event_problem(obj)
+        if why is not None:
+            if strict:
+                raise EventFileError(path, i + 1, why)
+            _warn_skipped(path, i + 1, f"skipped a line: {why}")
             continue
         events.append(obj)
-    if header is None:
-        return None, []
     return header, [_align(header, e, path) for e in events]
+
+
+def _warn_skipped(path: str, line: int, what: str) -> None:
+    from pyinstrument_ai import _log
+
+    _log.warn(f"{path}:{line}: {what}")
 
 
 def _align(header: dict[str, Any], event: dict[str, Any], path: str) -> dict[str, Any]:
@@ -146,9 +175,12 @@ class ScanStats:
         self.bytes = 0
         #: (path, line, why) of malformed lines skipped with ``strict=False``
         self.skipped: list[tuple[str, int, str]] = []
-        #: paths whose last line was cut (a process killed mid-write)
+        #: paths whose last line was cut (a process killed mid-write); when that line was the
+        #: first, the file had no header yet and was skipped whole
         self.truncated: list[str] = []
         self.empty: list[str] = []
+        #: paths skipped whole with ``strict=False``: not event files (also in ``skipped``)
+        self.skipped_files: list[str] = []
 
     def merge(self, other: ScanStats) -> None:
         self.files += other.files
@@ -157,6 +189,7 @@ class ScanStats:
         self.skipped.extend(other.skipped)
         self.truncated.extend(other.truncated)
         self.empty.extend(other.empty)
+        self.skipped_files.extend(other.skipped_files)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -166,35 +199,53 @@ class ScanStats:
             "skipped_lines": len(self.skipped),
             "truncated_files": list(self.truncated),
             "empty_files": list(self.empty),
+            "skipped_files": list(self.skipped_files),
         }
 
 
 def read_header(path: str) -> dict[str, Any] | None:
-    """The header of one file (first line), checked; None for an empty file."""
+    """The header of one file (first line), checked; None for an empty file and for one whose
+    first line was cut off (a process killed during its first write: it has no header yet).
+    Raises :class:`EventFileError` when the first line is complete but not a usable header."""
     with open(path, "rb") as f:
         first = f.readline()
     if not first.strip():
         return None
-    return _check_header(path, first)
+    return _check_header(path, first, terminated=first.endswith(b"\n"))
 
 
-def _check_header(path: str, raw: bytes) -> dict[str, Any]:
+#: why a file is refused when its first line is not a header: ``analyze_paths`` (the commands)
+#: and ``read_file`` (the list API) have always worded it differently, and callers match on it
+_NOT_OURS = "not a pyinstrument-ai event file (no header line)"
+_NOT_HEADER = "first line is not a pyinstrument-ai header (type=header)"
+
+
+def _check_header(
+    path: str, raw: bytes, terminated: bool = True, not_ours: str = _NOT_OURS
+) -> dict[str, Any] | None:
+    """The header in first line ``raw``; None when the line is unterminated and not JSON (cut
+    off mid-write: only the last line of a file can be, and here it is also the first)."""
     try:
         obj = orjson.loads(raw)
     except ValueError:
+        if not terminated:
+            return None
         obj = None
     if not isinstance(obj, dict) or obj.get("type") != "header" or "anchor" not in obj:
-        raise EventFileError(path, 1, "not a pyinstrument-ai event file (no header line)")
+        raise EventFileError(path, 1, not_ours)
     schema = obj.get("schema")
     if not isinstance(schema, int) or isinstance(schema, bool):
         raise EventFileError(path, 1, f"header has no integer schema version ({schema!r})")
     if schema > SCHEMA_SUPPORTED:
-        raise EventFileError(
+        raise NewerSchemaError(
             path,
             1,
             f"schema version {schema!r} is newer than this pyinstrument-ai reads "
             f"({SCHEMA_SUPPORTED}); upgrade pyinstrument-ai",
         )
+    why = header_problem(obj)
+    if why is not None:
+        raise EventFileError(path, 1, why)
     return obj
 
 
@@ -215,8 +266,11 @@ def analyze_paths(
     events are kept as compact arrays. ``progress`` is ``(total_bytes) -> update(n)`` or None.
     ``workers`` > 1 reads big multi-file inputs in that many forked processes (the commands do;
     the default stays in-process, because forking inside a program that ran OpenMP compute can
-    deadlock the child). Raises :class:`EventFileError` (bad file, bad line with ``strict``, no
-    files) and ``FileNotFoundError``.
+    deadlock the child). Raises :class:`EventFileError` (bad file or bad line with ``strict``,
+    a newer schema, no files) and ``FileNotFoundError``. With ``strict=False`` a file whose first
+    line is not our header is skipped whole and listed in ``inputs["skipped"]`` (its line 1) and
+    ``inputs["skipped_files"]``. A file cut off in its first line is skipped in either mode and
+    listed in ``inputs["truncated_files"]``.
     """
     from pyinstrument_ai.analysis import Builder
 
@@ -226,8 +280,19 @@ def analyze_paths(
     builder = Builder(filters)
     stats = ScanStats()
     headers = []
+    not_ours = set()
     for path in files:
-        h = read_header(path)
+        try:
+            h = read_header(path)
+        except NewerSchemaError:
+            raise
+        except EventFileError as exc:
+            if strict:
+                raise
+            stats.skipped.append((path, exc.line, exc.why))
+            stats.skipped_files.append(path)
+            not_ours.add(path)
+            continue
         if h is not None:
             headers.append((path, h))
     _apply_relative_times(builder.filters, [h for _, h in headers])
@@ -235,7 +300,7 @@ def analyze_paths(
     keep = {p: builder.add_header({**h, "path": p}) for p, h in headers}
     todo = []
     for path in files:
-        if not keep.get(path, True):
+        if path in not_ours or not keep.get(path, True):
             stats.files += 1
             if update is not None:
                 update(os.path.getsize(path))
@@ -308,8 +373,10 @@ def _scan_parallel(
 
 def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress: Any) -> None:
     """One file into the builder. Token lines (most lines) skip the event dict's alignment and
-    the builder's dispatch, and go straight into their generation's columns; every other event
-    gets ``t_ns`` (through the header's anchor) and goes to ``builder.add``."""
+    the builder's dispatch, and go straight into their generation's columns, checked inline as
+    ``analysis.validate.FIELDS["token"]`` says; every other event gets ``t_ns`` (through the
+    header's anchor) and goes to ``builder.add``, which checks it. A line the checks refuse is
+    a bad line like one that is not JSON."""
     stats.files += 1
     loads = orjson.loads
     add = builder.add
@@ -319,7 +386,10 @@ def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress
         if not first.strip():
             stats.empty.append(path)
             return
-        header = _check_header(path, first)
+        header = _check_header(path, first, terminated=first.endswith(b"\n"))
+        if header is None:  # killed during its first write: nothing else is in the file
+            stats.truncated.append(path)
+            return
         anchor = header["anchor"]
         offset = anchor["wall_ns"] - anchor["mono_ns"]
         pid = header.get("pid")
@@ -349,25 +419,40 @@ def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress
                 stats.skipped.append((path, lineno, why))
                 continue
             get = e.get
-            if get("name") == "token":
-                g = get("gen")
-                p = get("pid", pid)
-                if g != last_gen or p != last_pid or idx_append is None:
-                    cols = columns((host, p, g))
-                    idx_append, t_append, seqs_map = cols[0].append, cols[1].append, cols[2]
-                    last_gen, last_pid = g, p
-                index = get("index", -1)
-                idx_append(index)
-                t_append(t + offset)
-                seqs = get("seqs", 1)
-                if seqs != 1:
-                    seqs_map[index] = seqs
-                n_tokens += 1
-            else:
-                e["t_ns"] = t + offset
-                if "pid" not in e:
-                    e["pid"] = pid
-                add(e, host)
+            try:
+                if get("name") == "token":
+                    g = get("gen")
+                    p = get("pid", pid)
+                    if g != last_gen or p != last_pid or idx_append is None:
+                        # gen and pid are checked only when they change: a run of one
+                        # generation's tokens pays for it once (a value equal to the last one,
+                        # 1.0 after 1, lands in that same generation: nothing is skewed)
+                        if type(g) is not int or g < 0 or (p is not None and type(p) is not int):
+                            raise InvalidEvent(event_problem(e))
+                        cols = columns((host, p, g))
+                        idx_append, t_append, seqs_map = cols[0].append, cols[1].append, cols[2]
+                        last_gen, last_pid = g, p
+                    index = get("index")
+                    if type(index) is not int or index < 0:
+                        raise InvalidEvent(event_problem(e))
+                    seqs = get("seqs", 1)
+                    if seqs != 1:  # rare (batches whose sequences ended): checked only then
+                        if type(seqs) is not int or seqs < 0:
+                            raise InvalidEvent(event_problem(e))
+                        seqs_map[index] = seqs
+                    idx_append(index)
+                    t_append(t + offset)
+                    n_tokens += 1
+                else:
+                    e["t_ns"] = t + offset
+                    if "pid" not in e:
+                        e["pid"] = pid
+                    add(e, host)
+            except InvalidEvent as exc:
+                if strict:
+                    raise EventFileError(path, lineno, str(exc)) from None
+                stats.skipped.append((path, lineno, str(exc)))
+                continue
             if progress is not None and not lineno & 0xFFFF:
                 n = f.tell()
                 progress(n - pending)

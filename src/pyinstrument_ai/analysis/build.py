@@ -3,6 +3,10 @@
 The builder keeps only what the metrics need, in compact form (token times in ``array('q')``
 per generation), so a reader can stream millions of events through it without holding their
 dicts. Events must carry ``t_ns`` (epoch ns, as the reader and ``recording()`` give them).
+
+Every event is checked against :mod:`pyinstrument_ai.analysis.validate` before anything of it
+is kept: one with a field of the wrong type or range is refused whole
+(:class:`~pyinstrument_ai.analysis.validate.InvalidEvent`), so no metric is built on it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
+from pyinstrument_ai.analysis.validate import InvalidEvent, event_problem
 from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
 __all__ = ["Builder", "Filters", "analyze"]
@@ -83,11 +88,16 @@ class Builder:
         self.events = 0
         self._pid_host: dict[Any, Any] = {}
         self._pid_run: dict[Any, Any] = {}
+        #: headers of the processes the filters dropped (their files are not read)
+        self.dropped_headers: list[dict[str, Any]] = []
+        # (host, pid) -> the torch facts a system.sample carried because torch had not
+        # finished importing when the header was written (docs/events.md, "context")
+        self._late_ctx: dict[tuple[Any, Any], dict[str, Any]] = {}
 
     #: what add() collects, in the order parts() hands them over
     _PARTS = (
         "_gens", "_tokens", "_sessions", "_runs", "_preds", "_stages", "_samples", "_http",
-        "_other",
+        "_other", "_late_ctx",
     )  # fmt: skip
 
     def reset_parts(self) -> None:
@@ -108,6 +118,7 @@ class Builder:
         for name in ("_gens", "_runs", "_preds", "_stages", "_samples", "_http"):
             getattr(self, name).extend(parts[name])
         self._sessions.update(parts["_sessions"])
+        self._late_ctx.update(parts["_late_ctx"])
         for k, n in parts["_other"].items():
             self._other[k] = self._other.get(k, 0) + n
         for key, (idx, times, seqs) in parts["_tokens"].items():
@@ -120,12 +131,16 @@ class Builder:
                 mine[2].update(seqs)
 
     def add_header(self, header: dict[str, Any]) -> bool:
-        """Register a file's header; False when the filters drop that process."""
+        """Register a file's header; False when the filters drop that process (it is then
+        none of the analysis's processes either)."""
+        if not self.filters.keeps_header(header):
+            self.dropped_headers.append(header)
+            return False
         self.headers.append(header)
         host = header.get("hostname") or ""  # as the reader passes it to add()
         self._pid_host[header.get("pid")] = host
         self._pid_run[(host, header.get("pid"))] = header.get("run_id")
-        return self.filters.keeps_header(header)
+        return True
 
     def token_columns(self, key: tuple[Any, Any, Any]) -> tuple[array, array, dict]:
         """The columns of one generation's tokens: indexes, times (epoch ns), and
@@ -137,7 +152,14 @@ class Builder:
         return cols
 
     def add(self, e: dict[str, Any], host: Any = None) -> None:
-        """One event (a dict with ``name``, ``t_ns``, ``pid``)."""
+        """One event (a dict with ``name``, ``t_ns``, ``pid``). Raises :class:`InvalidEvent`,
+        having kept nothing of it, when a field the analysis reads has the wrong type or range.
+        """
+        why = event_problem(e)
+        if why is None and type(e.get("t_ns")) is not int:
+            why = f"{e['name']}: t_ns must be an integer, got {e.get('t_ns')!r:.60}"
+        if why is not None:
+            raise InvalidEvent(why)
         self.events += 1
         name = e.get("name")
         pid = e.get("pid")
@@ -145,7 +167,7 @@ class Builder:
             host = self._pid_host.get(pid)
         if name == "token":
             cols = self.token_columns((host, pid, e.get("gen")))
-            index = e.get("index", -1)
+            index = e["index"]  # checked: present, a non-negative integer
             cols[0].append(index)
             cols[1].append(e["t_ns"])
             seqs = e.get("seqs", 1)
@@ -177,6 +199,9 @@ class Builder:
             if f.keeps_time(t):
                 self._http.append((e, host))
         elif name == "system.sample":
+            late = e.get("context")
+            if late:  # whatever the time filters: a fact about the process, not a moment
+                self._late_ctx[(host, pid)] = late
             if f.keeps_time(t):
                 e.setdefault("host", host)  # samples are per process, as on a picture
                 self._samples.append(e)
@@ -184,6 +209,16 @@ class Builder:
             self._other[name] = self._other.get(name, 0) + 1
 
     def finish(self) -> Analysis:
+        for h in self.headers:
+            late = self._late_ctx.get((h.get("hostname") or "", h.get("pid")))
+            if late:
+                # the header's own values win; the sample fills in what torch's import hid
+                ctx = h.setdefault("context", {})
+                for k, v in late.items():
+                    if isinstance(v, dict) and isinstance(ctx.get(k) or {}, dict):
+                        ctx[k] = {**v, **(ctx.get(k) or {})}
+                    else:
+                        ctx.setdefault(k, v)
         gens = []
         no_tokens: tuple[array, array, dict] = (array("q"), array("q"), {})
         for e, host, run_id in self._gens:
@@ -215,6 +250,7 @@ class Builder:
             events=self.events,
         )
         result.stages = self._stages
+        result.dropped_headers = self.dropped_headers
         result.requests = build_requests(self._http, gens)
         return result
 

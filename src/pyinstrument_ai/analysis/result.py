@@ -114,6 +114,8 @@ class Analysis:
         self.predictions = predictions
         #: ``torchserve.stage`` events, for pictures (set by the builder)
         self.stages: list[Stage] = []
+        #: headers of the processes that the filters left out
+        self.dropped_headers: list[dict[str, Any]] = []
         #: ``system.sample`` events (``--sample``), raw
         self.samples = samples
         #: counts of events no metric reads (``put``, ``end``, ``target``, ...)

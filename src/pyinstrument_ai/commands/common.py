@@ -119,6 +119,27 @@ def filters_from(args: argparse.Namespace) -> Filters:
     return f
 
 
+def _note_unmatched(cmd: str, filters: Filters, a: Any) -> None:
+    """A --pid / --run / --model that matches nothing in the files says so, with what there
+    is: an empty report alone reads like a run that recorded nothing."""
+    every = [*a.headers, *getattr(a, "dropped_headers", [])]
+    for flag, wanted, have in (
+        ("--pid", filters.pids, {h.get("pid") for h in every}),
+        ("--run", filters.run_ids, {h.get("run_id") for h in every}),
+    ):
+        if wanted and not wanted & have:
+            known = ", ".join(sorted(str(x) for x in have if x is not None)) or "none"
+            sys.stderr.write(
+                f"{PROG} {cmd}: note: {flag} {','.join(sorted(map(str, wanted)))} matches "
+                f"no process in the files ({flag[2:]}s there: {known})\n"
+            )
+    if filters.models and not (a.generations or a.ort_runs or a.predictions):
+        sys.stderr.write(
+            f"{PROG} {cmd}: note: --model {','.join(sorted(filters.models))} matches no "
+            "generation, ONNX Runtime run or prediction\n"
+        )
+
+
 def progress_factory(cmd: str) -> Any:
     """A progress bar on stderr for big inputs, only when stderr is a terminal."""
     if not sys.stderr.isatty():
@@ -190,6 +211,7 @@ def load_analysis(cmd: str, paths: list[str], args: argparse.Namespace) -> Any:
             f"{PROG} {cmd}: note: {path}: last line cut short (a process killed mid-write); "
             "ignored\n"
         )
+    _note_unmatched(cmd, filters, a)
     skipped = a.inputs.get("skipped_lines", 0)
     if skipped:
         first = a.inputs["skipped"][0]
