@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import time
 
+import numpy as np
 import pytest
 from conftest import run_py
 
 import pyinstrument_ai
 from pyinstrument_ai import config as cfg
+from pyinstrument_ai.analysis.timeline import sample_series
 from pyinstrument_ai.reader import load_headers
 from pyinstrument_ai.system import context
+from pyinstrument_ai.system import sampler as sampler_mod
 from pyinstrument_ai.system.sampler import EVENT, Sampler
 
 # -- config ------------------------------------------------------------------------------------
@@ -330,3 +334,170 @@ def test_a_program_that_exits_at_once_gets_its_final_sample(tmp_path):
     assert res.returncode == 0 and res.stderr == "", res.stderr
     samples = [e for e in pyinstrument_ai.load(tmp_path / "out") if e["name"] == EVENT]
     assert samples and all(e["cpu_ns"] > 0 for e in samples)
+
+
+# -- rates over the interval the counters cover ---------------------------------------------------
+
+MS = 1_000_000
+
+
+def _busy_samples(read_delays_ms, *, legacy: bool, every_ms=50, cpus=2):
+    """Samples of a process whose ``cpus`` CPUs are busy all the time (2 CPU-s per second),
+    as the sampler's loop takes them: each stamped at its start, reading /proc/stat
+    ``read_delays_ms`` later, the next one ``every_ms`` after it ends. The counter holds what
+    the CPUs did up to the read, not up to the stamp."""
+    out = []
+    t = t0 = 10**18
+    for delay in read_delays_ms:
+        read_at = t + delay * MS
+        e = {
+            "name": EVENT,
+            "pid": 7,
+            "t_ns": t,
+            "cpu_busy_ns": [read_at - t0] * cpus,  # per CPU, busy since t0
+            "sample_ns": delay * MS + MS,
+        }
+        if not legacy:
+            e["read_ns"] = {"cpu_busy_ns": delay * MS}
+        out.append(e)
+        t += e["sample_ns"] + every_ms * MS
+    return out
+
+
+def test_rates_are_over_the_interval_between_the_counters_reads():
+    # The user's case: one sample waited 312 ms for the GIL between its stamp and its read of
+    # /proc/stat; divided by the stamps' 51 ms, 2 busy CPUs showed 14 CPU-s per second.
+    evs = _busy_samples([0, 0, 312, 0, 0], legacy=False)
+    (busy,) = [s for s in sample_series(evs, 10**18) if s.field == "cpu_busy_ns"]
+    assert busy.panel == "cpu"
+    np.testing.assert_allclose(busy.y, 2.0)  # both CPUs busy, every interval
+    # each rate is drawn where its interval ends: at the later read
+    np.testing.assert_allclose(busy.x_s, [0.051, 0.102 + 0.312, 0.465, 0.516])
+
+
+def test_old_files_without_read_times_leave_out_rates_they_cannot_place():
+    evs = _busy_samples([0, 0, 312, 0, 0], legacy=True)
+    (busy,) = [s for s in sample_series(evs, 10**18) if s.field == "cpu_busy_ns"]
+    # the intervals on both sides of the slow sample are unknown, not 14 or 0.3 CPUs
+    assert np.isnan(busy.y[1]) and np.isnan(busy.y[2])
+    np.testing.assert_allclose(busy.y[[0, 3]], 2.0)  # fast samples: read ~at their stamps
+
+
+def test_sampler_stamps_each_counter_when_it_is_read(monkeypatch, tmp_path):
+    # A fake clock, and a GIL wait of 300 ms after the process counters (stood in for by
+    # advancing the clock): /proc/stat is read 300 ms after the sample's stamp, and its
+    # counters must say so.
+    _fake_machine(tmp_path, v2=True, quota="max")
+    _write(tmp_path, "/proc/stat", "cpu  1 0 1 5 0 0 0 0\ncpu0 1 0 1 5 0 0 0 0\n")
+    now = [1_000 * MS]
+
+    def tick():
+        now[0] += 1_000  # 1 µs per clock read
+        return now[0]
+
+    monkeypatch.setattr(sampler_mod.clock, "now_ns", tick)
+    s = Sampler(lambda *a: None, 1.0, root=str(tmp_path), use_psutil=False, use_nvml=False)
+    real_process = s._process
+
+    def process_then_wait(f, at):
+        real_process(f, at)
+        now[0] += 300 * MS
+
+    monkeypatch.setattr(s, "_process", process_then_wait)
+    monkeypatch.setattr(sampler_mod.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    f = s.sample()
+    read = f["read_ns"]
+    for early in ("cpu_ns", "cpu_user_ns", "ctx_involuntary"):
+        assert read[early] < MS, early
+    for late in ("nr_periods", "throttled_usec", "cpu_pressure_some_usec", "cpu_busy_ns"):
+        assert 300 * MS <= read[late] < 301 * MS, late
+    assert f["cpu_busy_ns"] == [2 * sampler_mod._TICK_NS]
+    assert set(read) <= set(f)  # only fields this sample has
+
+
+def test_sampler_read_times_on_this_machine():
+    f = Sampler(lambda *a: None, 1.0, use_nvml=False).sample()
+    counters = [
+        k
+        for k in f
+        if k.endswith(("_ns", "_usec")) and k not in ("sample_ns", "read_ns") or k[:4] == "ctx_"
+    ]
+    assert set(counters) <= set(f["read_ns"])
+    assert all(0 <= v <= f["sample_ns"] for v in f["read_ns"].values())
+
+
+# -- torch facts once torch has finished importing ----------------------------------------------
+
+FAKE_TORCH = """
+import _gate
+__version__ = "0.fake"
+_gate.entered.set()
+_gate.go.wait(30)  # the header is written here, as when torch takes seconds to import
+def get_num_threads():
+    return 3
+def get_num_interop_threads():
+    return 2
+class __config__:
+    @staticmethod
+    def parallel_info():
+        return "ATen/Parallel:\\n\\tat::get_num_threads() : 3\\nATen parallel backend: OpenMP\\n"
+"""
+
+HALF_IMPORTED = """
+import json, sys, threading, types
+sys.modules["_gate"] = gate = types.SimpleNamespace(
+    entered=threading.Event(), go=threading.Event()
+)
+from pyinstrument_ai.system import context
+from pyinstrument_ai.system.sampler import Sampler
+
+got = []
+s = Sampler(lambda name, t, dur, f: got.append(f), 1.0, use_psutil=False, use_nvml=False)
+s.sample()  # torch not imported
+importer = threading.Thread(target=__import__, args=("torch",))
+importer.start()
+assert gate.entered.wait(30), "the fake torch was not the one imported"
+header = context.collect()
+s.sample()  # torch half-imported
+gate.go.set()
+importer.join(30)
+s.sample()
+s.sample()
+print(json.dumps({"header": header.get("torch"), "late": [f.get("context") for f in got]}))
+"""
+
+
+def test_torch_facts_come_on_a_sample_once_torch_has_finished_importing(tmp_path):
+    # The header of a --sample run is written a flush interval after launch, while the
+    # program is still importing torch: it had only torch's version, and the thread counts
+    # were lost for good. They now come on the first sample after the import, once.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    res = run_py(["-c", HALF_IMPORTED], cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["header"] == {"version": "0.fake"}  # nothing asked of a half-imported library
+    facts = {
+        "num_threads": 3,
+        "num_interop_threads": 2,
+        "parallel_backend": "OpenMP",
+        "version": "0.fake",
+    }
+    assert got["late"][:2] == [None, None]
+    assert got["late"][2]["torch"] == facts
+    assert got["late"][3] is None  # once per process
+
+
+def test_torch_facts_reach_the_file_when_torch_imports_after_launch(tmp_path):
+    # The user's run: --sample, a program that imports torch (for seconds) right away.
+    (tmp_path / "prog.py").write_text("import torch\nprint(torch.get_num_threads())\n")
+    res = run_py(["-m", "instrument", "--sample", "20ms", "-o", "out", "prog.py"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    threads = int(res.stdout.split()[-1])
+    (header,) = load_headers(tmp_path / "out")
+    samples = [e for e in pyinstrument_ai.load(tmp_path / "out") if e["name"] == EVENT]
+    late = [e["context"] for e in samples if "context" in e]
+    torch_facts = {**(late[0]["torch"] if late else {}), **header["context"].get("torch", {})}
+    assert torch_facts["num_threads"] == threads, (header["context"].get("torch"), late)
+    assert "parallel_backend" in torch_facts and "num_interop_threads" in torch_facts
+    assert len(late) <= 1

@@ -301,6 +301,11 @@ class Series:
 _TIME_COUNTER_SCALE = {"_ns": 1e9, "_usec": 1e6}
 _COUNT_PREFIXES = ("ctx_", "nr_")
 _GAUGE_NAMES = {"sample_ns"}
+#: Files written before ``read_ns`` existed stamp a sample at its start, and the counters were
+#: read at some point of the ``sample_ns`` that followed: a rate whose interval's ends are
+#: that uncertain by more than this share of the interval is left out (a sample that waited
+#: 312 ms for the GIL turned 50 ms intervals into 9.4 CPU-seconds per second on 2 CPUs).
+_LEGACY_UNCERTAINTY = 0.2
 
 
 def _counter_scale(field: str) -> float | None:
@@ -318,7 +323,7 @@ def _counter_scale(field: str) -> float | None:
 def _flatten(e: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in e.items():
-        if k in ("t_ns", "t_mono_ns", "pid", "tid", "dur_ns", "seq", "name"):
+        if k in ("t_ns", "t_mono_ns", "pid", "tid", "dur_ns", "seq", "name", "read_ns"):
             continue
         if isinstance(v, bool):
             continue
@@ -346,12 +351,23 @@ def _flatten(e: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _offset(read_ns: dict[str, Any] | None, field: str) -> int:
+    """When ``field`` was read, in ns after the sample's stamp (0: unknown, an older file)."""
+    if read_ns is None:
+        return 0
+    v = read_ns.get(field.split("[")[0].split(".")[0])
+    return v if type(v) is int else 0
+
+
 def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
     """Every numeric ``system.sample`` field per process, generically.
 
     Counters become rates between consecutive samples, plotted at the later sample:
     ``*_ns`` and ``*_usec`` counters in seconds per second (CPU time: cores busy; throttled
     or pressure time: the share of the interval), ``ctx_*``/``nr_*`` counts per second.
+    A counter's interval runs between its two *reads* (``t_ns`` plus its ``read_ns`` offset);
+    in older files without ``read_ns``, rates over intervals whose ends are uncertain by more
+    than :data:`_LEGACY_UNCERTAINTY` of them (slow samples) are NaN.
     Panels: ``cpu`` (time rates), ``events`` (count rates), ``memory`` (bytes), ``other``.
     """
     by_proc: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
@@ -362,6 +378,15 @@ def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
         evs = sorted(evs, key=lambda e: e["t_ns"])
         flat = [_flatten(e) for e in evs]
         t = np.array([e["t_ns"] for e in evs], dtype=np.int64)
+        reads = [e.get("read_ns") if isinstance(e.get("read_ns"), dict) else None for e in evs]
+        # how far from t_ns each sample's counters may have been read, where not recorded
+        unsure = np.array(
+            [
+                e.get("sample_ns", 0) if r is None and isinstance(e.get("sample_ns"), int) else 0
+                for e, r in zip(evs, reads, strict=True)
+            ],
+            dtype=np.int64,
+        )
         fields = sorted({k for f in flat for k in f})
         for field in fields:
             y = np.array([f.get(field, np.nan) for f in flat], dtype=np.float64)
@@ -369,12 +394,15 @@ def sample_series(samples: Sequence[dict[str, Any]], t0: int) -> list[Series]:
             if scale is not None:
                 if len(y) < 2:
                     continue
-                dt = np.diff(t) / 1e9
+                tr = t + np.array([_offset(r, field) for r in reads], dtype=np.int64)
+                dt_ns = np.diff(tr)
+                dt = dt_ns / 1e9
                 with np.errstate(invalid="ignore", divide="ignore"):
                     rate = np.diff(y) / scale / dt
                 rate[dt <= 0] = np.nan
+                rate[np.maximum(unsure[:-1], unsure[1:]) > _LEGACY_UNCERTAINTY * dt_ns] = np.nan
                 panel, unit = ("cpu", "s/s") if scale != 1.0 else ("events", "/s")
-                x, y = t[1:], rate  # a rate belongs to the end of its interval
+                x, y = tr[1:], rate  # a rate belongs to the end of its interval
             else:
                 panel, unit = ("memory" if field.endswith("bytes") else "other"), ""
                 x = t

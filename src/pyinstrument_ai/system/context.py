@@ -4,7 +4,8 @@ Read once per file, when the header is written (the first flush, on the flusher 
 at interpreter start. Everything comes from small files under ``/proc`` and ``/sys``, from
 ``os`` and from modules that are *already* imported (torch is read only when the program
 imported it; we never import it). A fact that cannot be read here is left out: no field is
-ever an error, and nothing here raises.
+ever an error, and nothing here raises. Torch's facts need torch to have *finished* importing;
+when it had not by the header, :func:`late_context` gives them to a later ``system.sample``.
 
 ``root`` points the reads at another tree (tests build a fake ``/proc`` and ``/sys``); the
 process's own affinity and environment are still this process's.
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-__all__ = ["THREAD_VARIABLES", "collect", "cgroup_dirs", "parse_cpulist"]
+__all__ = ["THREAD_VARIABLES", "cgroup_dirs", "collect", "late_context", "parse_cpulist"]
 
 #: environment variables that set a math library's thread count (or how its threads are placed)
 THREAD_VARIABLES = (
@@ -218,11 +219,28 @@ def _cgroup(root: str) -> dict[str, Any]:
 # -- libraries already loaded ------------------------------------------------------------------
 
 
+def _importing(module: Any) -> bool:
+    """Whether ``module`` is still being imported (by another thread: this one is ours).
+
+    importlib puts a module in ``sys.modules`` *before* running its code and sets
+    ``__spec__._initializing`` until that code has run: torch takes seconds, and a header
+    written meanwhile saw a torch with ``__version__`` but no ``get_num_threads`` yet."""
+    spec = getattr(module, "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
 def _torch() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is None:
         return {}
     out: dict[str, Any] = {}
+    v = getattr(torch, "__version__", None)
+    if v is not None:
+        out["version"] = str(v)
+    if _importing(torch):
+        # Not calling into a library another thread is still initialising: what it would
+        # answer is partial at best. The rest comes on a system.sample (late_context).
+        return out
     for key, fn in (
         ("num_threads", "get_num_threads"),
         ("num_interop_threads", "get_num_interop_threads"),
@@ -238,9 +256,32 @@ def _torch() -> dict[str, Any]:
                 out["parallel_backend"] = line.split(":", 1)[1].strip()
     except Exception:
         pass
-    v = getattr(torch, "__version__", None)
-    if v is not None:
-        out["version"] = str(v)
+    return out
+
+
+def late_context(root: str = "/") -> dict[str, Any] | None:
+    """The torch facts of a header's ``context`` (``torch``, ``openmp``), once torch has
+    finished importing; None before (not imported, or still importing).
+
+    The header is written at the first flush, which with ``--sample`` comes a flush interval
+    after launch, often before or while the program imports torch: the sampler puts these on
+    the first ``system.sample`` taken after the import instead (docs/events.md)."""
+    torch = sys.modules.get("torch")
+    if torch is None or _importing(torch):
+        return None
+    out: dict[str, Any] = {}
+    try:
+        facts = _torch()
+    except Exception:
+        facts = {}
+    if facts:
+        out["torch"] = facts
+    try:
+        omp = _openmp_runtimes(root)
+    except Exception:
+        omp = []
+    if omp:
+        out["openmp"] = omp
     return out
 
 

@@ -6,10 +6,19 @@ to what the process and its cgroup did at that moment. Values are **raw cumulati
 (CPU time, context switches, throttled periods, ...): the difference between two samples is
 what happened in between, and nothing is lost if a sample is late. Fields: docs/events.md.
 
-Sources: process figures from ``psutil`` when it is installed (``pip install
-"pyinstrument-ai[system]"``), else from ``resource.getrusage`` and ``/proc/self`` (Linux);
-cgroup and per-CPU figures straight from their files; NVIDIA GPUs through the optional
-``nvidia-ml-py`` (``pynvml``). A source that is missing is skipped, its fields absent.
+A rate is a counter's difference over the time between its two *reads*, and reads can be far
+from the sample's start: every file read releases the GIL, and getting it back can take
+hundreds of ms while another thread runs a long C call (an extension module's import). So each
+counter's read is stamped on its own, in ``read_ns`` (offsets from the event's ``t_mono_ns``);
+dividing by the start stamps once gave 9.4 CPU-seconds per second on a 2-CPU machine.
+
+Sources: process CPU time and context switches from ``resource.getrusage`` (one system call that
+keeps the GIL, so its stamp is exact; and it counts every thread's switches), through
+``psutil`` only where there is no ``resource`` (Windows); memory and thread count from
+``psutil`` when it is installed (``pip install "pyinstrument-ai[system]"``), else from
+``/proc/self`` (Linux); cgroup and per-CPU figures straight from their files; NVIDIA GPUs through
+the optional ``nvidia-ml-py`` (``pynvml``). A source that is missing is skipped, its fields
+absent.
 
 ``root`` points every file read at another tree (tests use a fake ``/proc`` and ``/sys``).
 """
@@ -22,7 +31,7 @@ import time
 
 from pyinstrument_ai import clock
 from pyinstrument_ai._guard import guard
-from pyinstrument_ai.system.context import cgroup_dirs
+from pyinstrument_ai.system.context import cgroup_dirs, late_context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,6 +58,32 @@ def _read(path: str) -> str | None:
             return f.read()
     except (OSError, ValueError):
         return None
+
+
+def _read_at(path: str | None) -> tuple[str | None, int]:
+    """A kernel file's text and when the kernel made it: stamped after ``open()`` returns and
+    right before the first ``read()``, where procfs, sysfs and cgroupfs build the text. A stamp
+    before ``open()`` or after ``read()`` would include the wait for the GIL that each of those
+    system calls can end with."""
+    if path is None:
+        return None, 0
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return None, 0
+    try:
+        t = clock.now_ns()
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+    except OSError:
+        return None, 0
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii", errors="replace"), t
 
 
 def _kv(text: str) -> dict[str, int]:
@@ -94,6 +129,10 @@ class Sampler:
         self._pressure: str | None = None
         self._host_pressure: str | None = None
         self._options = (use_psutil, use_nvml)
+        #: the late header facts (torch's) went out on a sample: once per sampler, so once
+        #: per process (a forked child has a sampler of its own)
+        self._late_sent = False
+        self._late_lock = threading.Lock()
         # Set up by the first sample, on the sampler's thread (imports stay off the caller's),
         # under this lock: the final sample of a program that exits at once waits for it
         # instead of reading half-set attributes, and a fork waits for it too
@@ -185,47 +224,76 @@ class Sampler:
                     self._setup()
         t = clock.now_ns()
         f: dict[str, Any] = {}
+        #: counter field -> when it was read (monotonic ns), for ``read_ns``
+        at: dict[str, int] = {}
         try:
             # CLOCK_PROCESS_CPUTIME_ID: user + system of all threads, ns resolution (the
-            # split below comes at the kernel's accounting resolution)
+            # split below comes at the kernel's accounting resolution); no GIL release inside
+            at["cpu_ns"] = clock.now_ns()
             f["cpu_ns"] = time.process_time_ns()
         except Exception:
             pass
-        self._process(f)
-        self._cgroup(f)
-        self._cpus(f)
+        self._process(f, at)
+        self._cgroup(f, at)
+        self._cpus(f, at)
         if self._nvml is not None:
             self._gpus(f)
+        f["read_ns"] = {k: max(0, v - t) for k, v in at.items() if k in f}
+        # non-blocking: the final sample (another thread) must neither wait here nor send
+        # the facts a second time while this thread's sample is reading them
+        if not self._late_sent and self._late_lock.acquire(blocking=False):
+            try:
+                if not self._late_sent:
+                    late = late_context(self.root)
+                    if late is not None:
+                        self._late_sent = True
+                        if late:
+                            f["context"] = late
+            finally:
+                self._late_lock.release()
         f["sample_ns"] = clock.now_ns() - t  # what this sample cost, in wall time
         self.record(EVENT, t, None, f)
         return f
 
-    def _process(self, f: dict[str, Any]) -> None:
-        p = self._proc
-        if p is not None:
-            try:
-                with p.oneshot():
-                    ct = p.cpu_times()
-                    cs = p.num_ctx_switches()
-                    f["cpu_user_ns"] = int(ct.user * 1e9)
-                    f["cpu_system_ns"] = int(ct.system * 1e9)
-                    f["ctx_voluntary"] = int(cs.voluntary)
-                    f["ctx_involuntary"] = int(cs.involuntary)
-                    f["rss_bytes"] = int(p.memory_info().rss)
-                    f["threads"] = int(p.num_threads())
-                return
-            except Exception:
-                pass  # fall through to the standard library
+    def _process(self, f: dict[str, Any], at: dict[str, int]) -> None:
+        counted = False
         try:
             import resource
 
+            # one system call that keeps the GIL: the stamp before it is when it read
+            t = clock.now_ns()
             ru = resource.getrusage(resource.RUSAGE_SELF)
             f["cpu_user_ns"] = int(ru.ru_utime * 1e9)
             f["cpu_system_ns"] = int(ru.ru_stime * 1e9)
             f["ctx_voluntary"] = int(ru.ru_nvcsw)
             f["ctx_involuntary"] = int(ru.ru_nivcsw)
+            for k in ("cpu_user_ns", "cpu_system_ns", "ctx_voluntary", "ctx_involuntary"):
+                at[k] = t
+            counted = True
         except Exception:
-            pass
+            pass  # no resource module (Windows): psutil's counters below
+        p = self._proc
+        if p is not None:
+            try:
+                if not counted:
+                    # psutil reads files inside: the read is somewhere between the stamps
+                    t0 = clock.now_ns()
+                    ct = p.cpu_times()
+                    t1 = clock.now_ns()
+                    cs = p.num_ctx_switches()
+                    t2 = clock.now_ns()
+                    f["cpu_user_ns"] = int(ct.user * 1e9)
+                    f["cpu_system_ns"] = int(ct.system * 1e9)
+                    f["ctx_voluntary"] = int(cs.voluntary)
+                    f["ctx_involuntary"] = int(cs.involuntary)
+                    at["cpu_user_ns"] = at["cpu_system_ns"] = (t0 + t1) // 2
+                    at["ctx_voluntary"] = at["ctx_involuntary"] = (t1 + t2) // 2
+                with p.oneshot():
+                    f["rss_bytes"] = int(p.memory_info().rss)
+                    f["threads"] = int(p.num_threads())
+                return
+            except Exception:
+                pass  # fall through to /proc
         statm = _read(self._path("/proc/self/statm"))
         if statm:
             f["rss_bytes"] = int(statm.split()[1]) * _PAGE
@@ -235,9 +303,9 @@ class Sampler:
             if "Threads" in kv:
                 f["threads"] = kv["Threads"]
 
-    def _cgroup(self, f: dict[str, Any]) -> None:
+    def _cgroup(self, f: dict[str, Any], at: dict[str, int]) -> None:
         if self._cpu_stat:
-            text = _read(self._cpu_stat)
+            text, t = _read_at(self._cpu_stat)
             if text:
                 kv = _kv(text)
                 for k in ("nr_periods", "nr_throttled"):
@@ -247,23 +315,27 @@ class Sampler:
                     f["throttled_usec"] = kv["throttled_usec"]
                 elif "throttled_time" in kv:  # v1, in ns
                     f["throttled_usec"] = kv["throttled_time"] // 1000
+                for k in ("nr_periods", "nr_throttled", "throttled_usec"):
+                    at[k] = t
         if self._pressure:
-            text = _read(self._pressure)
+            text, t = _read_at(self._pressure)
             if text:
                 some, full = _psi_total(text, "some"), _psi_total(text, "full")
                 if some is not None:
                     f["cpu_pressure_some_usec"] = some
                 if full is not None:
                     f["cpu_pressure_full_usec"] = full
+                at["cpu_pressure_some_usec"] = at["cpu_pressure_full_usec"] = t
         else:
-            text = _read(self._host_pressure)
+            text, t = _read_at(self._host_pressure)
             if text:
                 some = _psi_total(text, "some")
                 if some is not None:
                     f["host_cpu_pressure_some_usec"] = some
+                at["host_cpu_pressure_some_usec"] = t
 
-    def _cpus(self, f: dict[str, Any]) -> None:
-        text = _read(self._path("/proc/stat"))
+    def _cpus(self, f: dict[str, Any], at: dict[str, int]) -> None:
+        text, t = _read_at(self._path("/proc/stat"))
         if not text:
             return
         try:
@@ -291,6 +363,7 @@ class Sampler:
             f["cpus"] = cpus
             f["cpu_busy_ns"] = busy
             f["cpu_steal_ns"] = steal
+            at["cpu_busy_ns"] = at["cpu_steal_ns"] = t
 
     def _gpus(self, f: dict[str, Any]) -> None:
         nv, handles = self._nvml
