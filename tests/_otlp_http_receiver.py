@@ -10,6 +10,9 @@ resource (``process.pid``), exact nanoseconds, and metrics.
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = rx.endpoint
         ...
         spans = rx.wait_spans(lambda s: len(s) >= 6, timeout=30)
+
+``OtlpReceiver(delay=8)`` answers each request 8 s late (a receiver that is up but slow); what
+it gets is kept as soon as it arrives.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def attrs(kvs: Any) -> dict[str, Any]:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0) -> None:
+        self.delay = delay
         self.lock = threading.Lock()
         #: (resource attributes, span message) per span received
         self.spans: list[tuple[dict[str, Any], Any]] = []
@@ -63,6 +67,8 @@ class OtlpReceiver:
                     elif encoding == "deflate":
                         body = zlib.decompress(body)
                     reply = rx._handle(self.path, body)
+                    if rx.delay:
+                        time.sleep(rx.delay)
                 except Exception:
                     with rx.lock:
                         rx.bad_requests += 1
@@ -126,6 +132,8 @@ class OtlpReceiver:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self.delay:  # not waiting out the requests still being answered late
+            self.server.block_on_close = False
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(10)

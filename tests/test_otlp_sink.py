@@ -231,3 +231,32 @@ def test_onnxruntime_runs_histogram_and_spans_only_in_a_trace(tmp_path):
     assert runs[0].name == "onnxruntime.run add_mul.onnx"
     points = [p for _, p in _points(otlp.ORT_RUN_DURATION)]
     assert {p.attributes["pyinstrument_ai.model"] for p in points} >= {"add_mul.onnx"}
+
+
+def test_close_timeout_from_the_config_else_the_validated_variable(monkeypatch, capsys):
+    """A value the config resolved wins over the variable; without one, the variable is
+    parsed as a positive number of seconds, and a bad one is named once (not silently 5)."""
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT", "0.25")
+    assert otlp.close_timeout(None) == 0.25
+    assert otlp.close_timeout(SimpleNamespace(otlp_close_timeout=7.5)) == 7.5
+    monkeypatch.delenv("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT")
+    assert otlp.close_timeout(None) == 5.0
+    monkeypatch.setattr(otlp._log, "_said", set())
+    monkeypatch.setenv("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT", "inf")
+    assert otlp.close_timeout(None) == 5.0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT: invalid value 'inf'" in err
+
+
+def test_error_text_cut_between_words():
+    """The SDK's error in the report line: at most 200 characters, never ending mid-word."""
+    from pyinstrument_ai.sinks import _otlp_pipeline
+
+    text = " ".join(f"word{i}" for i in range(100))
+    short = _otlp_pipeline._shorten(text)
+    assert len(short) <= 200 and short.endswith("…")
+    assert short[:-1] in text and text[len(short) - 1] == " "
+    assert _otlp_pipeline._shorten("Connection refused") == "Connection refused"

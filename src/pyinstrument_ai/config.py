@@ -25,6 +25,7 @@ ENV_SAMPLE = "PYINSTRUMENT_AI_SAMPLE"
 ENV_SINK = "PYINSTRUMENT_AI_SINK"
 ENV_OTEL_TOKEN_EVENTS = "PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS"
 ENV_OTEL_RUN_SPANS = "PYINSTRUMENT_AI_OTEL_RUN_SPANS"
+ENV_OTLP_CLOSE_TIMEOUT = "PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT"
 
 #: where events go: JSONL files, OTLP (OpenTelemetry), or both
 SINKS = ("jsonl", "otlp")
@@ -63,6 +64,7 @@ class Config:
         "sink",
         "otel_token_events",
         "otel_run_spans",
+        "otlp_close_timeout",
     )
 
     def __init__(
@@ -78,6 +80,7 @@ class Config:
         sink: "tuple[str, ...]" = ("jsonl",),
         otel_token_events: bool = False,
         otel_run_spans: bool = False,
+        otlp_close_timeout: float = 5.0,
     ) -> None:
         s = object.__setattr__
         s(self, "out_dir", out_dir)
@@ -101,6 +104,9 @@ class Config:
         #: OTLP: a span per ONNX Runtime run even outside an application trace (servers make
         #: thousands per second, so it is opt-in)
         s(self, "otel_run_spans", bool(otel_run_spans))
+        #: OTLP: seconds the exporters may take at exit to deliver what is left (both signals
+        #: against one deadline), so a collector that is down delays the exit by this at most
+        s(self, "otlp_close_timeout", float(otlp_close_timeout))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable; use .replace()")
@@ -225,6 +231,10 @@ def from_env(environ: "Mapping[str, str] | None" = None, base: "Config | None" =
         c["otel_token_events"] = parse_bool(ENV_OTEL_TOKEN_EVENTS, env[ENV_OTEL_TOKEN_EVENTS])
     if ENV_OTEL_RUN_SPANS in env:
         c["otel_run_spans"] = parse_bool(ENV_OTEL_RUN_SPANS, env[ENV_OTEL_RUN_SPANS])
+    if ENV_OTLP_CLOSE_TIMEOUT in env:
+        c["otlp_close_timeout"] = parse_interval(
+            ENV_OTLP_CLOSE_TIMEOUT, env[ENV_OTLP_CLOSE_TIMEOUT]
+        )
     return (base or Config()).replace(**c)
 
 
@@ -245,4 +255,5 @@ def to_env(config: "Config") -> "dict[str, str]":
     env[ENV_SINK] = ",".join(config.sink)
     env[ENV_OTEL_TOKEN_EVENTS] = "1" if config.otel_token_events else "0"
     env[ENV_OTEL_RUN_SPANS] = "1" if config.otel_run_spans else "0"
+    env[ENV_OTLP_CLOSE_TIMEOUT] = repr(config.otlp_close_timeout)
     return env

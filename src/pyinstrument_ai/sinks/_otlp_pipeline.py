@@ -6,7 +6,9 @@ export, never on the program's start-up path (nor is OpenTelemetry)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 
 from pyinstrument_ai._guard import guard
 from pyinstrument_ai.sinks.otlp import (
@@ -35,6 +37,8 @@ class Pipeline:
     """Tracer and instruments: the program's providers if it has SDK ones, else ours."""
 
     def __init__(self, config: Config, stats: _Stats, latest: bool) -> None:
+        import threading
+
         from opentelemetry import context, metrics, trace
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.trace import TracerProvider
@@ -44,8 +48,11 @@ class Pipeline:
         self._trace = trace
         self._context = context
         self.stats = stats
+        stats.lock = threading.Lock()  # the metric exporter's counts (its thread, and ours)
         self.latest = latest
-        self.endpoint = "the program's OpenTelemetry pipeline"
+        #: signal -> where a pipeline of ours sends it; the program's pipeline reports its
+        #: own losses (or not), so only these signals' losses are counted and reported
+        self.endpoints: dict[str, str] = {}
         self._own_tp = self._own_mp = None
         tp = trace.get_tracer_provider()
         mp = metrics.get_meter_provider()
@@ -55,20 +62,21 @@ class Pipeline:
                 _quiet_sdk_logs(stats, _ALL_SDK_LOGGERS)  # no SDK of the program's: all ours
             elif not isinstance(mp, MeterProvider):
                 _quiet_sdk_logs(stats, _METRIC_LOGGERS)  # the program traces, we meter
+            else:
+                _quiet_sdk_logs(stats, _TRACE_LOGGERS)  # the program meters, we trace
         if not isinstance(tp, TracerProvider):
             if _exporter_off("traces"):
                 tp = trace.NoOpTracerProvider()
             else:
                 tp = self._own_tp = _own_tracer_provider(resource, stats)
-                self.endpoint = _endpoint("traces")
+                self.endpoints["traces"] = _endpoint("traces")
 
         if not isinstance(mp, MeterProvider):
             if _exporter_off("metrics"):  # e.g. a receiver that takes traces only (Phoenix)
                 mp = metrics.NoOpMeterProvider()
             else:
                 mp = self._own_mp = _own_meter_provider(resource, stats)
-        #: spans go through a pipeline of ours (whose losses we count and report)
-        self.own = self._own_tp is not None
+                self.endpoints["metrics"] = _endpoint("metrics")
         self._tp = tp
         self._soon: Any = None  # threading.Event of the export thread, once started
         self._stopping = False
@@ -239,35 +247,54 @@ class Pipeline:
                 self._tp.force_flush()
 
     # -- end -----------------------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Deliver what is queued, within a bound: a receiver that is down or stalls must not
-        hold the program's exit (the exporters' own retries can take their full timeout)."""
+    def shutdown(self, timeout: float) -> None:
+        """Deliver what is queued, within ``timeout`` seconds: a receiver that is down or
+        stalls must not hold the program's exit (the exporters' own retries can take their
+        full timeout).
+
+        The two providers shut down in parallel, against one deadline: one after the other,
+        a tracer provider retrying against a dead receiver used the whole bound and the meter
+        provider's final export never ran, so it was neither delivered nor counted. What is
+        still under way at the deadline counts as lost (``stats.metric_lost``)."""
         self._stopping = True
         if self._soon is not None:
             self._soon.set()  # ends the export thread's loop
-        own = [p for p in (self._own_tp, self._own_mp) if p is not None]
-        if not own:
+        if self._own_tp is None and self._own_mp is None:
             return
         import threading
+        import time
 
-        t = threading.Thread(
-            target=_shutdown_all, args=(own,), name="pyinstrument-ai-otlp-close", daemon=True
-        )
-        t.start()
-        t.join(_close_timeout())
+        deadline = time.monotonic() + timeout
+        threads = []
+        for target, provider in (
+            (_shutdown_tracer_provider, self._own_tp),
+            (_shutdown_meter_provider, self._own_mp),
+        ):
+            if provider is not None:
+                t = threading.Thread(
+                    target=target,
+                    args=(provider, timeout),
+                    name="pyinstrument-ai-otlp-close",
+                    daemon=True,
+                )
+                t.start()
+                threads.append((provider, t))
+        for _, t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        metrics_open = any(p is self._own_mp and t.is_alive() for p, t in threads)
+        self.stats.freeze_metrics(metrics_open)
 
 
-def _shutdown_all(providers: list[Any]) -> None:
-    for p in providers:
-        with guard("OTLP shutdown"):
-            p.shutdown()
+def _shutdown_tracer_provider(provider: Any, timeout: float) -> None:
+    with guard("OTLP shutdown"):
+        provider.shutdown()  # no timeout parameter: bounded by the join in shutdown()
 
 
-def _close_timeout() -> float:
-    try:
-        return float(os.environ.get("PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT", "5"))
-    except ValueError:
-        return 5.0
+def _shutdown_meter_provider(provider: Any, timeout: float) -> None:
+    with guard("OTLP shutdown"):
+        # with the bound, the reader shuts its exporter down at the deadline, which ends the
+        # exporter's retries there (the final export then fails, and is counted)
+        provider.shutdown(timeout_millis=timeout * 1000)
 
 
 def _resource(config: Config) -> Any:
@@ -387,30 +414,64 @@ def _count_metric_failures(exporter: Any, stats: _Stats) -> None:
     inner = exporter.export
 
     def export(*args: Any, **kwargs: Any) -> Any:
-        result = inner(*args, **kwargs)
-        if result is not MetricExportResult.SUCCESS:
-            stats.metric_failures += 1
-        return result
+        stats.metric_export_started()
+        ok = False
+        try:
+            result = inner(*args, **kwargs)
+            ok = result is MetricExportResult.SUCCESS
+            return result
+        finally:
+            stats.metric_export_ended(ok)
 
     exporter.export = export
 
 
-class _SdkLogCounter:
+class _SdkLogCounter(logging.Handler):
     """Keeps the SDK's warnings (retries, "queue is full") off the program's stderr: we report
     once, at exit, with counts. Only for loggers of a pipeline we made."""
 
     def __init__(self, stats: _Stats) -> None:
-        import logging
+        super().__init__()
+        self.stats = stats
 
-        class Handler(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                if stats.first_error is None and record.levelno >= logging.WARNING:
-                    try:
-                        stats.first_error = record.getMessage()[:200]
-                    except Exception:
-                        stats.first_error = record.msg if isinstance(record.msg, str) else None
+    def emit(self, record: logging.LogRecord) -> None:
+        stats = self.stats
+        if stats.first_error is None and record.levelno >= logging.WARNING:
+            try:
+                stats.first_error = _describe(record)
+            except Exception:
+                stats.first_error = record.msg if isinstance(record.msg, str) else None
 
-        self.handler = Handler()
+
+def _describe(record: logging.LogRecord) -> str:
+    """The first SDK complaint, short enough for the one report line. An exception among the
+    arguments (a connection error the exporter retries) is given as its type and its root
+    cause: a requests ``ConnectionError`` reads "HTTPConnectionPool(host=…, port=…): Max
+    retries exceeded with url: … (Caused by NewConnectionError(…))", and the endpoint is in
+    the report already."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    exc = next((a for a in args if isinstance(a, BaseException)), None)
+    if exc is None:
+        return _shorten(record.getMessage())
+    text = str(exc)
+    errno = _ERRNO.search(text)
+    return f"{type(exc).__name__}: {_shorten(errno.group(0) if errno else text)}"
+
+
+#: "[Errno 111] Connection refused" inside a wrapped socket error's text
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\"()\[\]]+")
+_MAX_ERROR = 200
+
+
+def _shorten(text: str) -> str:
+    """At most ``_MAX_ERROR`` characters, with an ellipsis; cut between words unless the text
+    has no space in its second half (a long URL, say)."""
+    text = " ".join(text.split())
+    if len(text) <= _MAX_ERROR:
+        return text
+    cut = text[: _MAX_ERROR - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > _MAX_ERROR // 2 else cut).rstrip(" ,;:(") + "…"
 
 
 _ALL_SDK_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk")
@@ -419,18 +480,24 @@ _METRIC_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
     "opentelemetry.sdk.metrics",
 )
-_quieted = False
+_TRACE_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+    "opentelemetry.sdk.trace",
+)
+_handler: _SdkLogCounter | None = None
 
 
 def _quiet_sdk_logs(stats: _Stats, names: tuple[str, ...]) -> None:
-    global _quieted
-    import logging
+    global _handler
 
-    if _quieted:
-        return
-    _quieted = True
-    handler = _SdkLogCounter(stats).handler
+    if _handler is None:
+        _handler = _SdkLogCounter(stats)
+    # a pipeline built later in this process (a forked child's, which inherits the handler)
+    # reports its own first error
+    _handler.stats = stats
     for name in names:
         log = logging.getLogger(name)
-        log.addHandler(handler)
+        if _handler not in log.handlers:
+            log.addHandler(_handler)
         log.propagate = False

@@ -177,11 +177,51 @@ def trace_ids() -> dict[str, Any] | None:
 
 
 class _Stats:
-    __slots__ = ("ended", "sent", "failed", "metric_failures", "first_error")
+    """What became of our spans and metric exports, for the one report line at exit."""
+
+    __slots__ = (
+        "ended",
+        "sent",
+        "failed",
+        "metric_exports",
+        "metric_failures",
+        "metric_in_flight",
+        "metric_lost",
+        "first_error",
+        "lock",
+    )
 
     def __init__(self) -> None:
-        self.ended = self.sent = self.failed = self.metric_failures = 0
+        self.ended = self.sent = self.failed = 0
+        self.metric_exports = self.metric_failures = self.metric_in_flight = 0
+        #: (lost, due) metric exports as they stood at the close deadline
+        self.metric_lost: tuple[int, int] | None = None
         self.first_error: str | None = None
+        #: a threading.Lock, made with the pipeline: threading is not imported at start-up
+        self.lock: Any = None
+
+    def metric_export_started(self) -> None:
+        with self.lock:
+            self.metric_exports += 1
+            self.metric_in_flight += 1
+
+    def metric_export_ended(self, ok: bool) -> None:
+        with self.lock:
+            self.metric_in_flight -= 1
+            if not ok:
+                self.metric_failures += 1
+
+    def freeze_metrics(self, closing: bool) -> None:
+        """The close deadline: an export still under way is not delivered, nor is the final
+        one if the meter provider's shutdown (``closing``) has not even started it. Taken
+        under the lock, so an export that ends meanwhile is counted once."""
+        with self.lock:
+            lost = self.metric_failures + self.metric_in_flight
+            due = self.metric_exports
+            if closing and not self.metric_in_flight:
+                lost += 1
+                due += 1
+            self.metric_lost = (lost, due)
 
 
 class OtlpSink:
@@ -203,6 +243,9 @@ class OtlpSink:
         self._failed = False
         self.closed = False
         self.stats = _Stats()
+        #: seconds the exit-time delivery may take, read now: a bad value is reported at
+        #: start, not at exit
+        self.close_timeout = close_timeout(config)
         self._gens: dict[int, list[Any]] = {}  # gen id -> [generate record, tokens, held]
         self._stages: dict[int, list[Record]] = {}  # TorchServe seq -> stage/intermediate records
         self._sessions: dict[int, str] = {}  # ONNX Runtime session id -> model name
@@ -435,24 +478,64 @@ class OtlpSink:
         tagging.unregister_provider(trace_ids)
         _unwatch_program_providers()
         if self._p is not None:
-            self._p.shutdown()
+            self._p.shutdown(self.close_timeout)
             self._report()
 
     def _report(self) -> None:
-        s = self.stats
-        lost = s.ended - s.sent
-        if self._p.own and (lost > 0 or s.metric_failures):
-            why = f" ({s.first_error})" if s.first_error else ""
-            _log.warn(
-                f"OTLP: {lost} of {s.ended} spans and {s.metric_failures} metric exports were "
-                f"not delivered to {self._p.endpoint}{why}; the JSONL events are complete",
-                key="otlp-lost",
-            )
+        """One line for what a pipeline of ours did not deliver: spans, metric exports or both,
+        whichever signals it exported (the program's pipeline is the program's to report)."""
+        s, endpoints = self.stats, self._p.endpoints
+        parts, where = [], []
+        if "traces" in endpoints:
+            lost = s.ended - s.sent
+            parts.append(f"{lost} of {s.ended} spans")
+            if lost > 0:
+                where.append(endpoints["traces"])
+        if "metrics" in endpoints:
+            m_lost, m_due = s.metric_lost or (s.metric_failures, s.metric_exports)
+            parts.append(f"{m_lost} of {m_due} metric exports")
+            if m_lost > 0:
+                where.append(endpoints["metrics"])
+        if not where:
+            return
+        why = f" ({s.first_error})" if s.first_error else ""
+        _log.warn(
+            f"OTLP: {' and '.join(parts)} were not delivered to {' and '.join(where)}{why}; "
+            "the JSONL events are complete",
+            key="otlp-lost",
+        )
 
     def abandon(self) -> None:
         """In a forked child: the parent's pipeline (threads, connections) stays the parent's."""
         self.closed = True
         self._p = None
+
+
+def close_timeout(config: Config | None) -> float:
+    """``PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT``: the config's value where it has one, else the
+    variable's, validated as every setting is (a number silently replaced would bound the
+    exit by a time nobody chose). Here a bad value cannot stop the program: one warning
+    naming it, and the default."""
+    value = getattr(config, "otlp_close_timeout", None)
+    if value is not None:
+        return float(value)
+    raw = os.environ.get(ENV_CLOSE_TIMEOUT)
+    if raw is None or not raw.strip():
+        return DEFAULT_CLOSE_TIMEOUT
+    from pyinstrument_ai import config as cfg
+
+    try:
+        return cfg.parse_interval(ENV_CLOSE_TIMEOUT, raw.strip())
+    except cfg.ConfigError as exc:
+        _log.warn(
+            f"{exc}; OTLP delivery at exit waits the default {DEFAULT_CLOSE_TIMEOUT:g} s",
+            key="otlp-close-timeout",
+        )
+        return DEFAULT_CLOSE_TIMEOUT
+
+
+ENV_CLOSE_TIMEOUT = "PYINSTRUMENT_AI_OTLP_CLOSE_TIMEOUT"
+DEFAULT_CLOSE_TIMEOUT = 5.0
 
 
 def _complete(g: list[Any]) -> bool:
