@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 
 import pytest
 
@@ -87,6 +89,11 @@ def test_unknown_metric():
     raise AssertionError("never runs")
 
 
+@pytest.mark.latency(ttft_p101="1s")
+def test_unknown_statistic():
+    raise AssertionError("never runs")
+
+
 @pytest.mark.latency(itl_p99="-1ms")
 def test_negative():
     raise AssertionError("never runs")
@@ -124,7 +131,7 @@ def test_marker_fixture_and_instrument(project: pytest.Pytester) -> None:
     r = project.runpytest_subprocess(
         "--strict-markers", "-p", "no:cacheprovider", "--instrument=out", timeout=TIMEOUT
     )
-    r.assert_outcomes(passed=4, failed=2, errors=3)
+    r.assert_outcomes(passed=4, failed=2, errors=4)
     out = r.stdout.str()
     # the failing bounds: each measured value next to its bound, with the sample count
     r.stdout.fnmatch_lines(
@@ -137,6 +144,8 @@ def test_marker_fixture_and_instrument(project: pytest.Pytester) -> None:
     )
     assert "test_no_unit: ttft_p95: '200' has no unit" in out
     assert "unknown metric 'ttfx_p95'" in out
+    # the metric is right, the statistic is not: say which, and what is allowed
+    assert "'ttft_p101': unknown statistic 'p101' of metric 'ttft' (statistics: p50," in out
     assert "itl_p99: '-1ms' is negative" in out
     assert "never runs" not in out and "before its body" not in out
     assert "test_nothing_measured: nothing was measured" in out
@@ -222,6 +231,9 @@ def test_save_then_compare_catches_a_slowed_test(
     project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project.makepyfile(test_sc=SAVE_COMPARE)
+    # a standing limit in the ini: valid but unused while nothing is compared (the save run),
+    # applied when a comparison is asked for; ort_run is measured by no test, in either run
+    project.makeini("[pytest]\nlatency_compare_fail = ttft_p50:1s ort_run_p50:10%\n")
     r = project.runpytest_subprocess("--latency-save", "base", timeout=TIMEOUT)
     r.assert_outcomes(passed=3)
     saved_path = project.path / ".pyinstrument-ai" / "latency" / "base.json"
@@ -235,10 +247,10 @@ def test_save_then_compare_catches_a_slowed_test(
 
     # the regression: 1.5 s more to the first token of test_chat only, against a 1 s limit
     monkeypatch.setenv("SLOW_FIRST_S", "1.5")
-    r = project.runpytest_subprocess(
-        "--latency-compare=base", "--latency-compare-fail=ttft_p50:1s", timeout=TIMEOUT
-    )
+    r = project.runpytest_subprocess("--latency-compare=base", timeout=TIMEOUT)
     r.assert_outcomes(passed=2, failed=1)
+    # a metric that neither side has is no change: no row (only missing tests are "new")
+    assert "ort_run_p50" not in r.stdout.str() and " new" not in r.stdout.str()
     r.stdout.fnmatch_lines(
         [
             "*latency regressed against 'base':",
@@ -323,6 +335,18 @@ def test_warmup_repeat_precedence(
         ([], {}, "latency_repeat = 1.5", "latency_repeat (ini): '1.5' is not a whole number"),
         (["--latency-compare=nope"], {}, "", "--latency-compare: no saved results at *nope.json"),
         (["--latency-compare-fail=ttft_p50:10%"], {}, "", "*needs --latency-compare NAME*"),
+        (
+            [],
+            {},
+            "latency_compare_fail = ttfx_p50:10%",
+            "latency_compare_fail (ini): unknown metric 'ttfx_p50'",
+        ),
+        (
+            ["--instrument=afile/out"],
+            {},
+            "",
+            "--instrument=afile/out: cannot write event files to *afile/out: *Not a directory",
+        ),
         (["--latency-save=../x"], {}, "", "--latency-save: '../x' is not a usable name*"),
     ],
 )
@@ -335,6 +359,7 @@ def test_bad_settings_name_their_source(
     message: str,
 ) -> None:
     project.makepyfile(test_x="def test_x(): pass")
+    project.makefile("", afile="a file where --instrument wants a folder")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     if ini:
@@ -371,3 +396,86 @@ def test_both(benchmark, tiny, instrument):
     r.assert_outcomes(passed=1)
     r.stdout.fnmatch_lines(["*test_both.py::test_both: 2 generations; *bounds ok"])
     r.stdout.fnmatch_lines(["*benchmark: 1 tests*"])
+
+
+FAILING = """
+import pytest
+from conftest import generate
+
+
+def test_plain_fails():
+    assert 1 == 2, "plain"
+
+
+@pytest.mark.latency(ttft_p95="60s", warmup=1, repeat=2)
+def test_marked_fails(tiny):
+    generate(tiny, n=2)
+    raise ValueError("marked")
+"""
+
+
+def _failures(r: pytest.RunResult) -> list[str]:
+    """The FAILURES section (up to the final "N failed in 1.2s" line), without addresses."""
+    lines = r.outlines
+    start = next(i for i, line in enumerate(lines) if "= FAILURES =" in line)
+    end = next(i for i, line in enumerate(lines) if re.match(r"=+ \d+ failed in ", line))
+    return [re.sub(r" at 0x[0-9a-f]+", "", line) for line in lines[start:end]]
+
+
+def test_native_tracebacks_are_pytests_own(project: pytest.Pytester) -> None:
+    """--tb=native prints every frame, pluggy's included: the plugin adds none (no hook wraps
+    the call), for an unmarked test and for a marked one whose body runs several times."""
+    project.makepyfile(test_tb=FAILING)
+    project.makeini("[pytest]\nmarkers = latency: registered for the run without the plugin\n")
+    args = ["-p", "no:cacheprovider", "--tb=native", "-rN"]
+    without = project.runpytest_subprocess(*args, "-p", "no:pyinstrument_ai", timeout=TIMEOUT)
+    with_plugin = project.runpytest_subprocess(*args, timeout=TIMEOUT)
+    without.assert_outcomes(failed=2)
+    with_plugin.assert_outcomes(failed=2)
+    report = _failures(with_plugin)
+    assert report == _failures(without)
+    assert not any("pyinstrument_ai" in line for line in report)
+    assert any("ValueError: marked" in line for line in report)
+
+
+def test_under_the_launcher_records_into_its_output(project: pytest.Pytester) -> None:
+    """``python -m instrument -o io -m pytest --instrument=x``: one process, one session: the
+    launcher's, into io/; the plugin says once that x/ is not used."""
+    project.makepyfile(
+        test_l="""
+import pytest
+from conftest import generate
+
+@pytest.mark.latency(ttft_p95="60s")
+def test_gen(tiny, instrument):
+    generate(tiny, n=2)
+    assert len(instrument.generations) == 1
+"""
+    )
+    r = project.run(
+        sys.executable,
+        "-m",
+        "instrument",
+        "-o",
+        "io",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--instrument=x",
+        timeout=TIMEOUT,
+    )
+    assert r.ret == 0, r.stdout.str() + r.stderr.str()
+    r.stdout.fnmatch_lines(
+        [
+            "*--instrument=x: pytest runs under `python -m instrument`*records into *io: "
+            "the events go there, not to *x",
+            "*events: *io (1 file)",
+            "*test_l.py::test_gen: 1 generation; *bounds ok",
+        ]
+    )
+    assert not (project.path / "x").exists()
+    from pyinstrument_ai import load
+
+    gens = [e for e in load(project.path / "io") if e["name"] == "generate"]
+    assert len(gens) == 1

@@ -6,13 +6,14 @@ them to :mod:`pyinstrument_ai.latency` (bounds, windows, saved results) and thro
 :mod:`pyinstrument_ai.analysis` (every number).
 
 pytest loads this module in every project where pyinstrument-ai is installed, so it imports
-nothing at import time beyond ``os`` and pytest, and a test with neither the marker nor the
+nothing at import time beyond ``os``, ``sys`` and pytest, and a test with neither the marker nor the
 fixture costs one marker lookup. Docs: ``docs/pytest.md``.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -43,6 +44,9 @@ class _State:
         self.out_dir: str | None = None  # --instrument
         self.run_id: str | None = None
         self.own_session = False
+        # a test's window between its call and its report: the call can end the session
+        # instead (pytest.exit(), Ctrl-C), and the window's own session must end with it
+        self.open_window: Any = None
         self.results: dict[str, dict[str, Any]] = {}  # test id -> result (controller side)
 
 
@@ -160,7 +164,18 @@ def _configure(config: pytest.Config, state: _State) -> None:
     save = config.getoption("latency_save")
     compare_name = config.getoption("latency_compare")
     specs, s_where = _first(config, "latency_compare_fail", None, "latency_compare_fail")
-    if save or compare_name or specs:
+    if specs and not compare_name:
+        if s_where.startswith("--"):
+            # asked for on this command line: a failure condition that cannot apply is a
+            # mistake worth stopping for (a forgotten or mistyped --latency-compare)
+            raise ValueError(f"{s_where}: needs --latency-compare NAME (what to compare with)")
+        # the ini key is a standing limit for the runs that compare; it is checked so that a
+        # typo shows up now, not on the first comparison, and otherwise unused
+        from pyinstrument_ai.latency.compare import parse_fail_spec
+
+        for spec in specs:
+            parse_fail_spec(spec, s_where)
+    if save or compare_name:
         from pyinstrument_ai.latency import store
 
         storage, _ = _first(config, "latency_storage", ENV_STORAGE, "latency_storage")
@@ -168,8 +183,6 @@ def _configure(config: pytest.Config, state: _State) -> None:
         if save:
             state.save_name = save
             state.save_path = store.path_for(state.storage, save, "--latency-save")
-        if specs and not compare_name:
-            raise ValueError(f"{s_where}: needs --latency-compare NAME (what to compare with)")
         if compare_name:
             from pyinstrument_ai.latency.compare import parse_fail_spec
 
@@ -187,25 +200,65 @@ def _configure(config: pytest.Config, state: _State) -> None:
 
 def _start_session(config: pytest.Config, state: _State, out: str) -> None:
     """``--instrument``: one JSONL session per process for the whole test session. Under xdist
-    each worker records its own file; the controller only reads them at the end."""
+    each worker records its own file; the controller only reads them at the end.
+
+    When pytest runs under ``python -m instrument`` (or with auto-load on), that session is
+    the one recorded into, with its folder and run id: one process, one session. Its start is
+    usually still waiting for a target's import here; it is started now, since the tests'
+    windows read its file."""
     from pyinstrument_ai import runtime
 
     workerinput = getattr(config, "workerinput", None)
     given = (workerinput or {}).get(_WORKER_KEY) or {}
-    state.out_dir = given.get("out_dir") or os.path.abspath(out)
-    state.run_id = given.get("run_id") or f"pytest-{os.urandom(6).hex()}"
+    wanted = os.path.abspath(out)
+    active = runtime.active()
+    lazy = sys.modules.get("pyinstrument_ai._lazy")
+    pending = lazy.pending() if active is None and lazy is not None else None
+    host = active.config if active is not None else pending
+    if host is not None:
+        state.out_dir = os.path.abspath(host.out_dir)
+        state.run_id = host.run_id
+        if workerinput is None and state.out_dir != wanted:
+            # the launcher's -o (or PYINSTRUMENT_AI_OUT) wins: say so once, in the main process
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    f"pyinstrument-ai: --instrument={out}: pytest runs under "
+                    "`python -m instrument` (or PYINSTRUMENT_AI auto-load), whose session "
+                    f"records into {state.out_dir}: the events go there, not to {wanted}"
+                ),
+                stacklevel=2,
+            )
+    else:
+        state.out_dir = given.get("out_dir") or wanted
+        state.run_id = given.get("run_id") or f"pytest-{os.urandom(6).hex()}"
+        if not given:  # the controller (or a run without xdist) checks for everyone
+            _check_writable(state.out_dir, f"--instrument={out}")
     if _is_controller(config):
         config.pluginmanager.register(_XdistController(state), "pyinstrument_ai_xdist")
         return
-    active = runtime.active()
-    if active is not None:  # pytest itself runs under `python -m instrument`: record into that
-        state.out_dir = active.config.out_dir
-        state.run_id = active.config.run_id
+    if active is not None:
+        return
+    if pending is not None:
+        runtime.instrument(pending)  # owned by the launcher: it ends the session at exit
         return
     from pyinstrument_ai.config import from_env
 
     runtime.instrument(from_env().replace(out_dir=state.out_dir, run_id=state.run_id))
     state.own_session = True
+
+
+def _check_writable(path: str, where: str) -> None:
+    """Fail now rather than with every measured test: a session that cannot write its file
+    records nothing, and the tests' windows read that file."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+        raise ValueError(f"{where}: cannot write event files to {path}: {reason}") from None
 
 
 class _XdistController:
@@ -220,6 +273,9 @@ class _XdistController:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
+    if state is not None and state.open_window is not None:
+        state.open_window.stop()
+        state.open_window = None
     if state is not None and state.own_session:
         from pyinstrument_ai import runtime
 
@@ -275,55 +331,75 @@ def instrument(request: pytest.FixtureRequest) -> Any:
     return LatencyRecording(_window(request.node))
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Any:
-    # A test's exception passes through this wrapper's frame: keep it out of every report
-    # (__tracebackhide__ for pytest's own styles, hide() for --tb=native and other printers)
-    __tracebackhide__ = True
-    spec = pyfuncitem.stash.get(_SPEC, None)
-    if spec is None and not pyfuncitem.stash.get(_WANTS, False):
-        try:
-            return (yield)
-        except BaseException as e:
-            _hide(e)
-            raise
-    window = _window(pyfuncitem)
-    window.start()
-    try:
-        result = yield
-    except BaseException as e:
-        _hide(e)
-        raise
-    finally:
-        window.stop()
-    _check(pyfuncitem, window, spec)
-    return result
+# The window opens and closes in hooks that run before and after the call, never around it: a
+# wrapper around the call would stand in the traceback of every failing test (``--tb=native``
+# prints pluggy's frames of each hook wrapper). Only warmup/repeat, which must call the test
+# several times, takes the call itself; it calls it through pytest's own hook implementation,
+# so that the frames under it are pytest's.
+
+
+def _measured(item: pytest.Item) -> bool:
+    return item.stash.get(_SPEC, None) is not None or item.stash.get(_WANTS, False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    if _measured(item):
+        w = item.config.stash[_STATE].open_window = _window(item)
+        w.start()
 
 
 @pytest.hookimpl(tryfirst=True, specname="pytest_pyfunc_call")
 def pytest_pyfunc_call_repeated(pyfuncitem: pytest.Function) -> bool | None:
-    """``warmup=``/``repeat=``: run the body several times inside the window opened above."""
+    """``warmup=``/``repeat=``: run the body several times inside the test's window."""
+    __tracebackhide__ = True  # pytest's own styles; _hide() below for --tb=native
     spec = pyfuncitem.stash.get(_SPEC, None)
     if spec is None or (spec.warmup == 0 and spec.repeat == 1):
         return None  # pytest (or an async plugin) calls the test once, as usual
     import inspect
 
-    fn = pyfuncitem.obj
-    if inspect.iscoroutinefunction(fn):
+    from _pytest.python import pytest_pyfunc_call as call_once
+
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
         pytest.fail(f"{spec.where}: warmup/repeat need a plain (not async) test", pytrace=False)
-    # the same arguments pytest's own pytest_pyfunc_call passes (fixtures are set up once)
-    args = {a: pyfuncitem.funcargs[a] for a in pyfuncitem._fixtureinfo.argnames}
     window = pyfuncitem.stash[_WINDOW]
-    for _ in range(spec.warmup):
-        fn(**args)
-        window.mark()  # forget the warm-up's events
-    for _ in range(spec.repeat):
-        fn(**args)
+    try:
+        # pytest's implementation: the same arguments (fixtures are set up once), the same
+        # checks of the result, and a traceback that differs from pytest's by nothing
+        for _ in range(spec.warmup):
+            call_once(pyfuncitem)
+            window.mark()  # forget the warm-up's events
+        for _ in range(spec.repeat):
+            call_once(pyfuncitem)
+    except BaseException as e:
+        _hide(e)
+        raise
     return True
 
 
-def _check(item: pytest.Function, window: Any, spec: Any) -> None:
-    """Bounds and comparisons of one test; the result goes to ``user_properties``."""
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # Before the report is made: close the window, check the bounds and comparisons, and turn
+    # a problem into the call's failure, as if the test had called pytest.fail() (the report,
+    # --pdb, -x and xfail all read call.excinfo).
+    if call.when == "call" and _measured(item):
+        window = _window(item)
+        window.stop()
+        item.config.stash[_STATE].open_window = None
+        if call.excinfo is None:  # a test that raised (or skipped) is not checked
+            try:
+                message = _check(item, window, item.stash.get(_SPEC, None))
+                if message:
+                    pytest.fail(message, pytrace=False)
+            except (Exception, pytest.fail.Exception):
+                # an error of ours fails this test, with its traceback, not the whole session
+                call.excinfo = pytest.ExceptionInfo.from_current()
+    return (yield)
+
+
+def _check(item: pytest.Item, window: Any, spec: Any) -> str | None:
+    """Bounds and comparisons of one test; the result goes to ``user_properties``. Returns
+    what failed, if anything."""
     from pyinstrument_ai.latency.bounds import (
         check_bounds,
         describe_work,
@@ -365,8 +441,7 @@ def _check(item: pytest.Function, window: Any, spec: Any) -> None:
         if bad:
             problems.append(format_table(bad, f"latency regressed against {state.compare_name!r}:"))
     item.user_properties.append((PROPERTY, result))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    return "\n\n".join(problems) or None
 
 
 # -- session -------------------------------------------------------------------------------------

@@ -85,7 +85,11 @@ def parse_stat(key: str, where: str) -> tuple[Metric, str]:
             stat = key[len(name) + 1 :]
             if _STAT.match(stat):
                 return METRICS[name], stat
-            break
+            # the metric is known: name the part that is wrong (p101 is not a percentile)
+            raise BoundError(
+                f"{where}: {key!r}: unknown statistic {stat!r} of metric {name!r} "
+                f"(statistics: {KNOWN_STATS}; pNN from p0 to p100)"
+            )
     raise BoundError(
         f"{where}: unknown metric {key!r} (write <metric>_<statistic>; metrics: "
         f"{', '.join(METRICS)}; statistics: {KNOWN_STATS})"
