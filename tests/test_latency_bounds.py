@@ -46,7 +46,7 @@ def test_parse_bound(key: str, value: object, limit: float, upper: bool) -> None
         ("ttft_p95", 0.2, "has no unit"),
         ("ttft_p95", "-1ms", "is negative"),
         ("ttft_p95", "fast", "is not a duration"),
-        ("ttft_p101", "1s", "unknown metric 'ttft_p101'"),
+        ("ttft_p101", "1s", "unknown statistic 'p101' of metric 'ttft'"),
         ("ttft", "1s", "unknown metric 'ttft'"),
         ("latency_p50", "1s", "unknown metric"),
         ("tokens_per_s_min", "-2", "is negative"),

@@ -498,6 +498,7 @@ def test_torch_facts_reach_the_file_when_torch_imports_after_launch(tmp_path):
     samples = [e for e in pyinstrument_ai.load(tmp_path / "out") if e["name"] == EVENT]
     late = [e["context"] for e in samples if "context" in e]
     torch_facts = {**(late[0]["torch"] if late else {}), **header["context"].get("torch", {})}
-    assert torch_facts["num_threads"] == threads, (header["context"].get("torch"), late)
+    assert torch_facts.get("num_threads") == threads, (header["context"].get("torch"), late)
     assert "parallel_backend" in torch_facts and "num_interop_threads" in torch_facts
-    assert len(late) <= 1
+    assert len(late) <= 2  # the first sample after the import, and the final one
+    assert all(c == late[0] for c in late)

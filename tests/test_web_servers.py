@@ -322,23 +322,12 @@ def _check_cut_and_head(events: list[dict], seen: dict) -> None:
     assert (get["bytes"], get["chunks"]) == (len(b"hello, head"), 1) and "incomplete" not in get
 
 
-@pytest.mark.slow
-def test_uvicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got(tmp_path):
-    port = _free_port()
-    app = tmp_path / "cut_app.py"
-    app.write_text(CUT_ASGI_APP)
+def _cut_and_head_served(tmp_path, port: int, server: list[str]) -> None:
+    """Launch ``server`` under ``python -m instrument``, cut a stream short, compare HEAD with
+    GET, stop it, and check what was recorded."""
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "instrument",
-            "--out",
-            str(out),
-            "--no-summary",
-            str(app),
-            str(port),
-        ],
+        [sys.executable, "-m", "instrument", "--out", str(out), "--no-summary", *server],
         cwd=tmp_path,
         env=clean_env(),
         stdout=subprocess.PIPE,
@@ -352,41 +341,18 @@ def test_uvicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got
         err = _stop(proc)
     assert "internal error" not in err, err
     _check_cut_and_head(pyinstrument_ai.load(out), seen)
+
+
+@pytest.mark.slow
+def test_uvicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got(tmp_path):
+    port = _free_port()
+    (tmp_path / "cut_app.py").write_text(CUT_ASGI_APP)
+    _cut_and_head_served(tmp_path, port, [str(tmp_path / "cut_app.py"), str(port)])
 
 
 @pytest.mark.slow
 def test_gunicorn_stream_cut_short_by_the_client_and_head_are_what_the_client_got(tmp_path):
     port = _free_port()
     (tmp_path / "cut_app.py").write_text(CUT_WSGI_APP)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "instrument",
-            "--out",
-            str(out),
-            "--no-summary",
-            "--",
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            "1",
-            "-b",
-            f"127.0.0.1:{port}",
-            "cut_app:app",
-        ],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        _wait_up(proc, port, "/text")
-        seen = _cut_and_head(port)
-    finally:
-        err = _stop(proc)
-    assert "internal error" not in err, err
-    _check_cut_and_head(pyinstrument_ai.load(out), seen)
+    gunicorn = ["-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "cut_app:app"]
+    _cut_and_head_served(tmp_path, port, ["--", sys.executable, *gunicorn])

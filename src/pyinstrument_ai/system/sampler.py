@@ -209,15 +209,16 @@ class Sampler:
         self._stop.set()
         if final and self._thread is not None:
             with guard("final system sample"):
-                self.sample()
+                self.sample(final=True)
 
     @property
     def running(self) -> bool:
         return self._thread is not None and not self._stop.is_set()
 
     # -- one sample -------------------------------------------------------------------------------
-    def sample(self) -> dict[str, Any]:
-        """Read every source once and record (and return) the fields of one event."""
+    def sample(self, final: bool = False) -> dict[str, Any]:
+        """Read every source once and record (and return) the fields of one event (``final``:
+        the last one, taken at exit on the exiting thread)."""
         if not self._ready:
             with self._setup_lock:
                 if not self._ready:
@@ -239,9 +240,15 @@ class Sampler:
         if self._nvml is not None:
             self._gpus(f)
         f["read_ns"] = {k: max(0, v - t) for k, v in at.items() if k in f}
-        # non-blocking: the final sample (another thread) must neither wait here nor send
-        # the facts a second time while this thread's sample is reading them
-        if not self._late_sent and self._late_lock.acquire(blocking=False):
+        if final:
+            # The sampler thread's sample that carried the facts may be recorded after the
+            # final flush (it was mid-sample at exit: a CI run lost them so), so the final
+            # sample carries them again: the same facts twice, never none
+            late = late_context(self.root)
+            if late:
+                f["context"] = late
+        # non-blocking: the final sample (another thread) must not wait here
+        elif not self._late_sent and self._late_lock.acquire(blocking=False):
             try:
                 if not self._late_sent:
                     late = late_context(self.root)
