@@ -132,7 +132,6 @@ class Sampler:
         #: the late header facts (torch's) went out on a sample: once per sampler, so once
         #: per process (a forked child has a sampler of its own)
         self._late_sent = False
-        self._late_lock = threading.Lock()
         # Set up by the first sample, on the sampler's thread (imports stay off the caller's),
         # under this lock: the final sample of a program that exits at once waits for it
         # instead of reading half-set attributes, and a fork waits for it too
@@ -247,17 +246,12 @@ class Sampler:
             late = late_context(self.root)
             if late:
                 f["context"] = late
-        # non-blocking: the final sample (another thread) must not wait here
-        elif not self._late_sent and self._late_lock.acquire(blocking=False):
-            try:
-                if not self._late_sent:
-                    late = late_context(self.root)
-                    if late is not None:
-                        self._late_sent = True
-                        if late:
-                            f["context"] = late
-            finally:
-                self._late_lock.release()
+        elif not self._late_sent:  # only the sampler's own thread takes non-final samples
+            late = late_context(self.root)
+            if late is not None:
+                self._late_sent = True
+                if late:
+                    f["context"] = late
         f["sample_ns"] = clock.now_ns() - t  # what this sample cost, in wall time
         self.record(EVENT, t, None, f)
         return f
