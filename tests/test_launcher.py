@@ -188,6 +188,27 @@ def test_a_flag_overrides_a_bad_variable_without_reading_it(tmp_path, flags, var
         assert res.returncode == 2 and var in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize("value, lines", [("maybe", 0), (" On ", 1), ("0", 0)])
+def test_debug_variable_is_read_like_every_boolean(tmp_path, value, lines):
+    """A bad PYINSTRUMENT_AI_DEBUG is named once and leaves debug lines off (it used to turn
+    them on); the program runs unchanged either way."""
+    script = tmp_path / "s.py"
+    script.write_text("import toylib\nprint(toylib.add(1, 2))\n")
+    cmd = ["-m", "instrument", "--out", "o", str(script)]
+    res = run_py(cmd, cwd=tmp_path, PYINSTRUMENT_AI_DEBUG=value)
+    assert (res.returncode, res.stdout) == (0, "3\n"), res.stderr
+    debug = [ln for ln in res.stderr.splitlines() if ln.startswith("pyinstrument-ai: debug:")]
+    assert bool(debug) == bool(lines), res.stderr
+    warned = [ln for ln in res.stderr.splitlines() if "PYINSTRUMENT_AI_DEBUG" in ln]
+    if value == "maybe":
+        assert warned == [
+            "pyinstrument-ai: warning: PYINSTRUMENT_AI_DEBUG: invalid value 'maybe' (expected "
+            "1/0, true/false, yes/no or on/off); debug lines stay off"
+        ]
+    else:
+        assert warned == []
+
+
 def test_keyboard_interrupt_ends_as_without_us(tmp_path):
     script = tmp_path / "kbd.py"
     script.write_text("import toylib\ntoylib.add(1, 1)\nraise KeyboardInterrupt\n")

@@ -38,6 +38,9 @@ def _shadow_opentelemetry(tmp_path):
         (["--sink", "kafka"], {}, "--sink: invalid value 'kafka'"),
         (["--sink="], {}, "--sink: invalid value ''"),
         ([], {"PYINSTRUMENT_AI_SINK": "jsonl,zipkin"}, "PYINSTRUMENT_AI_SINK: invalid value"),
+        # an empty entry is a typo'd list, not a shorter one
+        ([], {"PYINSTRUMENT_AI_SINK": "jsonl,,otlp"}, "PYINSTRUMENT_AI_SINK: invalid value"),
+        (["--sink", "jsonl,"], {}, "--sink: invalid value 'jsonl,'"),
         ([], {"PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS": "lots"}, "PYINSTRUMENT_AI_OTEL_TOKEN_EVENTS"),
         (
             [],

@@ -427,3 +427,27 @@ def test_onnxruntime_runs_from_threads(tmp_path):
         assert len({e["args"]["thread"] for e in runs if e["tid"] == track}) == 1
     assert "ONNX Runtime run latency over time" in html.render(a)
     assert [os.path.basename(p) for p in png.render(a, str(tmp_path))] == ["onnxruntime.png"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 255, 256, 257, 1000, 10_007])
+def test_cdf_points_are_the_exact_share_of_values_at_or_below_them(n):
+    import numpy as np
+
+    rng = np.random.default_rng(n)
+    # ties on purpose: latencies recorded at a coarse clock repeat
+    values = rng.integers(0, max(2, n // 3), size=n).astype(float) * 1e-3
+    x, q = timeline.cdf(values)
+    assert 1 <= len(x) <= 256
+    assert np.all(np.diff(x) > 0)  # one point per distinct value, ascending
+    for xi, qi in zip(x, q, strict=True):
+        assert qi == np.count_nonzero(values <= xi) / n
+    assert x[0] == values.min() and q[0] == np.count_nonzero(values == values.min()) / n
+    assert x[-1] == values.max() and q[-1] == 1.0
+
+
+def test_cdf_of_a_few_distinct_values_starts_at_one_over_n():
+    x, q = timeline.cdf([0.004, 0.001, 0.003, 0.002])
+    assert list(x) == [0.001, 0.002, 0.003, 0.004]
+    assert list(q) == [0.25, 0.5, 0.75, 1.0]
+    x, q = timeline.cdf([])
+    assert len(x) == len(q) == 0

@@ -193,8 +193,9 @@ def parse_out(source: str, value: str) -> str:
 
 
 def parse_sink(source: str, value: str) -> "tuple[str, ...]":
-    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
-    if not names or any(n not in SINKS for n in names):
+    parts = [n.strip() for n in value.split(",")]
+    names = tuple(dict.fromkeys(parts))
+    if not names or any(n not in SINKS for n in names):  # an empty entry too: a typo'd list
         raise ConfigError(source, value, "expected jsonl, otlp or jsonl,otlp")
     return names
 

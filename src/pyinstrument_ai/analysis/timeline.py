@@ -260,14 +260,18 @@ def in_flight(intervals: Sequence[tuple[int, int]], t0: int) -> tuple[np.ndarray
 
 
 def cdf(values: Sequence[float], points: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """``(value, share)``: the empirical CDF at ``points`` evenly spaced shares (type-7
-    quantiles, as :mod:`~pyinstrument_ai.analysis.stats`), so its size does not grow with the
-    count."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
+    """``(value, share)``: points of the empirical CDF, ``share`` being exactly the fraction of
+    values ``<=`` that value (so the smallest value has share ``count(min)/n``, not 0, and the
+    largest 1). At most ``points`` points, at evenly spaced ranks, so the size does not grow
+    with the count; equal values give one point. Drawn as steps: between two points the CDF is
+    at least the left point's share."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    n = v.size
+    if n == 0:
         return np.zeros(0), np.zeros(0)
-    q = np.linspace(0.0, 1.0, min(points, max(2, v.size)))
-    return np.quantile(v, q), q
+    ranks = np.linspace(1, n, min(points, n)).round().astype(np.int64)
+    x = np.unique(v[ranks - 1])  # the largest value is always rank n
+    return x, np.searchsorted(v, x, side="right") / n
 
 
 def wants_log(values: Any) -> bool:

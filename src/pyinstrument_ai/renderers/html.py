@@ -362,12 +362,14 @@ def _cdf(title: str, values: Any, color: str) -> Any:
         sizing_mode="stretch_width",
         tools="pan,wheel_zoom,box_zoom,reset,save",
         x_axis_type="log" if log else "linear",
+        y_range=Range1d(0, 102),  # a share: 0..100 whatever the data
     )
     p.toolbar.logo = None
     if len(x):
         src = ColumnDataSource(dict(x=x * 1e3, q=q * 100))
-        r = p.line("x", "q", source=src, line_width=2, color=color)
-        p.add_tools(HoverTool(renderers=[r], tooltips=[("p@q{0.0}", "@x{0.000} ms")], mode="vline"))
+        r = p.step("x", "q", source=src, mode="after", line_width=2, color=color)
+        tips = [("≤ @x{0.000} ms", "@q{0.0}%")]
+        p.add_tools(HoverTool(renderers=[r], tooltips=tips, mode="vline"))
     if log:
         p.xaxis.ticker = LogTicker(mantissas=[1, 2, 5])
     p.xaxis.axis_label = "ms" + (" (log scale)" if log else "")

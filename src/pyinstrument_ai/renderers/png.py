@@ -180,7 +180,7 @@ def _latency(a: Any, path: str) -> None:
     ):
         x, q = timeline.cdf(values)
         if len(x):
-            ax.plot(x * 1e3, q * 100, color=_color(c), lw=1.5)
+            ax.step(x * 1e3, q * 100, where="post", color=_color(c), lw=1.5)
             if timeline.wants_log(x):
                 from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -190,6 +190,7 @@ def _latency(a: Any, path: str) -> None:
         ax.set_title(f"{title}, CDF ({len(values):,} values)", fontsize=10, loc="left")
         ax.set_xlabel("ms")
         ax.set_ylabel("% of values ≤ x")
+        ax.set_ylim(0, 102)  # a share: 0..100 whatever the data (two values start at 50)
         ax.grid(alpha=0.3, which="both")
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
