@@ -20,8 +20,10 @@ import toylib
 
 import pyinstrument_ai
 from pyinstrument_ai import _tb, request_context
+from pyinstrument_ai.targets import asgi as asgi_target
 from pyinstrument_ai.targets import onnxruntime as ort_target
 from pyinstrument_ai.targets import transformers as tf_target
+from pyinstrument_ai.targets import wsgi as wsgi_target
 
 try:
     from tests import _onnx_models as models
@@ -210,6 +212,31 @@ def test_uncaught_exception_under_the_launcher_prints_as_without_us(tmp_path):
     names = [e["name"] for e in pyinstrument_ai.load(out)]
     assert "toy.add" in names and "onnxruntime.session" in names
     assert "onnxruntime.run" in names
+
+
+@pytest.mark.parametrize("how", [["-m", "pkg"], ["-m", "pkg.sub"], ["folder"], ["app.zip"]])
+def test_uncaught_exception_of_a_module_folder_or_zip_prints_as_without_us(tmp_path, how):
+    """`python -m pkg` (a folder, a zip) prints runpy's two frames above the program's: the
+    launcher runs it through the same runpy function, so they are the same two (they used to
+    be left out with the launcher's own)."""
+    import zipfile
+
+    code = "import toylib\ndef f():\n    toylib.add(1, 2)\n    raise ValueError('in main')\nf()\n"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "__main__.py").write_text(code)
+    (tmp_path / "pkg" / "sub.py").write_text(code)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "__main__.py").write_text(code)
+    with zipfile.ZipFile(tmp_path / "app.zip", "w") as z:
+        z.writestr("__main__.py", code)
+    bare = run_py(how, cwd=tmp_path)
+    assert bare.returncode == 1 and 'File "<frozen runpy>"' in bare.stderr, bare.stderr
+    assert "ValueError: in main" in bare.stderr
+    out = tmp_path / "out"
+    inst = run_py(["-m", "instrument", "--out", str(out), *how], cwd=tmp_path)
+    assert (inst.returncode, inst.stdout, inst.stderr) == (bare.returncode, "", bare.stderr)
+    assert [e["name"] for e in pyinstrument_ai.load(out)] == ["target", "toy.add"]
 
 
 def test_uncaught_exception_in_an_auto_loaded_process_prints_as_without_us(tmp_path):
@@ -451,6 +478,15 @@ def test_every_wrapper_is_marked_for_pytest():
         request_context._make_submit(len).__code__,
         request_context._carry(len, None).__code__,
         request_context._make_streamer_init(len).__code__,
+        asgi_target._make_load(len).__code__,
+        asgi_target._make_starlette_call(len).__code__,
+        asgi_target._serve.__code__,
+        wsgi_target._make_flask_call(len).__code__,
+        wsgi_target._make_handle_exception(len).__code__,
+        wsgi_target._make_match_request(len).__code__,
+        wsgi_target._make_handler_run(len).__code__,
+        wsgi_target._App.__call__.__code__,
+        wsgi_target._serve.__code__,
     ]
     for code in codes:
         assert _tb._is_wrapper(code), code.co_name

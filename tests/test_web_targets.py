@@ -500,6 +500,8 @@ def test_flask_read_only_and_fields():
     reqs = requests_of(rec.events)
     assert [e["route"] for e in reqs] == ["/items/<int:item_id>", "/stream", None, "/boom"]
     assert [e["status"] for e in reqs] == [200, 200, 404, 500]
+    # Flask answered the view's exception with its 500 itself: the event still names it
+    assert [e.get("error") for e in reqs] == [None, None, None, "builtins.KeyError"]
     stream = reqs[1]
     assert watched[1][2] == b"a" + stream["request_id"].encode()  # the id seen in the body
     assert stream["chunks"] == 2 and stream["first_chunk_ns"] <= stream["last_chunk_ns"]

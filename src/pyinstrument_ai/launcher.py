@@ -407,50 +407,31 @@ def _is_zip(path: str) -> bool:
 
 
 def _run_directory_or_zip(path: str, abspath: str, args: "list[str]") -> None:
-    import runpy
-
     sys.argv[:] = [path, *args]
     if getattr(sys.flags, "safe_path", False):
         sys.path.insert(0, abspath)  # Python adds the folder/zip even in safe-path mode
     else:
         sys.path[0] = abspath
-    # Like runpy._get_main_module_details: the lookup of "__main__" must not see the
-    # launcher's own __main__ module (its __spec__ is None, which makes the lookup fail).
-    ours = sys.modules.pop("__main__", None)
-    try:
-        mod_name, spec, code = runpy._get_module_details("__main__")  # type: ignore[attr-defined]
-    except ImportError:
-        sys.stderr.write(f"{_prog()}: can't find '__main__' module in {abspath!r}\n")
-        sys.exit(1)
-    finally:
-        if ours is not None and "__main__" not in sys.modules:
-            sys.modules["__main__"] = ours
-    main_module = types.ModuleType("__main__")
-    sys.modules["__main__"] = main_module
-    _exec_runpy(code, main_module, spec)
+    # `python DIR` runs runpy._run_module_as_main("__main__", alter_argv=False), which finds
+    # DIR's __main__ with the current __main__ moved out of the way: ours, replaced first
+    _run_as_main("__main__", False)
 
 
 def _run_module(mod_name: str, args: "list[str]") -> None:
+    sys.argv[:] = ["-m", *args]  # as `python -m` has it until runpy sets the module's path
+    _run_as_main(mod_name, True)
+
+
+def _run_as_main(mod_name: str, alter_argv: bool) -> None:
+    """What `python -m MOD` / `python DIR` run, through the same runpy function: the same
+    error messages, and a traceback with the same two runpy frames above the program's."""
     import runpy
 
-    try:
-        _, spec, code = runpy._get_module_details(mod_name, runpy._Error)  # type: ignore[attr-defined]
-    except runpy._Error as exc:  # type: ignore[attr-defined]
-        # exactly what `python -m` prints
-        sys.exit(f"{sys.executable}: {exc}")
-    sys.argv[:] = [spec.origin or mod_name, *args]
     main_module = types.ModuleType("__main__")
+    main_module.__dict__["__builtins__"] = builtins
     sys.modules["__main__"] = main_module
-    _exec_runpy(code, main_module, spec)
-
-
-def _exec_runpy(code: "types.CodeType", main_module: "types.ModuleType", spec: "Any") -> None:
-    import runpy
-
-    g = main_module.__dict__
-    g["__builtins__"] = builtins
     try:
-        runpy._run_code(code, g, None, "__main__", spec)  # type: ignore[attr-defined]
+        runpy._run_module_as_main(mod_name, alter_argv)  # type: ignore[attr-defined]
     except SystemExit:
         raise
     except BaseException as exc:
@@ -470,7 +451,8 @@ _OUR_FILES = (os.path.abspath(__file__),)
 
 
 def _is_ours(filename: str) -> bool:
-    return filename in _OUR_FILES or filename == "<frozen runpy>" or filename.endswith("runpy.py")
+    # (runpy's frames below ours are the program's: `python -m` shows them too)
+    return filename in _OUR_FILES
 
 
 def _uncaught(exc: "BaseException") -> "NoReturn":

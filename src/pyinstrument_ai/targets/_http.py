@@ -130,6 +130,7 @@ class Request(Tag):
         "nbytes",
         "chunks",
         "route",
+        "handled",
     )
 
     def __init__(
@@ -163,6 +164,8 @@ class Request(Tag):
         self.nbytes = 0
         self.chunks = 0
         self.route: str | None = None  # the route template, when the framework said
+        # an exception the framework caught and answered itself (Flask's 500): the call returns
+        self.handled: BaseException | None = None
 
     def chunk(self, t: int, n: int) -> None:
         if n:
@@ -213,6 +216,8 @@ class Request(Tag):
                 fields["incomplete"] = True
             if self.upstream is not None:
                 fields["upstream_start_wall_ns"] = self.upstream
+            if error is None:
+                error, self.handled = self.handled, None
             if error is not None:
                 fields["error"] = f"{type(error).__module__}.{type(error).__qualname__}"
             record(HTTP_REQUEST, t0, t1 - t0, fields)

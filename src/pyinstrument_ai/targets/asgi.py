@@ -80,7 +80,12 @@ def _on_import(module: Any) -> None:
 
 def _make_load(original: Any) -> Any:
     def load(self: Any) -> None:
-        original(self)
+        __tracebackhide__ = True  # the application's import errors pass through here
+        try:
+            original(self)
+        except BaseException as e:
+            hide(e)
+            raise
         with guard("asgi.uvicorn"):
             app = getattr(self, "loaded_app", None)
             if app is not None and _recorder is not None and not isinstance(app, _App):

@@ -73,6 +73,7 @@ def _on_import(module: Any) -> None:
             return
         if module.__name__ == "flask.app":
             _patches.replace(module.Flask, "__call__", _make_flask_call)
+            _patches.replace(module.Flask, "handle_exception", _make_handle_exception)
             # flask.app imports flask.ctx: this is no import on the host's behalf
             from flask import ctx
 
@@ -94,6 +95,24 @@ def _make_flask_call(original: Any) -> Any:
             raise
 
     return __call__
+
+
+def _make_handle_exception(original: Any) -> Any:
+    # Flask answers an exception its view raised with a 500 itself (unless it propagates, in
+    # testing or debug mode): the application call then returns normally, and the event would
+    # show a 500 without its cause. Noted here, read-only, before Flask logs and answers it.
+    def handle_exception(self: Any, e: Any) -> Any:
+        __tracebackhide__ = True
+        req = _tag_var.get()
+        if req.__class__ is Request and req.server == "wsgi" and isinstance(e, BaseException):
+            req.handled = e  # dropped when the event is made
+        try:
+            return original(self, e)
+        except BaseException as exc:
+            hide(exc)
+            raise
+
+    return handle_exception
 
 
 def _make_match_request(original: Any) -> Any:
