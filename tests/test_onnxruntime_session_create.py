@@ -11,6 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import pyinstrument_ai
+import pyinstrument_ai.analysis
+from pyinstrument_ai.analysis.build import Filters
 from pyinstrument_ai.targets import onnxruntime as target
 
 try:
@@ -187,6 +189,16 @@ def test_big_model_bytes_identified_from_a_bounded_sample():
         assert "model_sha256" not in ev
     assert ea["model_sample_sha256"] == ea2["model_sample_sha256"]
     assert ea["model_sample_sha256"] != eb["model_sample_sha256"]
+    # the analysis names the model by that hash (it named none: report showed "-", and a
+    # --model filter with the hash kept nothing)
+    a_ = pyinstrument_ai.analysis.analyze(rec.events)
+    assert [r.model for r in a_.ort_runs] == [
+        ea["model_sample_sha256"],
+        eb["model_sample_sha256"],
+        ea["model_sample_sha256"],
+    ]
+    only_b = Filters(models={eb["model_sample_sha256"]})
+    assert len(pyinstrument_ai.analysis.analyze(rec.events, filters=only_b).ort_runs) == 1
 
 
 def test_identity_reads_a_bounded_amount_whatever_the_size(monkeypatch):

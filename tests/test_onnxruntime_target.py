@@ -188,6 +188,62 @@ def test_failed_session_creation_propagates(tmp_path):
     assert ev["error"] == type(plain).__name__ and ev["model_path"] == missing
 
 
+@pytest.mark.parametrize("case", ["no-file-no-providers", "wrong-options", "negative-threads"])
+def test_any_session_ort_takes_or_refuses_is_recorded_and_readable(tmp_path, case):
+    """What ORT accepts, or refuses, is written as it was and read back by every command: a
+    failed creation (no providers bound, options unreadable) and a thread count of -1 (ORT
+    takes any n <= 0 as its default) used to make the whole run unreadable (strict check:
+    `providers must be a list, got None`)."""
+    from conftest import run_py
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(models.add_mul())
+    lines = {
+        "no-file-no-providers": "ort.InferenceSession('missing.onnx')",
+        "wrong-options": f"ort.InferenceSession({str(model)!r}, sess_options=42, "
+        "providers=['CPUExecutionProvider'])",
+        "negative-threads": "so = ort.SessionOptions(); so.intra_op_num_threads = -1\n"
+        f"s = ort.InferenceSession({str(model)!r}, so, providers=['CPUExecutionProvider'])\n"
+        "s.run(None, {'x': np.ones((2, 4), np.float32)})",
+    }
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import numpy as np, onnxruntime as ort\n"
+        "try:\n"
+        + "".join(f"    {ln}\n" for ln in lines[case].splitlines())
+        + "except Exception as e:\n    print(type(e).__name__)\nprint('done')\n"
+    )
+    out = tmp_path / "events"
+    bare = run_py([str(script)], cwd=tmp_path)
+    r = run_py(["-m", "instrument", "--out", str(out), str(script)], cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, bare.stdout, ""), r.stderr
+    (created,) = [e for e in pyinstrument_ai.load(out) if e["name"] == "onnxruntime.session"]
+    if case == "negative-threads":
+        assert created["intra_op_num_threads"] == -1 and "error" not in created
+    else:
+        assert created["error"] == bare.stdout.split()[0]
+    for cmd in (["report"], ["report", "--json"], ["doctor"], ["export", "--perfetto", "t.json"]):
+        res = run_py(["-m", "pyinstrument_ai", *cmd, str(out)], cwd=tmp_path)
+        assert res.returncode == 0, (cmd, res.stderr)
+        assert "must be" not in res.stderr
+
+
+def test_run_of_none_is_recorded_as_failed_and_python_lists_get_their_shape(capsys):
+    model = models.add_mul()
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
+        sess = _session(model)
+        plain = _exc_of(lambda: ORIGINALS["run"](sess, None, None))
+        wrapped = _exc_of(lambda: sess.run(None, None))
+        out = sess.run(None, {"x": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]})
+    assert type(wrapped) is type(plain) and str(wrapped) == str(plain)
+    assert out[0].shape == (2, 4)
+    failed, listed = _runs(rec)
+    assert failed["error"] == type(plain).__name__ and failed["input_names"] == []
+    assert listed["input_shapes"] == [[2, 4]] and listed["input_dtypes"] == [None]
+    assert listed["batch_size"] == 2 and "error" not in listed
+    assert capsys.readouterr().err == ""  # no internal error of ours (there was one)
+
+
 def test_run_with_ort_values():
     model = models.add_mul()
     x = np.arange(8, dtype=np.float32).reshape(2, 4)

@@ -124,6 +124,11 @@ def test_perfetto_trace_of_overlapping_streams(recorded, tmp_path, capsys):
     # counters and names
     counters = {e["name"] for e in evs if e["ph"] == "C"}
     assert "generations in flight" in counters
+    assert all(e["pid"] > 0 for e in evs)  # 0 is the swapper to Perfetto
+    run_wide = {e["pid"] for e in evs if e["ph"] == "C" and e["name"] == "generations in flight"}
+    assert {
+        e["args"]["name"] for e in evs if e.get("name") == "process_name" and e["pid"] in run_wide
+    } == {"run (all processes)"}
     assert any(n.startswith("output tokens/s") for n in counters)
     peak = max(e["args"]["in flight"] for e in evs if e["name"] == "generations in flight")
     assert peak >= 2
@@ -427,6 +432,10 @@ def test_onnxruntime_runs_from_threads(tmp_path):
         assert len({e["args"]["thread"] for e in runs if e["tid"] == track}) == 1
     assert "ONNX Runtime run latency over time" in html.render(a)
     assert [os.path.basename(p) for p in png.render(a, str(tmp_path))] == ["onnxruntime.png"]
+    # no pid 0 (Perfetto's swapper), and no run-wide process without counters (no generations)
+    assert all(e["pid"] > 0 for e in evs)
+    names = [e["args"]["name"] for e in evs if e["ph"] == "M" and e["name"] == "process_name"]
+    assert len(names) == 1 and "pid" in names[0]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 255, 256, 257, 1000, 10_007])

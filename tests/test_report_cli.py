@@ -81,7 +81,9 @@ def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny"):
     }
 
 
-def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1", threads=None) -> Path:
+def make_run(
+    d: Path, slow: float = 1.0, versions=None, run_id="r1", threads=None, ort_options=None
+) -> Path:
     """Three processes of one run: generations (pid 101), ONNX Runtime (202), TorchServe (303).
 
     Generations (slow=1): g1 0..400 ms tokens at 100,130,160,190; g2 200..500 ms tokens at
@@ -106,6 +108,7 @@ def make_run(d: Path, slow: float = 1.0, versions=None, run_id="r1", threads=Non
         "intra_op_num_threads": 2,
         "inter_op_num_threads": 0,
         "execution_mode": "ORT_SEQUENTIAL",
+        **(ort_options or {}),
     }
     runs = [_ort(202, 3000 + 10 * i, 5 * k, 1 if i < 6 else 4) for i in range(10)]
     write_epoch(
@@ -397,6 +400,29 @@ def test_compare_shows_a_torch_thread_count_difference(tmp_path):
     diffs = {x["key"]: x["values"] for x in d["config_differences"]}
     assert diffs == {"torch threads": ["1", "2"]}
     assert report_json(b)["generations"]["torch_threads"] == [2]
+
+
+def test_compare_shows_onnxruntime_optimization_level_and_providers(tmp_path):
+    """Two runs that differ in what ORT optimizes with, or where it runs, are not "no
+    differences recorded" (they were: only thread settings were compared)."""
+    a = make_run(tmp_path / "a", ort_options={"graph_optimization_level": "ORT_ENABLE_ALL"})
+    b = make_run(
+        tmp_path / "b",
+        ort_options={
+            "graph_optimization_level": "ORT_DISABLE_ALL",
+            "providers": ["AzureExecutionProvider", "CPUExecutionProvider"],
+        },
+    )
+    d = json.loads(cli("compare", a, b, "--json").stdout)
+    diffs = {x["key"]: x["values"] for x in d["config_differences"]}
+    assert diffs == {
+        "ort graph_optimization_level": ["ORT_ENABLE_ALL", "ORT_DISABLE_ALL"],
+        "ort providers": [
+            "CPUExecutionProvider",
+            "AzureExecutionProvider,CPUExecutionProvider",
+        ],
+    }
+    assert "ORT_DISABLE_ALL" in cli("compare", a, b).stdout
 
 
 def test_compare_needs_two_runs_and_good_inputs(tmp_path):

@@ -230,7 +230,9 @@ class Builder:
         for r in self._runs:
             s = self._sessions.get((r.host, r.pid, r.session_id))
             if s is not None:
-                r.model = s.get("model_path") or s.get("model_sha256")
+                r.model = (
+                    s.get("model_path") or s.get("model_sha256") or s.get("model_sample_sha256")
+                )
         runs = self._runs
         if self.filters.models is not None:
             runs = [r for r in runs if self.filters.keeps_model(r.model)]

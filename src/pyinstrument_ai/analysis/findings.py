@@ -130,7 +130,7 @@ def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
         n = s.get("intra_op_num_threads")
         p = procs.get((s.get("host"), s.get("pid")))
         if p is not None and isinstance(n, int):
-            p.ort_threads.append(n)
+            p.ort_threads.append(max(n, 0))  # ORT reads any n <= 0 as 0: its default
     for pr in a.predictions:
         get(pr.host, pr.pid).work.append((pr.start_ns, pr.end_ns))
     host_of = {pid: host for (host, pid) in procs}

@@ -241,6 +241,7 @@ class Analysis:
                         )
                         if k in s
                     },
+                    "graph_optimization_level": s.get("graph_optimization_level"),
                     "providers": s.get("providers"),
                 }
             )

@@ -141,9 +141,11 @@ FIELDS: dict[str, tuple[Spec, ...]] = {
         _f("session_id", _count),
         _f("model_path", _str),
         _f("model_sha256", _str),
-        _f("providers", _list),
-        _f("intra_op_num_threads", _count),
-        _f("inter_op_num_threads", _count),
+        # null when ORT failed before it bound providers; options unreadable (a wrong
+        # sess_options) are null; ORT takes any int for the thread counts (<= 0: its default)
+        _f("providers", _list, null=True),
+        _f("intra_op_num_threads", _int, null=True),
+        _f("inter_op_num_threads", _int, null=True),
         _f("error", _str),
     ),
     "torchserve.predict": (

@@ -75,6 +75,10 @@ def config_of(d: dict[str, Any]) -> dict[str, str]:
     for s in d["onnxruntime"]["sessions"]:
         for k, v in (s.get("threads") or {}).items():
             put(f"ort {k}", v)
+        for k in ("graph_optimization_level", "providers"):
+            v = s.get(k)
+            if v is not None:
+                put(f"ort {k}", ",".join(map(str, v)) if isinstance(v, list) else v)
     return {k: ", ".join(sorted(v)) for k, v in out.items()}
 
 

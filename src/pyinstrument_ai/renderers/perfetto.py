@@ -29,8 +29,9 @@ from pyinstrument_ai.analysis.concurrency import in_flight_series
 
 __all__ = ["render", "write"]
 
-#: trace pid of the run-wide counters
-RUN_PID = 0
+#: trace pid of the run-wide counters; processes are numbered from 2 (Perfetto's trace
+#: processor and UI take pid 0 for the kernel's swapper: not a process of ours)
+RUN_PID = 1
 
 
 def _us(ns: int, t0: int) -> float:
@@ -77,7 +78,7 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
         key = (host, pid)
         tp = procs.get(key)
         if tp is None:
-            tp = procs[key] = len(procs) + 1
+            tp = procs[key] = len(procs) + 2
             lanes[tp] = _Lanes(1)
         return tp
 
@@ -217,7 +218,17 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
                     "args": {"sort_index": tid},
                 }
             )
-    meta.append(_meta(RUN_PID, 0, "process_name", "run (all processes)"))
+    if any(e["pid"] == RUN_PID for e in out if e["ph"] == "C"):  # no empty process
+        meta.append(_meta(RUN_PID, 0, "process_name", "run (all processes)"))
+        meta.append(
+            {
+                "ph": "M",
+                "pid": RUN_PID,
+                "tid": 0,
+                "name": "process_sort_index",
+                "args": {"sort_index": 0},
+            }
+        )
     return meta + out, t0
 
 

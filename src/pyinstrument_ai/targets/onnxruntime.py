@@ -96,7 +96,13 @@ def _describe_value(v: Any) -> tuple[list[int | None] | None, str | None]:
     if callable(shape):  # OrtValue.shape() is a method
         shape = shape()
     if shape is None and isinstance(v, (list, tuple)):
-        shape = (len(v),)
+        # nested lists, as ORT turns them into a tensor: each level's length along the first
+        # items (a ragged list fails in ORT anyway); the dtype is ORT's to infer: unknown
+        dims = []
+        while isinstance(v, (list, tuple)) and len(dims) < 32:
+            dims.append(len(v))
+            v = v[0] if v else None
+        return dims, None
     dtype = getattr(v, "dtype", None)
     if dtype is not None:
         dtype = str(dtype)
@@ -117,6 +123,8 @@ def _describe(items: Any) -> tuple[list[str], list[Any], list[Any], int | None]:
     shapes: list[Any] = []
     dtypes: list[Any] = []
     batch = None
+    if items is None:  # run(None, None): ORT raises on it; the failed run is still recorded
+        return names, shapes, dtypes, batch
     for name, v in items:
         shape, dtype = _describe_value(v)
         names.append(name)
