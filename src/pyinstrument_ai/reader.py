@@ -50,15 +50,25 @@ def find_files(paths: Iterable[str | os.PathLike[str]], *, require: bool = False
     empty folder must not print an empty report as if nothing had happened).
     """
     files: list[str] = []
+    seen: set[str] = set()
+
+    def take(path: str) -> None:
+        # `report out out/x.jsonl` names x twice: read once, or every count doubles
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            files.append(path)
+
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
             found = [os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".jsonl")]
             if require and not found:
                 raise EventFileError(p, 0, "no *.jsonl event files in this folder")
-            files.extend(found)
+            for f in found:
+                take(f)
         elif os.path.exists(p):
-            files.append(p)
+            take(p)
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
     return files
@@ -181,6 +191,10 @@ class ScanStats:
         self.empty: list[str] = []
         #: paths skipped whole with ``strict=False``: not event files (also in ``skipped``)
         self.skipped_files: list[str] = []
+        #: "copy (same process as original)": a second file of one process, not read
+        self.duplicates: list[str] = []
+        #: "host pid N: K processes (...)": a pid a later process reused on one host
+        self.reused_pids: list[str] = []
 
     def merge(self, other: ScanStats) -> None:
         self.files += other.files
@@ -190,6 +204,8 @@ class ScanStats:
         self.truncated.extend(other.truncated)
         self.empty.extend(other.empty)
         self.skipped_files.extend(other.skipped_files)
+        self.duplicates.extend(other.duplicates)
+        self.reused_pids.extend(other.reused_pids)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -200,6 +216,8 @@ class ScanStats:
             "truncated_files": list(self.truncated),
             "empty_files": list(self.empty),
             "skipped_files": list(self.skipped_files),
+            "duplicate_files": list(self.duplicates),
+            "reused_pids": list(self.reused_pids),
         }
 
 
@@ -295,9 +313,23 @@ def analyze_paths(
             continue
         if h is not None:
             headers.append((path, h))
+    headers, hosts, copies = _one_file_per_process(headers, stats)
+    not_ours.update(copies)
+    if not headers and len(stats.skipped_files) < len(files):
+        # nothing but empty files (or files cut off in their header): an empty report that
+        # exits 0 would look like a run that did nothing
+        raise EventFileError(
+            ", ".join(map(os.fspath, paths)) or "instrument-out",
+            0,
+            f"no events: {len(files)} file(s), none with a header line (empty, or cut off "
+            "before the process wrote anything)",
+        )
     _apply_relative_times(builder.filters, [h for _, h in headers])
     update = progress(sum(os.path.getsize(p) for p in files)) if progress else None
-    keep = {p: builder.add_header({**h, "path": p}) for p, h in headers}
+    keep = {
+        p: builder.add_header({**h, "hostname": hosts.get(p, h.get("hostname")), "path": p})
+        for p, h in headers
+    }
     todo = []
     for path in files:
         if path in not_ours or not keep.get(path, True):
@@ -308,14 +340,54 @@ def analyze_paths(
         todo.append(path)
     groups = _groups(todo, workers)
     if len(groups) > 1:
-        _scan_parallel(builder, groups, stats, strict, update)
+        _scan_parallel(builder, groups, stats, strict, update, hosts)
     else:
         for path in todo:
-            _scan_into(builder, path, stats, strict, update)
+            _scan_into(builder, path, stats, strict, update, hosts.get(path))
     result = builder.finish()
     result.inputs = stats.to_dict()
     result.inputs["skipped"] = [f"{p}:{n}: {why}" for p, n, why in stats.skipped[:20]]
     return result
+
+
+def _one_file_per_process(
+    headers: list[tuple[str, dict[str, Any]]], stats: ScanStats
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, str], set[str]]:
+    """``(headers to read, {path: host name to use}, copies not to read)``.
+
+    The analysis knows a process by (host, pid). Two files can share that pair: a copy of one
+    file (same session: same start and clock anchor), read once, or two processes, a later one
+    having reused the pid on that host (a restarted container's server is pid 1 or 7 again, an
+    ``exec`` keeps the pid). Those are told apart by naming the host of the later ones
+    ``host~2``, ``host~3`` (in start order): merged, a generation of the second would take the
+    first's tokens of the same number."""
+    by_proc: dict[tuple[Any, Any], dict[tuple, str]] = {}
+    kept: list[tuple[str, dict[str, Any]]] = []
+    copies: set[str] = set()
+    for path, h in headers:
+        a = h.get("anchor") or {}
+        session = (h.get("started_mono_ns"), a.get("wall_ns"), a.get("mono_ns"))
+        seen = by_proc.setdefault((h.get("hostname") or "", h.get("pid")), {})
+        first = seen.get(session)
+        if first is not None:
+            copies.add(path)
+            stats.duplicates.append(f"{path} (same process as {first}: read once)")
+            continue
+        seen[session] = path
+        kept.append((path, h))
+    hosts: dict[str, str] = {}
+    for (host, pid), sessions in by_proc.items():
+        if len(sessions) < 2:
+            continue
+        ordered = sorted(sessions.items(), key=lambda kv: (kv[0][1] or 0, kv[1]))
+        for i, (_, path) in enumerate(ordered[1:], start=2):
+            hosts[path] = f"{host}~{i}"
+        stats.reused_pids.append(
+            f"{host} pid {pid}: {len(sessions)} processes one after another (a restart or an "
+            f"exec reused the pid); the later ones are shown on host "
+            + ", ".join(f"{host}~{i}" for i in range(2, len(sessions) + 1))
+        )
+    return kept, hosts, copies
 
 
 #: below this many bytes in all, reading in one process beats starting workers
@@ -343,35 +415,73 @@ def _groups(files: list[str], workers: int) -> list[list[str]]:
     return [g for g in groups if g]
 
 
-def _scan_group(builder: Any, paths: list[str], strict: bool) -> tuple[dict[str, Any], ScanStats]:
+#: bytes read so far by each reading worker (shared memory the forked workers inherit), for
+#: the parent's progress bar while they read
+_worker_bytes: Any = None
+
+
+def _scan_group(
+    builder: Any, paths: list[str], strict: bool, hosts: dict[str, str], slot: int
+) -> tuple[dict[str, Any], ScanStats]:
     """In a worker: read ``paths`` into the (forked) builder's empty parts; return them."""
     builder.reset_parts()
     stats = ScanStats()
+    shared = _worker_bytes
+
+    def progress(n: int) -> None:
+        if shared is not None:
+            shared[slot] += n  # this worker's own slot: no lock needed
+
     for path in paths:
-        _scan_into(builder, path, stats, strict, None)
+        _scan_into(builder, path, stats, strict, progress, hosts.get(path))
     return builder.parts(), stats
 
 
 def _scan_parallel(
-    builder: Any, groups: list[list[str]], stats: ScanStats, strict: bool, update: Any
+    builder: Any,
+    groups: list[list[str]],
+    stats: ScanStats,
+    strict: bool,
+    update: Any,
+    hosts: dict[str, str],
 ) -> None:
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    global _worker_bytes
     # forked workers inherit the builder (headers, filters) as it is now; each returns the
     # parts it read, merged here in the order of the groups
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx) as pool:
-        futures = [pool.submit(_scan_group, builder, g, strict) for g in groups]
-        for fut, group in zip(futures, groups, strict=True):
-            parts, part_stats = fut.result()
-            builder.merge_parts(parts)
-            stats.merge(part_stats)
+    _worker_bytes = ctx.Array("q", len(groups), lock=False) if update is not None else None
+    shown = 0
+    try:
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=ctx) as pool:
+            futures = [
+                pool.submit(_scan_group, builder, g, strict, hosts, i) for i, g in enumerate(groups)
+            ]
+            pending = set(futures)
+            while pending and update is not None:
+                # the bar moves as the workers read, not only when a whole group is done
+                _, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                now = sum(_worker_bytes)  # type: ignore[arg-type]
+                if now > shown:
+                    update(now - shown)
+                    shown = now
+            for fut in futures:
+                parts, part_stats = fut.result()
+                builder.merge_parts(parts)
+                stats.merge(part_stats)
             if update is not None:
-                update(sum(os.path.getsize(p) for p in group))
+                rest = sum(os.path.getsize(p) for g in groups for p in g) - shown
+                if rest > 0:
+                    update(rest)
+    finally:
+        _worker_bytes = None
 
 
-def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress: Any) -> None:
+def _scan_into(
+    builder: Any, path: str, stats: ScanStats, strict: bool, progress: Any, host: Any = None
+) -> None:
     """One file into the builder. Token lines (most lines) skip the event dict's alignment and
     the builder's dispatch, and go straight into their generation's columns, checked inline as
     ``analysis.validate.FIELDS["token"]`` says; every other event gets ``t_ns`` (through the
@@ -393,7 +503,8 @@ def _scan_into(builder: Any, path: str, stats: ScanStats, strict: bool, progress
         anchor = header["anchor"]
         offset = anchor["wall_ns"] - anchor["mono_ns"]
         pid = header.get("pid")
-        host = header.get("hostname") or ""
+        if host is None:  # else the name _one_file_per_process gave a reused pid's process
+            host = header.get("hostname") or ""
         lineno = 1
         pending = len(first)
         last_gen: Any = None

@@ -211,6 +211,10 @@ def load_analysis(cmd: str, paths: list[str], args: argparse.Namespace) -> Any:
             f"{PROG} {cmd}: note: {path}: last line cut short (a process killed mid-write); "
             "ignored\n"
         )
+    for what in a.inputs.get("duplicate_files", []):
+        sys.stderr.write(f"{PROG} {cmd}: note: {what}\n")
+    for what in a.inputs.get("reused_pids", []):
+        sys.stderr.write(f"{PROG} {cmd}: note: {what}\n")
     _note_unmatched(cmd, filters, a)
     skipped = a.inputs.get("skipped_lines", 0)
     if skipped:
