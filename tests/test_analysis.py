@@ -465,3 +465,33 @@ def test_a_response_cut_short_stays_out_of_end_to_end_but_counts_in_flight():
     s = a.requests_summary()
     assert (s["count"], s["incomplete"], s["e2e_s"]["count"], s["ttfb_s"]["count"]) == (2, 1, 1, 2)
     assert [r["incomplete"] for r in a.rows("requests")] == [False, True]
+
+
+# -- TorchServe: the torch threads each batch ran with -------------------------------------------
+
+
+def _ts_predict(t_ms: float, **extra) -> dict:
+    return {
+        "name": "torchserve.predict",
+        "t_ns": int(t_ms * MS),
+        "dur_ns": 10 * MS,
+        "pid": 7,
+        "tid": 1,
+        "model_name": "mlp",
+        "batch_size": 1,
+        "seq": 1,
+        **extra,
+    }
+
+
+def test_prediction_threads_are_kept_summarized_and_checked():
+    from pyinstrument_ai.analysis.validate import event_problem
+
+    a = analyze([_ts_predict(0, threads=2), _ts_predict(20, threads=4), _ts_predict(40)])
+    assert [p.threads for p in a.predictions] == [2, 4, None]
+    assert [r["threads"] for r in a.rows("predictions")] == [2, 4, None]
+    assert a.torchserve_summary()["torch_threads"] == [2, 4]
+    assert event_problem(_ts_predict(0, threads=None)) is None  # null allowed
+    for bad in (-1, "2", True, 1.5):
+        why = event_problem(_ts_predict(0, threads=bad))
+        assert why is not None and "threads must be a non-negative integer" in why, bad

@@ -154,6 +154,48 @@ def test_oversubscription_quiet_when_threads_fit(tmp_path):
     assert "oversubscription" not in rules(tmp_path)
 
 
+# -- TorchServe workers: the threads their batches ran with ---------------------------------------
+
+
+def predicts(t0, n, threads=None, every_ms=20, dur_ms=10):
+    """n TorchServe batches from t0, each with the torch threads it ran with (when given)."""
+    out = []
+    for i in range(n):
+        f = {"model_name": "mlp", "batch_size": 1, "request_ids": [f"r{i}"], "seq": i + 1}
+        if threads is not None:
+            f["threads"] = threads
+        out.append(("torchserve.predict", t0 + i * every_ms * MS, dur_ms * MS, 1, f))
+    return out
+
+
+def test_torchserve_workers_threads_come_from_their_batches_not_the_header(tmp_path):
+    """The header's torch.num_threads is read before the handler's initialize() sets the
+    count: 2 workers × 4 (header) on 2 CPUs was a false alarm; they ran with 1 thread each."""
+    ctx = _ctx(torch={"num_threads": 4})
+    for pid in (11, 12):
+        write_proc(tmp_path, pid, predicts(S, 10, threads=1), context=ctx)
+    assert "oversubscription" not in rules(tmp_path)
+
+
+def test_torchserve_workers_oversubscribe_with_the_threads_their_batches_ran_with(tmp_path):
+    # OMP_NUM_THREADS=1 at start (the header says 1), torch.set_num_threads(2) in initialize()
+    ctx = _ctx(torch={"num_threads": 1}, thread_env={"OMP_NUM_THREADS": "1"})
+    for pid in (11, 12):
+        write_proc(tmp_path, pid, predicts(S, 10, threads=2), context=ctx)
+    f = one(tmp_path, "oversubscription")
+    assert "2 processes × 2 torch threads = 4 on 2 allowed CPUs" in f.message
+    assert sorted(f.pids) == [11, 12]
+
+
+def test_torchserve_worker_threads_set_in_initialize_are_not_a_container_default(tmp_path):
+    ctx = _container(torch={"num_threads": 16})  # at start: the host's 16 CPUs
+    write_proc(tmp_path, 11, predicts(S, 10, threads=2), context=ctx)
+    assert "default_threads_in_container" not in rules(tmp_path)
+    write_proc(tmp_path / "old", 11, predicts(S, 10), context=ctx)  # no threads field
+    f = one(tmp_path / "old", "default_threads_in_container")
+    assert "torch uses 16 threads" in f.message
+
+
 # -- throttling -----------------------------------------------------------------------------------
 
 
@@ -171,6 +213,25 @@ def test_throttling_during_inference_triggers(tmp_path):
     f = one(tmp_path, "cpu_throttled")
     assert f.numbers["throttled"] > 0 and "CFS periods throttled" in f.message
     assert "CPU quota 0.50 CPUs" in f.message
+
+
+def test_throttling_names_every_process_of_the_cgroup(tmp_path):
+    """Three TorchServe workers in one container: the counters are the cgroup's, one finding,
+    and it concerns all three (it named only the one whose samples it read)."""
+    cg = {"version": 2, "cpu_limit": 1.0, "path": "/ts"}
+    for pid in (11, 12, 13):
+        recs = predicts(S, 40, threads=1)  # 1.0 s .. 1.8 s
+        recs += samples(
+            S - 100 * MS,
+            12,
+            nr_throttled=lambda i: 30 * max(0, i - 2),
+            throttled_usec=lambda i: 4000 * max(0, i - 2),
+        )
+        write_proc(tmp_path, pid, recs, context=_ctx(cgroup=cg))
+    write_proc(tmp_path, 20, predicts(S, 40, threads=1), context=_ctx(cgroup={**cg, "path": "/b"}))
+    f = one(tmp_path, "cpu_throttled")
+    assert f.pids == [11, 12, 13]
+    assert "shared by 3 processes" in f.message
 
 
 def test_throttling_outside_inference_is_quiet(tmp_path):

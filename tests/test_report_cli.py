@@ -60,7 +60,7 @@ def _ort(pid, t_ms, dur_ms, batch, session_id=1):
     }
 
 
-def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny"):
+def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny", **extra):
     return {
         "name": "torchserve.predict",
         "t_ns": WALL0 + int(t_ms * MS),
@@ -78,11 +78,20 @@ def _predict(pid, seq, t_ms, dur_ms, batch, model="tiny"):
         "inference_ns": int(dur_ms * 0.6 * MS),
         "postprocess_ns": int(dur_ms * 0.1 * MS),
         "intermediate_count": 0,
+        **extra,
     }
 
 
 def make_run(
-    d: Path, slow: float = 1.0, versions=None, run_id="r1", threads=None, ort_options=None
+    d: Path,
+    slow: float = 1.0,
+    versions=None,
+    run_id="r1",
+    threads=None,
+    ort_options=None,
+    ts_threads=None,
+    ts_context=None,
+    ts_failed=0,
 ) -> Path:
     """Three processes of one run: generations (pid 101), ONNX Runtime (202), TorchServe (303).
 
@@ -115,10 +124,18 @@ def make_run(
         d / "p202.jsonl", header(202, run_id=run_id, versions={"onnxruntime": "1.32.0"}),
         [sess, *runs],
     )  # fmt: skip
-    preds = [_predict(303, i, 5000 + 100 * i * k, 100 * k, b) for i, b in enumerate([1, 2, 1, 4])]
-    write_epoch(
-        d / "p303.jsonl", header(303, run_id=run_id, versions={"torchserve": "0.12.0"}), preds
-    )
+    ts_extra = {} if ts_threads is None else {"threads": ts_threads}
+    preds = [
+        _predict(303, i, 5000 + 100 * i * k, 100 * k, b, **ts_extra)
+        for i, b in enumerate([1, 2, 1, 4])
+    ]
+    for p in preds[len(preds) - ts_failed :]:  # the last ts_failed batches raised, 10x slower
+        p["error"] = "ValueError"
+        p["dur_ns"] *= 10
+    ts_header = header(303, run_id=run_id, versions={"torchserve": "0.12.0"})
+    if ts_context is not None:
+        ts_header["context"] = ts_context
+    write_epoch(d / "p303.jsonl", ts_header, preds)
     return d
 
 
@@ -175,7 +192,60 @@ def test_terminal_report(run1, entry):
     assert "time to first token" in out and "150.0 ms" in out
     assert "ONNX Runtime sessions" in out and "m.onnx" in out
     assert "TorchServe models" in out
-    assert "frontend queue is not visible from the worker" in " ".join(out.split())
+    text = " ".join(out.split())
+    assert "frontend queue is not visible from the worker" in text
+    # the gap client - W is not the queue: batching and transport are in it too
+    assert "minus the prediction time W is an upper bound on it" in text
+    assert "the queue, the batch collection delay (up to maxBatchDelay) and the transport" in text
+    assert "ts_queue_latency_microseconds metric is the queue alone, without a request id" in text
+    assert '"Waiting time ns"' in text
+    assert "did not fail" not in text  # no failed batch: no note about leaving them out
+
+
+def _row(out: str, pid: int) -> str:
+    """The configuration table's row of ``pid``, its cells joined."""
+    (line,) = [x for x in out.splitlines() if x.split("│")[1:2] == [f" {pid} "]]
+    return " ".join(line.split())
+
+
+def test_torchserve_workers_torch_threads_in_the_configuration(tmp_path):
+    """The threads column showed "-" for TorchServe workers: now what their batches ran with,
+    else the header's count, marked as read at start."""
+    a = make_run(tmp_path / "a", ts_threads=2, ts_context={"torch": {"num_threads": 8}})
+    r = cli("report", a, "--width", "200")
+    assert r.returncode == 0, r.stderr
+    row = _row(r.stdout, 303)
+    assert "torch 2" in row and "torch 8" not in row
+    b = make_run(tmp_path / "b", ts_context={"torch": {"num_threads": 8}})  # older recording
+    assert "torch 8 (at start)" in _row(cli("report", b, "--width", "200").stdout, 303)
+
+
+def test_prediction_percentiles_leave_out_failed_batches_and_say_so(tmp_path):
+    run = make_run(tmp_path / "run", ts_failed=1)  # the 4-request batch raised after 1 s
+    t = report_json(run)["torchserve"]
+    (m,) = t["models"]
+    assert t["predictions"] == m["predictions"] == 4 and t["errors"] == m["errors"] == 1
+    for lat in (t["latency_s"], m["latency_s"]):
+        assert lat["count"] == 3  # the three that did not fail
+        assert lat["p99"] == approx(0.1) and lat["max"] == approx(0.1)
+    assert t["requests"] == 8
+    r = cli("report", run, "--width", "200")
+    text = " ".join(r.stdout.split())
+    assert (
+        "p50/p99 are over the predictions that did not fail: 1 failed batch, counted in "
+        "predictions and errors, is left out" in text
+    )
+
+
+def test_streamed_responses_count_responses_not_chunks(tmp_path):
+    """5 streamed answers of 3 chunks were "15 streamed responses"; a batch of 2 that streams
+    is 2 responses streamed by 3 sends."""
+    preds = [_predict(303, i, 100 * i, 50, 1, intermediate_count=3) for i in range(5)]
+    preds.append(_predict(303, 5, 600, 50, 2, intermediate_count=3))
+    preds.append(_predict(303, 6, 700, 50, 1))  # not streamed
+    write_epoch(tmp_path / "p303.jsonl", header(303), preds)
+    (m,) = report_json(tmp_path)["torchserve"]["models"]
+    assert m["streamed_responses"] == 7 and m["intermediate_sends"] == 18
 
 
 # -- bad input: one line on stderr, exit 2 ------------------------------------------------------
@@ -400,6 +470,26 @@ def test_compare_shows_a_torch_thread_count_difference(tmp_path):
     diffs = {x["key"]: x["values"] for x in d["config_differences"]}
     assert diffs == {"torch threads": ["1", "2"]}
     assert report_json(b)["generations"]["torch_threads"] == [2]
+
+
+def test_compare_torchserve_latency_errors_and_torch_threads(tmp_path):
+    """TorchServe runs: prediction p50/p99 and errors side by side, and the torch threads the
+    workers' batches ran with (the header's count predates a handler's set_num_threads)."""
+    ctx = {"torch": {"num_threads": 8}}  # both headers: read before initialize()
+    a = make_run(tmp_path / "a", ts_threads=1, ts_context=ctx)
+    b = make_run(tmp_path / "b", slow=2.0, ts_threads=2, ts_context=ctx, ts_failed=1)
+    d = json.loads(cli("compare", a, b, "--json").stdout)
+    rows = {m["key"]: m for m in d["metrics"]}
+    p50, p99 = rows["torchserve.latency_s.p50"], rows["torchserve.latency_s.p99"]
+    assert p50["metric"] == "prediction p50" and p99["metric"] == "prediction p99"
+    assert p50["values"] == [approx(0.1), approx(0.2)] and p50["ratios"][1] == approx(2.0)
+    assert p99["values"] == [approx(0.1), approx(0.2)]  # b's failed 2 s batch left out
+    assert rows["torchserve.errors"]["values"] == [0, 1]
+    diffs = {x["key"]: x["values"] for x in d["config_differences"]}
+    assert diffs == {"torch threads": ["1", "2"]}
+    assert report_json(b)["torchserve"]["torch_threads"] == [2]
+    out = cli("compare", a, b).stdout
+    assert "prediction p99" in out and "prediction errors" in out
 
 
 def test_compare_shows_onnxruntime_optimization_level_and_providers(tmp_path):

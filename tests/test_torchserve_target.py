@@ -196,6 +196,28 @@ def test_streaming_intermediate_responses():
     assert sends[0]["t_mono_ns"] - ev["t_mono_ns"] == ev["first_response_ns"]
 
 
+def test_each_batch_carries_the_torch_threads_it_ran_with(monkeypatch):
+    """The header's context.torch.num_threads is read at start, before a handler's
+    initialize() calls torch.set_num_threads(n): each batch says what it ran with."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # the worker's count when its header was written
+        svc, _ = _class_service()  # TinyHandler.initialize: torch.set_num_threads(1)
+        with pyinstrument_ai.recording(targets=["torchserve"]) as rec:
+            svc.predict(_batch({"x": [1, 2, 3, 4]}))
+            torch.set_num_threads(2)  # read per batch, not once
+            svc.predict(_batch({"x": [1, 2, 3, 4]}))
+            fn = _service(fn_handler.handle, model_name="fn")
+            monkeypatch.delitem(sys.modules, "torch")  # a worker that never imported torch
+            fn.predict(_batch({}, ids=["p"]))
+            monkeypatch.undo()
+        first, second, no_torch = _events(rec, "torchserve.predict")
+        assert first["threads"] == 1 and second["threads"] == 2
+        assert no_torch["model_name"] == "fn" and "threads" not in no_torch
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_envelope_handler_is_unwrapped_for_stages():
     from ts.torch_handler.request_envelope.body import BodyEnvelope
 
@@ -363,6 +385,8 @@ def test_real_torchserve_under_launcher(tmp_path):
     worker_pids = {p["pid"] for p in predicts}
     assert len(worker_pids) == 2 and worker_pids <= tiny_workers, (worker_pids, tiny_workers)
     assert all(p["handler"] == "tiny_handler.TinyHandler" for p in predicts)
+    # TinyHandler.initialize() sets one thread, after the worker's header was written
+    assert all(p["threads"] == 1 for p in predicts)
     assert sum(p["batch_size"] for p in predicts) == 25
     files = {e["pid"] for e in events}
     assert worker_pids <= files  # each worker wrote its own file

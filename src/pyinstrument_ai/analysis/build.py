@@ -291,6 +291,7 @@ def _prediction(e: dict[str, Any], host: Any) -> Prediction:
         postprocess_ns=e.get("postprocess_ns"),
         intermediate_count=e.get("intermediate_count"),
         first_response_ns=e.get("first_response_ns"),
+        threads=e.get("threads"),
         error=e.get("error"),
         request_id=e.get("request_id"),
     )

@@ -86,7 +86,11 @@ class _Proc:
         self.pid = header.get("pid")
         self.ctx: dict[str, Any] = header.get("context") or {}
         self.work: list[tuple[int, int]] = []  # (start_ns, end_ns) of each inference
-        self.torch_threads: int | None = None  # from generate events (CPU generations)
+        #: torch's intra-op threads as the work found them: CPU generations' and TorchServe
+        #: predictions' ``threads`` (the header's ``context.torch.num_threads`` is read at
+        #: start, often before the program's ``torch.set_num_threads``)
+        self.torch_threads: int | None = None
+        self.gen_threads: int | None = None  # the CPU generations' alone
         self.ort_threads: list[int] = []  # intra-op threads of its ORT sessions (0 = default)
         self.samples: list[dict[str, Any]] = []
 
@@ -123,7 +127,8 @@ def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
         p = get(g.host, g.pid)
         p.work.append((g.start_ns, g.end_ns))
         if g.threads and (g.device is None or str(g.device).startswith("cpu")):
-            p.torch_threads = max(p.torch_threads or 0, int(g.threads))
+            p.gen_threads = max(p.gen_threads or 0, int(g.threads))
+            p.torch_threads = max(p.torch_threads or 0, p.gen_threads)
     for r in a.ort_runs:
         get(r.host, r.pid).work.append((r.start_ns, r.end_ns))
     for s in a.ort_sessions:
@@ -132,7 +137,10 @@ def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
         if p is not None and isinstance(n, int):
             p.ort_threads.append(max(n, 0))  # ORT reads any n <= 0 as 0: its default
     for pr in a.predictions:
-        get(pr.host, pr.pid).work.append((pr.start_ns, pr.end_ns))
+        p = get(pr.host, pr.pid)
+        p.work.append((pr.start_ns, pr.end_ns))
+        if pr.threads:
+            p.torch_threads = max(p.torch_threads or 0, int(pr.threads))
     host_of = {pid: host for (host, pid) in procs}
     for e in a.samples:
         p = procs.get((host_of.get(e.get("pid")), e.get("pid")))
@@ -265,23 +273,29 @@ def oversubscription(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     return out
 
 
-def _cgroup_groups(procs: dict) -> list[_Proc]:
-    """One process per (host, cgroup) that has samples: throttling counters are the cgroup's,
-    so several processes in one cgroup would count the same periods."""
+def _cgroup_groups(procs: dict) -> list[tuple[_Proc, list[Any]]]:
+    """One process per (host, cgroup) that has samples, with the pids of every recorded process
+    in that cgroup: throttling counters are the cgroup's, so several processes in one cgroup
+    would count the same periods, and all of them are throttled by them."""
     best: dict[tuple[Any, Any], _Proc] = {}
+    members: dict[tuple[Any, Any], list[Any]] = defaultdict(list)
     for p in procs.values():
+        key = (p.host, (p.ctx.get("cgroup") or {}).get("path") or p.pid)
+        members[key].append(p.pid)
         if not p.samples or not p.work:
             continue
-        key = (p.host, (p.ctx.get("cgroup") or {}).get("path") or p.pid)
         if key not in best or len(p.samples) > len(best[key].samples):
             best[key] = p
-    return list(best.values())
+    return [
+        (p, sorted(members[key], key=lambda pid: (pid is None, pid or 0)))
+        for key, p in best.items()
+    ]
 
 
 def throttling(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     """CFS quota throttling in sample intervals that overlap inference."""
     out = []
-    for p in _cgroup_groups(procs):
+    for p, pids in _cgroup_groups(procs):
         ivs = [iv for iv in _intervals(p.samples) if _overlaps(iv[0], iv[1], p.work)]
         periods = sum(d.get("nr_periods", 0) for _, _, d in ivs)
         throttled = sum(d.get("nr_throttled", 0) for _, _, d in ivs)
@@ -296,13 +310,18 @@ def throttling(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
                 "warning",
                 f"{throttled} of {periods} CFS periods throttled{share} during inference, "
                 f"{usec / 1000:.1f} ms in total"
-                + (f" (CPU quota {_num(quota)} CPUs)" if quota else ""),
+                + (f" (CPU quota {_num(quota)} CPUs)" if quota else "")
+                + (
+                    f"; the cgroup's counters, shared by {len(pids)} processes"
+                    if len(pids) > 1
+                    else ""
+                ),
                 "keep threads × processes within the quota (a thread per quota CPU), or raise "
                 "the container's CPU limit; a quota below the threads' demand stalls every "
                 "thread until the next period (100 ms by default)",
                 {"periods": periods, "throttled": throttled, "throttled_ms": usec / 1000},
                 p.host,
-                [p.pid],
+                pids,
             )
         )
     return out
@@ -446,7 +465,8 @@ def default_threads(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
         env = p.ctx.get("thread_env") or {}
         set_vars = [k for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env]
         seen = []
-        torch_t = (p.ctx.get("torch") or {}).get("num_threads") or p.torch_threads
+        # what the work ran with first: the header's count may predate set_num_threads
+        torch_t = p.torch_threads or (p.ctx.get("torch") or {}).get("num_threads")
         if torch_t and not set_vars and torch_t > math.ceil(lim):
             seen.append(f"torch uses {torch_t} threads")
         if 0 in p.ort_threads:
@@ -481,7 +501,7 @@ def fork_after_parallel_torch(a: Analysis, procs: dict, th: Thresholds) -> list[
             continue
         fork_ns = anchor["wall_ns"] + (forked - anchor["mono_ns"])
         parent = procs.get((child.host, h.get("ppid")))
-        if parent is None or not parent.torch_threads or parent.torch_threads < 2:
+        if parent is None or not parent.gen_threads or parent.gen_threads < 2:
             continue
         before = [
             g
@@ -496,7 +516,7 @@ def fork_after_parallel_torch(a: Analysis, procs: dict, th: Thresholds) -> list[
                 "fork_after_parallel_torch",
                 "error" if gnu else "warning",
                 f"process {parent.pid} ran {len(before)} generation(s) with "
-                f"{parent.torch_threads} torch threads before forking {child.pid}"
+                f"{parent.gen_threads} torch threads before forking {child.pid}"
                 + (
                     " with GNU OpenMP (libgomp) loaded: its thread pool does not survive "
                     "fork(), and the child's first parallel op can hang"
@@ -509,7 +529,7 @@ def fork_after_parallel_torch(a: Analysis, procs: dict, th: Thresholds) -> list[
                     "parent": parent.pid,
                     "child": child.pid,
                     "generations_before": len(before),
-                    "torch_threads": parent.torch_threads,
+                    "torch_threads": parent.gen_threads,
                     "gnu_openmp": gnu,
                 },
                 child.host,

@@ -295,7 +295,15 @@ class Analysis:
                         )
                     },
                     "stages": stages,
-                    "streamed_responses": sum(p.intermediate_count or 0 for p in ps),
+                    # responses that streamed: every request of a batch that sent intermediate
+                    # responses (a send carries one chunk for each request of its batch) ...
+                    "streamed_responses": sum(
+                        1 if p.batch_size is None else p.batch_size
+                        for p in ps
+                        if p.intermediate_count
+                    ),
+                    # ... and the sends (send_intermediate_predict_response calls) they took
+                    "intermediate_sends": sum(p.intermediate_count or 0 for p in ps),
                     "first_response_s": Stats(
                         [v for p in ps if (v := p.first_response_s) is not None]
                     ).to_dict(),
@@ -303,7 +311,19 @@ class Analysis:
                     "concurrency": {"peak": mtp.peak_in_flight, "mean": mtp.mean_in_flight},
                 }
             )
-        d = {"predictions": len(preds), **tp.to_dict(), "models": models}
+        d = {
+            "predictions": len(preds),
+            "requests": sum(p.batch_size or 0 for p in preds),
+            "errors": sum(1 for p in preds if p.error),
+            # failed batches are left out, as for ONNX Runtime runs: latency_s.count is the
+            # number of predictions that did not fail
+            "latency_s": self.stats("predict_s").to_dict(),
+            **tp.to_dict(),
+            "models": models,
+            # torch's intra-op threads as the workers' batches found them (set_num_threads in a
+            # handler's initialize() runs after the header's snapshot)
+            "torch_threads": sorted({p.threads for p in preds if p.threads is not None}),
+        }
         d["predictions_per_s"] = d.pop("per_s")
         return d
 

@@ -161,6 +161,7 @@ FIELDS: dict[str, tuple[Spec, ...]] = {
         _f("postprocess_ns", _count),
         _f("intermediate_count", _count),
         _f("first_response_ns", _count),
+        _f("threads", _count, null=True),  # torch's intra-op threads; absent without torch
         _f("error", _str),
         _f("request_id", _str),
     ),

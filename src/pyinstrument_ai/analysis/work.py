@@ -66,6 +66,7 @@ class Prediction(_Plain):
         "postprocess_ns",
         "intermediate_count",
         "first_response_ns",
+        "threads",
         "error",
         "request_id",
     )

@@ -34,6 +34,9 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("ORT run p99", "onnxruntime.latency_s.p99", "s"),
     ("ORT runs/s", "onnxruntime.runs_per_s", "rate"),
     ("predictions", "torchserve.predictions", "n"),
+    ("prediction p50", "torchserve.latency_s.p50", "s"),
+    ("prediction p99", "torchserve.latency_s.p99", "s"),
+    ("prediction errors", "torchserve.errors", "n"),
     ("predictions/s", "torchserve.predictions_per_s", "rate"),
 )
 
@@ -69,8 +72,11 @@ def config_of(d: dict[str, Any]) -> dict[str, str]:
             if torch.get(k) is not None:
                 put(f"torch {k}", torch[k])
     put("processes", len(procs))
-    # what generate found (set_num_threads may change it after the header was written)
+    # what generate and TorchServe's batches found (set_num_threads, e.g. in a handler's
+    # initialize(), may change it after the header was written)
     for n in d["generations"].get("torch_threads") or ():
+        put("torch threads", n)
+    for n in d["torchserve"].get("torch_threads") or ():
         put("torch threads", n)
     for s in d["onnxruntime"]["sessions"]:
         for k, v in (s.get("threads") or {}).items():

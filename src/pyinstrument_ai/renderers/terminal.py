@@ -74,6 +74,9 @@ def _config(d: dict[str, Any], a: Any) -> list[Any]:
     for g in a.generations:
         if g.threads is not None:
             threads_by_pid.setdefault(g.pid, set()).add(f"torch {g.threads}")
+    for pr in a.predictions:  # TorchServe workers: as their batches found them
+        if pr.threads is not None:
+            threads_by_pid.setdefault(pr.pid, set()).add(f"torch {pr.threads}")
     for s in d["onnxruntime"]["sessions"]:
         th = s.get("threads") or {}
         if th:
@@ -84,6 +87,11 @@ def _config(d: dict[str, Any], a: Any) -> list[Any]:
         ctx = p.get("context") or {}
         env_threads = ctx.get("thread_env") or {}
         th = sorted(threads_by_pid.get(p.get("pid"), set()))
+        start_t = (ctx.get("torch") or {}).get("num_threads")
+        if start_t is not None and not any(x.startswith("torch ") for x in th):
+            # no batch or generation said: the header's count, read when the process
+            # started (a later torch.set_num_threads is not in it)
+            th.append(f"torch {start_t} (at start)")
         th += [f"{k}={v}" for k, v in sorted(env_threads.items())]
         versions = ", ".join(f"{k} {v}" for k, v in sorted((p.get("versions") or {}).items()))
         t.add_row(
@@ -270,7 +278,18 @@ def _torchserve(d: dict[str, Any]) -> list[Any]:
             share("other"),
             str(m["streamed_responses"]),
         )
-    return [t]
+    out: list[Any] = [t]
+    failed = sum(m["errors"] for m in ts["models"])
+    if failed:
+        # as for ONNX Runtime runs: a failed batch's time is not a latency of the model
+        out.append(
+            Text(
+                f"p50/p99 are over the predictions that did not fail: {failed} failed "
+                f"batch{'es' if failed > 1 else ''}, counted in predictions and errors, "
+                f"{'are' if failed > 1 else 'is'} left out"
+            )
+        )
+    return out
 
 
 def _littles_law(d: dict[str, Any]) -> list[Any]:
@@ -318,8 +337,12 @@ def _littles_law(d: dict[str, Any]) -> list[Any]:
             notes.append(
                 Text(
                     "predictions: time a request waits in TorchServe's frontend queue is not "
-                    "visible from the worker; a client's latency minus the prediction time W is "
-                    "that queue (TorchServe reports it as ts_queue_latency_microseconds)"
+                    "visible from the worker. A client's latency minus the prediction time W is "
+                    "an upper bound on it: that gap holds the queue, the batch collection delay "
+                    "(up to maxBatchDelay) and the transport between client, frontend and "
+                    "worker. TorchServe's ts_queue_latency_microseconds metric is the queue "
+                    "alone, without a request id; per-request waits are only in its DEBUG log "
+                    'lines ("Waiting time ns")'
                 )
             )
     return [t, *notes]

@@ -9,6 +9,8 @@ Events (all in the worker process: the recorder's ``pid`` is the worker pid)
     this worker), handler_ns (the handler call), preprocess_ns / inference_ns / postprocess_ns
     (summed, present when the handler has those methods and they ran), intermediate_count,
     first_response_ns (first streamed response, from the batch start: time to first token),
+    threads (``torch.get_num_threads()`` at the batch's end, when torch is imported: the count
+    the handler's ``initialize()`` may have set after the header's snapshot),
     error (exception type name, when the handler raised; TorchServe then answers 503/507).
 ``torchserve.stage`` (one per preprocess/inference/postprocess call, inside the predict span)
     stage, model_name, seq
@@ -55,6 +57,7 @@ import functools
 import itertools
 import os
 import re
+import sys
 import threading
 import types
 import weakref
@@ -360,6 +363,7 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
             t1 = now_ns()
             if cur is not None:
                 _tls.batch = prev
+                threads = _torch_threads()
                 try:
                     # Service.predict has just stored the batch's ids (index -> id, in order).
                     ids = self.context.request_ids
@@ -380,6 +384,8 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
                     fields["intermediate_count"] = len(cur.sends)
                     if cur.sends:
                         fields["first_response_ns"] = cur.sends[0] - t0
+                    if threads is not None:
+                        fields["threads"] = threads
                     if error or cur.error:
                         fields["error"] = error or cur.error
                     _forwarded_headers(self.context, fields)
@@ -391,6 +397,21 @@ def _make_predict(recorder: Any, original: Any, on: list[bool]) -> Any:
                     report("torchserve.predict.record", ours)
 
     return predict
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count as this batch ran with, when the worker has imported torch
+    (we never import it): one ``sys.modules`` lookup and one call per batch. The header's
+    ``context.torch.num_threads`` is read before the handler's ``initialize()``, which often
+    calls ``torch.set_num_threads(n)``."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        n = torch.get_num_threads()  # absent while torch is still importing
+    except Exception:
+        return None
+    return n if type(n) is int else None
 
 
 def _forwarded_headers(context: Any, fields: dict[str, Any]) -> None:
