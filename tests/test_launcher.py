@@ -152,6 +152,22 @@ def test_console_script_run(tmp_path):
         ([], {"PYINSTRUMENT_AI_CAPTURE_CONTENT": "maybe"}, "PYINSTRUMENT_AI_CAPTURE_CONTENT"),
         ([], {"PYINSTRUMENT_AI_DISABLE": "ghost"}, "PYINSTRUMENT_AI_DISABLE"),
         (["--bogus"], {}, "unrecognized option --bogus"),
+        # a thread's wait overflows past ~292 years; a nanosecond would make the flusher spin
+        (["--flush-interval", "1e10"], {}, "--flush-interval: invalid value '1e10'"),
+        (["--flush-interval", "1e-9"], {}, "from 0.001 (1 ms) to 86400 (1 day)"),
+        ([], {"PYINSTRUMENT_AI_FLUSH_INTERVAL": "1e10"}, "PYINSTRUMENT_AI_FLUSH_INTERVAL"),
+        # a list with an empty entry is a typo, from the flag and the variable alike
+        (["--targets", ","], {}, "--targets: invalid value ','"),
+        ([], {"PYINSTRUMENT_AI_TARGETS": ","}, "PYINSTRUMENT_AI_TARGETS: invalid value ','"),
+        ([], {"PYINSTRUMENT_AI_TARGETS": " , "}, "PYINSTRUMENT_AI_TARGETS: invalid value ' , '"),
+        (["--disable", "toy,"], {}, "--disable: invalid value 'toy,'"),
+        # every target asked for is disabled: nothing would be recorded
+        (["--targets", "toy", "--disable", "toy"], {}, "--targets toy and --disable toy: every"),
+        (
+            ["--targets", "toy"],
+            {"PYINSTRUMENT_AI_DISABLE": "toy"},
+            "--targets toy and PYINSTRUMENT_AI_DISABLE=toy: every target asked for is disabled",
+        ),
     ],
 )
 def test_bad_options_exit_2_before_the_program_starts(tmp_path, args, env, needle):
@@ -410,3 +426,96 @@ def test_child_pythonpath_keeps_the_users_entries_exactly():
     ):
         env = child_environment(Config(), {"PYTHONPATH": given} if given else {})
         assert env.get("PYTHONPATH") == expected, given
+
+
+def test_a_target_both_asked_for_and_disabled_is_named_in_one_warning(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import toylib\nprint(toylib.add(1, 2))\n")
+    cmd = ["-m", "instrument", "--out", "o", "--targets", "toy,transformers", str(script)]
+    res = run_py(cmd, cwd=tmp_path, PYINSTRUMENT_AI_DISABLE="toy")
+    assert (res.returncode, res.stdout) == (0, "3\n"), res.stderr
+    assert res.stderr == (
+        "python -m instrument: warning: --targets toy,transformers and "
+        "PYINSTRUMENT_AI_DISABLE=toy: toy disabled (the disabled list wins over the targets "
+        "list)\n"
+    )
+    assert not (tmp_path / "o").exists()  # disabled wins
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PYINSTRUMENT_AI": "1", "PYINSTRUMENT_AI_SINK": "bogus"},
+        {"PYINSTRUMENT_AI": "maybe"},
+        {"PYINSTRUMENT_AI": "1", "PYINSTRUMENT_AI_FLUSH_INTERVAL": "soon"},
+    ],
+)
+@pytest.mark.parametrize("form", ["-m instrument", "pyinstrument-ai run"])
+def test_autoload_stands_aside_in_the_launchers_own_interpreter(tmp_path, env, form):
+    """The .pth hook runs before the launcher: it must not read (and warn about) variables
+    that the launcher's flags override, nor the on/off switch the launcher does not need."""
+    script = tmp_path / "s.py"
+    script.write_text("import toylib\nprint(toylib.add(1, 2))\n")
+    flags = ["--out", "o", "--sink", "jsonl", "--flush-interval", "0.5"]
+    if form == "-m instrument":
+        cmd = ["-m", "instrument", *flags, str(script)]
+    else:
+        exe = shutil.which("pyinstrument-ai", path=os.path.dirname(sys.executable))
+        if exe is None:
+            pytest.skip("console script not installed")
+        cmd = [exe, "run", *flags, str(script)]
+    res = run_py(cmd, cwd=tmp_path, **env)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "3\n", "")
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+
+
+def test_launcher_command_lines_are_told_from_sys_orig_argv():
+    from pyinstrument_ai._lazy import _is_launcher
+
+    yes = (
+        ["py", "-m", "instrument", "x.py"],
+        ["py", "-minstrument"],
+        ["py", "-u", "-X", "dev", "-W", "error", "-m", "instrument", "--", "cmd"],
+        ["py", "-Wdefault", "-um", "instrument"],
+        ["py", "/venv/bin/pyinstrument-ai", "run", "x.py"],
+        ["py", "-m", "pyinstrument_ai", "run", "x.py"],
+    )
+    no = (
+        [],
+        ["py"],
+        ["py", "x.py", "-m", "instrument"],
+        ["py", "-c", "pass", "-m", "instrument"],
+        ["py", "-X", "-m", "instrument"],  # -X takes "-m": instrument is the script
+        ["py", "-m", "instrumented"],
+        ["py", "-m", "pyinstrument_ai", "report"],
+        ["py", "/venv/bin/pyinstrument-ai", "report"],
+        ["py", "-m", "pytest"],
+    )
+    assert [_is_launcher(a) for a in yes] == [True] * len(yes)
+    assert [_is_launcher(a) for a in no] == [False] * len(no)
+
+
+def test_docs_sample_examples_are_valid_intervals():
+    """docs/configuration.md's --sample row gave 250us, under the 1 ms minimum."""
+    import re
+
+    from pyinstrument_ai.config import parse_sample
+
+    docs = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    (row,) = [ln for ln in docs.splitlines() if ln.startswith("| `--sample")]
+    examples = re.findall(r"`(\d[\d.]*(?:ms|us|s))`", row)
+    assert len(examples) >= 3, row
+    for value in examples:
+        assert parse_sample("--sample", value) is not None, value
+
+
+def test_our_visible_sigterm_handler_is_documented():
+    """signal.getsignal(SIGTERM) shows our handler in a process that records (see
+    test_sigterm_handler_only_in_processes_that_record): the read-only promise says so."""
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text()
+    docs = (root / "docs" / "configuration.md").read_text()
+    for text in (readme, docs):
+        assert "signal.getsignal(" in text and "SIG_DFL" in text
+    assert "no setting" in readme and "There is no setting to leave SIGTERM alone" in docs
+    assert "not followed" in readme and "is not followed" in docs

@@ -221,3 +221,71 @@ def test_plain_fork_child_gets_its_own_file(tmp_path):
     assert len(events) in (2, 3)  # os._exit may beat the 50 ms flush; never duplicated
     assert sum(e["pid"] == events[0]["pid"] for e in events) == 2
     assert parent_pid
+
+
+def test_a_nested_launcher_starts_a_run_of_its_own(tmp_path):
+    """A launcher beneath another one (the outer's run id inherited through the environment)
+    makes a new run id, so its summary counts its own files, not its siblings'."""
+    (tmp_path / "p.py").write_text("import toylib\ntoylib.add(1, 2)\n")
+    py = sys.executable
+    inner = f"{py} -m instrument --out o p.py && {py} -m instrument --out o p.py"
+    res = run_py(["-m", "instrument", "--out", "o", "--", "sh", "-c", inner], cwd=tmp_path)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    headers = load_headers(tmp_path / "o")
+    assert len(headers) == 2
+    assert len({h["run_id"] for h in headers}) == 2
+
+
+def test_a_run_id_the_user_set_is_kept(tmp_path):
+    (tmp_path / "p.py").write_text("import toylib\ntoylib.add(1, 2)\n")
+    py = sys.executable
+    inner = f"{py} -m instrument --out o p.py && {py} -m instrument --out o p.py"
+    res = run_py(
+        ["-m", "instrument", "--out", "o", "--", "sh", "-c", inner],
+        cwd=tmp_path,
+        PYINSTRUMENT_AI_RUN_ID="mine",
+    )
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    assert [h["run_id"] for h in load_headers(tmp_path / "o")] == ["mine", "mine"]
+    # set for an inner launcher only, beneath an outer one that made its own
+    inner = f"PYINSTRUMENT_AI_RUN_ID=inner {py} -m instrument --out o2 p.py"
+    res = run_py(["-m", "instrument", "--out", "o2", "--", "sh", "-c", inner], cwd=tmp_path)
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    assert [h["run_id"] for h in load_headers(tmp_path / "o2")] == ["inner"]
+
+
+def test_children_of_a_launcher_still_autoload(tmp_path):
+    """Auto-load stands aside in the launcher's own interpreter only: a variable its flag
+    overrides is not read there, and its children get the resolved settings."""
+    (tmp_path / "prog.py").write_text(CHILDREN)
+    res = run_py(
+        ["-m", "instrument", "--out", "o", "--sink", "jsonl", "prog.py"],
+        cwd=tmp_path,
+        PYINSTRUMENT_AI="1",
+        PYINSTRUMENT_AI_SINK="bogus",
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "done\n", "")
+    headers = load_headers(tmp_path / "o")
+    assert len(headers) == 3
+    _pid_tree_ok(headers)
+    assert len({h["run_id"] for h in headers}) == 1
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"PYINSTRUMENT_AI_TARGETS": ","}, "PYINSTRUMENT_AI_TARGETS: invalid value ','"),
+        (
+            {"PYINSTRUMENT_AI_TARGETS": "toy", "PYINSTRUMENT_AI_DISABLE": "toy"},
+            "PYINSTRUMENT_AI_TARGETS=toy and PYINSTRUMENT_AI_DISABLE=toy: every target asked "
+            "for is disabled, nothing is recorded (the disabled list wins over the targets list)",
+        ),
+    ],
+)
+def test_autoload_names_an_empty_or_contradictory_target_list(tmp_path, env, says):
+    res = run_py(
+        ["-c", "import toylib; print(toylib.add(1, 2))"], cwd=tmp_path, PYINSTRUMENT_AI="1", **env
+    )
+    assert (res.returncode, res.stdout) == (0, "3\n")
+    assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
+    assert not (tmp_path / "instrument-out").exists()

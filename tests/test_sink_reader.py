@@ -246,3 +246,94 @@ def test_a_batch_is_each_record_encoded_alone_and_a_bad_record_costs_only_itself
     good = [r for r in records if r[4] is None or all(isinstance(k, str) for k in r[4])]
     assert lines == [orjson.dumps(to_dict(r, 77), default=_default) for r in good]
     assert [orjson.loads(line)["tid"] for line in lines] == [10, 20, 20, 10]
+
+
+def _events_in(path):
+    return [e["name"] for e in pyinstrument_ai.load(path)]
+
+
+@pytest.mark.parametrize("end", ["close", "abandon"])
+def test_a_descriptor_the_program_closed_and_reused_is_never_written_or_closed(tmp_path, end):
+    """A daemonizing program closes every descriptor and opens a file of its own, which gets
+    our number: our events must not go into it, and our close (or a forked child's abandon)
+    must not close it. Our file is reopened by its path and recording goes on."""
+    session = runtime.instrument(Config(out_dir=str(tmp_path / "o"), targets=()))
+    session.recorder.record("before", now_ns())
+    session.flush()
+    sink = session.sink
+    ours = sink._fd
+    os.close(ours)  # the program's closerange(3, ...)
+    user = tmp_path / "user.txt"
+    fd = os.open(user, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    if fd != ours:  # the number the program's next open() gets, whatever it is here
+        os.dup2(fd, ours)
+        os.close(fd)
+    os.write(ours, b"USER DATA\n")
+    session.recorder.record("after", now_ns())
+    session.flush()
+    if end == "abandon":
+        sink.abandon()
+    else:
+        runtime.uninstrument()
+    os.write(ours, b"END\n")  # still open: not closed by us
+    os.close(ours)
+    if end == "abandon":
+        runtime.uninstrument()
+    assert user.read_bytes() == b"USER DATA\nEND\n"
+    assert _events_in(tmp_path / "o") == ["before", "after"]
+    assert not sink.failed and sink.dropped == 0
+
+
+def test_our_file_deleted_after_its_descriptor_was_closed_warns_once_and_stops(
+    tmp_path, capsys, monkeypatch
+):
+    from pyinstrument_ai import _log
+
+    monkeypatch.setattr(_log, "_said", set())  # (another test here may have said it)
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+    session.recorder.record("before", now_ns())
+    session.flush()
+    sink = session.sink
+    os.close(sink._fd)
+    os.unlink(sink.path)
+    for _ in range(2):
+        session.recorder.record("after", now_ns())
+        session.flush()
+    runtime.uninstrument()
+    err = capsys.readouterr().err
+    assert err.count("pyinstrument-ai: warning: cannot write events") == 1, err
+    assert os.listdir(tmp_path) == []  # not created again
+    assert sink.failed and sink.dropped == 2
+
+
+def test_the_event_file_descriptor_sits_above_the_low_numbers(tmp_path):
+    import resource
+
+    from pyinstrument_ai.sinks.jsonl import FD_FLOOR
+
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=()))
+    session.recorder.record("x", now_ns())
+    session.flush()
+    fd = session.sink._fd
+    runtime.uninstrument()
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] > FD_FLOOR + 16:
+        assert fd >= FD_FLOOR
+    assert _events_in(tmp_path) == ["x"]
+
+
+def test_a_daemonizing_program_keeps_its_own_file_under_the_launcher(tmp_path):
+    """End to end (the tester's repro): closerange, then the program's own file."""
+    (tmp_path / "d.py").write_text(
+        "import os, time, toylib\n"
+        "toylib.add(1, 2); time.sleep(0.4)\n"
+        "os.closerange(3, 4096)\n"
+        "f = open('user.txt', 'w'); f.write('USER DATA\\n'); f.flush()\n"
+        "toylib.add(3, 4); time.sleep(0.4)\n"
+        "f.write('END\\n'); f.close()\n"
+        "print(open('user.txt').read(), end='')\n"
+    )
+    res = run_py(
+        ["-m", "instrument", "--out", "o", "--flush-interval", "0.05", "d.py"], cwd=tmp_path
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, "USER DATA\nEND\n", "")
+    assert _events_in(tmp_path / "o") == ["target", "toy.add", "toy.add"]

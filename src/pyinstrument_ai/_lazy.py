@@ -86,8 +86,14 @@ def autoload() -> None:
     in site-packages and, through :mod:`pyinstrument_ai._autoload`, by the bootstrap
     ``sitecustomize``; whichever comes second finds the start pending and does nothing.
     A bad setting costs one warning line and the program runs uninstrumented: an auto-loaded
-    process must never fail because of us."""
+    process must never fail because of us.
+
+    Stands aside in the launcher's own interpreter (``python -m instrument ...``,
+    ``pyinstrument-ai run ...``): the launcher reads the settings itself, where a flag
+    overrides its variable and the variable is not read at all."""
     try:
+        if _is_launcher(getattr(sys, "orig_argv", None) or ()):
+            return
         from pyinstrument_ai import config as cfg
 
         try:
@@ -97,6 +103,17 @@ def autoload() -> None:
         except cfg.ConfigError as exc:
             _warn(f"{exc}; running without instrumentation")
             return
+        both = cfg.overlap(config)
+        if both:
+            if set(config.targets or ()) <= set(both):
+                what = "every target asked for is disabled, nothing is recorded"
+            else:
+                what = f"{', '.join(both)} disabled"
+            _warn(
+                f"{cfg.ENV_TARGETS}={os.environ.get(cfg.ENV_TARGETS, '')} and "
+                f"{cfg.ENV_DISABLE}={os.environ.get(cfg.ENV_DISABLE, '')}: {what} "
+                "(the disabled list wins over the targets list)"
+            )
         runtime = sys.modules.get("pyinstrument_ai.runtime")
         if runtime is not None and runtime.active() is not None:
             return
@@ -115,6 +132,47 @@ def autoload() -> None:
             sys.stderr.write(f"pyinstrument-ai: warning: auto-load failed: {exc!r}\n")
         except Exception:
             pass
+
+
+#: python options that take a value (``-W arg``, ``-Warg``); ``-c``/``-m`` end the options
+_VALUE_OPTIONS = "cmWX"
+
+
+def _is_launcher(argv: "tuple[str, ...] | list[str]") -> bool:
+    """Whether the interpreter's command line (``sys.orig_argv``) runs our launcher:
+    ``python [OPTIONS] -m instrument ...``, ``python -m pyinstrument_ai run ...`` or the
+    ``pyinstrument-ai run ...`` console script. String work only: this runs at start-up."""
+    i, n = 1, len(argv)
+    while i < n:
+        a = argv[i]
+        if a == "--check-hash-based-pycs":
+            i += 2
+            continue
+        if a.startswith("--") or a == "-" or not a.startswith("-"):
+            # a script (or stdin, or an option that ends the command line): ours is the
+            # console script `pyinstrument-ai run`
+            script = a.replace("\\", "/").rsplit("/", 1)[-1]
+            return (
+                script in ("pyinstrument-ai", "pyinstrument-ai.exe")
+                and i + 1 < n
+                and argv[i + 1] == "run"
+            )
+        for j in range(1, len(a)):
+            ch = a[j]
+            if ch in _VALUE_OPTIONS:
+                value = a[j + 1 :]
+                if not value:
+                    i += 1
+                    value = argv[i] if i < n else ""
+                if ch == "c":
+                    return False
+                if ch == "m":
+                    if value == "instrument":
+                        return True
+                    return value == "pyinstrument_ai" and i + 1 < n and argv[i + 1] == "run"
+                break
+        i += 1
+    return False
 
 
 def _warn(message: str) -> None:

@@ -39,10 +39,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 class ConfigError(ValueError):
     """A setting has a value we cannot use. ``source`` is the flag or variable it came from."""
 
-    def __init__(self, source: str, value: object, expected: str) -> None:
+    def __init__(self, source: str, value: object, expected: str, message: str = "") -> None:
         self.source = source
         self.value = value
-        super().__init__(f"{source}: invalid value {value!r} ({expected})")
+        super().__init__(message or f"{source}: invalid value {value!r} ({expected})")
 
 
 class Config:
@@ -141,21 +141,48 @@ def parse_bool(source: str, value: str) -> bool:
 
 
 def parse_names(source: str, value: str) -> "tuple[str, ...]":
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    """``"a,b"`` -> ``("a", "b")``; an empty or blank value -> ``()`` (the default). An empty
+    entry (``","``, ``"a,"``, ``"a,,b"``) is an error: a typo'd list, as for the sink."""
+    if not value.strip():
+        return ()
+    names = tuple(n.strip() for n in value.split(","))
     for n in names:
-        if not n.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            raise ConfigError(source, value, "expected comma-separated target names")
+        if not n or not n.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise ConfigError(
+                source, value, "expected comma-separated target names, no empty entry"
+            )
     return names
 
 
-def parse_interval(source: str, value: str) -> float:
+#: bounds of a setting in seconds: (minimum, maximum, the range as the error says it)
+FLUSH_BOUNDS = (0.001, 86400.0, "from 0.001 (1 ms) to 86400 (1 day)")
+CLOSE_TIMEOUT_BOUNDS = (0.001, 3600.0, "from 0.001 (1 ms) to 3600 (1 hour)")
+
+
+def parse_interval(
+    source: str, value: str, bounds: "tuple[float, float, str] | None" = None
+) -> float:
+    """A number of seconds within ``bounds`` (default: the OTLP close timeout's for its
+    variable, else the flush interval's): a thread's wait overflows past ~292 years, and a
+    flusher waking every nanosecond would spin."""
+    if bounds is None:
+        bounds = CLOSE_TIMEOUT_BOUNDS if source == ENV_OTLP_CLOSE_TIMEOUT else FLUSH_BOUNDS
+    low, high, text = bounds
+    expected = f"expected a number of seconds {text}"
     try:
         f = float(value)
     except ValueError:
-        raise ConfigError(source, value, "expected a positive number of seconds") from None
-    if not (f > 0) or f != f or f == float("inf"):
-        raise ConfigError(source, value, "expected a positive number of seconds")
+        raise ConfigError(source, value, expected) from None
+    if not (low <= f <= high):  # NaN too
+        raise ConfigError(source, value, expected)
     return f
+
+
+def overlap(config: "Config") -> "tuple[str, ...]":
+    """Targets both asked for (``targets``) and disabled (``disable``): disable wins."""
+    if config.targets is None:
+        return ()
+    return tuple(n for n in config.targets if n in config.disable)
 
 
 _SAMPLE_UNITS = (("ms", 1e-3), ("us", 1e-6), ("s", 1.0))
@@ -163,7 +190,7 @@ _SAMPLE_MIN_S = 0.001
 
 
 def parse_sample(source: str, value: str) -> "float | None":
-    """``100ms``, ``0.5s``, ``250us`` or bare seconds -> seconds; ``""``/``0``/``off`` -> None.
+    """``100ms``, ``0.5s``, ``1500us`` or bare seconds -> seconds; ``""``/``0``/``off`` -> None.
 
     A small parser of its own rather than :func:`pyinstrument_ai.analysis.parse_duration`:
     this runs at every auto-loaded interpreter start, which must not import the analysis.
@@ -213,7 +240,7 @@ def from_env(environ: "Mapping[str, str] | None" = None, base: "Config | None" =
     if ENV_OUT in env:
         c["out_dir"] = parse_out(ENV_OUT, env[ENV_OUT])
     if ENV_TARGETS in env and env[ENV_TARGETS].strip():
-        c["targets"] = parse_names(ENV_TARGETS, env[ENV_TARGETS])
+        c["targets"] = parse_names(ENV_TARGETS, env[ENV_TARGETS]) or None
     if ENV_DISABLE in env:
         c["disable"] = parse_names(ENV_DISABLE, env[ENV_DISABLE])
     if ENV_CAPTURE in env:

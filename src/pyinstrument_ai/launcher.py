@@ -198,7 +198,39 @@ def resolve_config(inv: "Invocation", environ: "Any" = None) -> "cfg.Config":
         raise cfg.ConfigError(
             source, ",".join(exc.names), f"unknown target; known: {', '.join(sorted(exc.known))}"
         ) from None
+    both = cfg.overlap(config)
+    if both:
+        # --disable wins over --targets; naming a target in both is a contradiction to report
+        t_src = (
+            f"{o['targets'][0]} {o['targets'][1]}"
+            if "targets" in o
+            else _env_setting(cfg.ENV_TARGETS, env)
+        )
+        d_src = (
+            f"{o['disable'][0]} {o['disable'][1]}"
+            if "disable" in o
+            else _env_setting(cfg.ENV_DISABLE, env)
+        )
+        left = tuple(n for n in config.targets or () if n not in both)
+        if not left:
+            raise cfg.ConfigError(
+                t_src,
+                ",".join(both),
+                "",
+                message=f"{t_src} and {d_src}: every target asked for is disabled, so nothing "
+                "would be recorded (the disabled list wins over the targets list)",
+            )
+        sys.stderr.write(
+            f"python -m instrument: warning: {t_src} and {d_src}: {', '.join(both)} "
+            "disabled (the disabled list wins over the targets list)\n"
+        )
+        # children get the resolved list, and do not repeat the warning
+        config = config.replace(targets=left)
     return config.replace(out_dir=os.path.abspath(config.out_dir))
+
+
+def _env_setting(var: str, env: "Mapping[str, str]") -> str:
+    return f"{var}={env.get(var, '')}"
 
 
 def _prog() -> str:
@@ -213,6 +245,22 @@ def _fail(message: str, code: int = 2) -> "NoReturn":
 
 def bootstrap_dir() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+
+
+#: the run id a launcher made and passed on: a launcher beneath that inherits
+#: PYINSTRUMENT_AI_RUN_ID with this same value got it from an outer launcher, not from the
+#: user, and starts a run of its own
+ENV_RUN_ID_FROM_LAUNCHER = "PYINSTRUMENT_AI_RUN_ID_FROM_LAUNCHER"
+
+
+def _run_id(inherited: "str | None", environ: "Mapping[str, str]") -> "tuple[str, bool]":
+    """This launcher's run id, and whether it made it: the user's ``PYINSTRUMENT_AI_RUN_ID``
+    if they set it (kept for every launcher beneath too), else a new one (also when the
+    variable was made by an outer launcher: a nested launcher's summary must count its own
+    processes' files, not its siblings')."""
+    if inherited and inherited != environ.get(ENV_RUN_ID_FROM_LAUNCHER):
+        return inherited, False
+    return os.urandom(6).hex(), True
 
 
 def child_environment(config: "cfg.Config", environ: "Mapping[str, str]") -> "dict[str, str]":
@@ -259,9 +307,14 @@ def main(argv: "list[str] | None" = None) -> None:
                 f"--sink otlp needs OpenTelemetry ({missing} is not installed): "
                 'pip install "pyinstrument-ai[otel]"'
             )
-    config = config.replace(run_id=config.run_id or os.urandom(6).hex())
+    run_id, made = _run_id(config.run_id, os.environ)
+    config = config.replace(run_id=run_id)
     # os.environ itself, not a dict copy of it: copying decodes every variable
     os.environ.update(child_environment(config, os.environ))
+    if made:
+        os.environ[ENV_RUN_ID_FROM_LAUNCHER] = run_id
+    else:
+        os.environ.pop(ENV_RUN_ID_FROM_LAUNCHER, None)
     if inv.mode == "command":
         _warn_dropped_variables(inv.target, inv.args)
         _exec_command(inv.target, inv.args)

@@ -124,9 +124,23 @@ class Session:
                 self._sampler.start()
 
     def _loop(self) -> None:
+        # Whatever goes wrong here is reported once (our warning line), never as a thread's
+        # traceback on the program's stderr; the records left are written at exit.
+        try:
+            self._flush_periodically()
+        except Exception as exc:
+            from pyinstrument_ai._guard import report
+
+            report("the background flusher (events are written at exit)", exc)
+
+    def _flush_periodically(self) -> None:
         import time
 
-        wake, interval = self._wake, self.config.flush_interval
+        wake = self._wake
+        # bounded as the settings are (config.FLUSH_BOUNDS), also for a value given to
+        # instrument() directly: a wait past ~292 years overflows, one of 0 s would spin
+        interval = float(self.config.flush_interval)
+        interval = min(max(interval, 0.001), 86400.0) if interval == interval else 1.0
         while True:
             woken = wake.wait(interval)
             if self.closed:

@@ -9,6 +9,15 @@ not pay at start-up.
 Failure policy: the host program must not notice. If the folder cannot be created or the file
 cannot be written (permissions, ENOSPC, ...), we warn once on stderr and drop events from then on
 (a failed write may have left a partial line; appending after it would corrupt the next one).
+
+The descriptor is the program's to close: a daemonizing program runs
+``os.closerange(3, ...)`` and may then open a file of its own that gets our number. So the
+descriptor is moved above the numbers a program usually uses (``F_DUPFD_CLOEXEC`` from
+:data:`FD_FLOOR`), its ``(st_dev, st_ino)`` is remembered, and before each batch (one ``fstat``
+per flush, not per event) and before closing we check that the number still names our file.
+If it does not, we never write to or close that number: the file is reopened by its path and
+writing goes on; if the file is gone meanwhile, that counts as a write failure (one warning,
+events dropped from then on).
 """
 
 from __future__ import annotations
@@ -103,6 +112,24 @@ def encode_lines(records: list[Record], pid: int, dumps: Callable[..., bytes]) -
     return lines, dropped
 
 
+#: our descriptor is moved to this number or above, away from the low numbers a program opens
+#: and closes itself (fewer collisions; the identity check below is what makes them harmless)
+FD_FLOOR = 256
+
+
+def _high_fd(fd: int) -> int:
+    """``fd`` moved to a number >= :data:`FD_FLOOR` (close-on-exec), or ``fd`` itself where
+    that cannot be done (a descriptor limit under the floor)."""
+    try:
+        import fcntl
+
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FD_FLOOR)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return fd
+    os.close(fd)
+    return high
+
+
 class JsonlSink:
     def __init__(self, out_dir: str, header: Callable[[], dict[str, Any]]) -> None:
         self.out_dir = os.path.abspath(out_dir)
@@ -110,6 +137,8 @@ class JsonlSink:
         self._header: dict[str, Any] | None = None
         self.path: str | None = None
         self._fd: int | None = None
+        #: (st_dev, st_ino) of our file: whether ``_fd`` still names it
+        self._id: tuple[int, int] | None = None
         self.failed = False
         self.dropped = 0
         self.written = 0
@@ -126,12 +155,35 @@ class JsonlSink:
         name = file_name(header["hostname"], header["pid"], header["anchor"]["wall_ns"])
         path = os.path.join(self.out_dir, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = _high_fd(fd)
+        st = os.fstat(fd)
         self.path = path
         self._fd = fd
+        self._id = (st.st_dev, st.st_ino)
         import orjson
 
         self._write_all(orjson.dumps(header, default=_default) + b"\n")
         return fd
+
+    def _ours(self, fd: int) -> bool:
+        """Whether descriptor ``fd`` still names our file (the program may have closed it and
+        opened a file of its own under the same number)."""
+        try:
+            st = os.fstat(fd)
+        except (OSError, ValueError):
+            return False
+        return (st.st_dev, st.st_ino) == self._id
+
+    def _reopen(self) -> None:
+        """Our descriptor was closed by the program: open our file again by its path (never
+        creating it: a file deleted meanwhile is a write failure, see ``write``)."""
+        self._fd = None  # that number is not ours any more: never write to or close it
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)  # type: ignore[arg-type]
+        fd = _high_fd(fd)
+        if not self._ours(fd):  # another file made under our name meanwhile
+            os.close(fd)
+            raise FileNotFoundError(2, "the event file was replaced", self.path)
+        self._fd = fd
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
@@ -146,8 +198,10 @@ class JsonlSink:
         if not records:
             return
         try:
-            if self._fd is None:
+            if self._fd is None and self.path is None:
                 self._open()
+            elif self._fd is None or not self._ours(self._fd):
+                self._reopen()
             import orjson
 
             parts, dropped = encode_lines(records, self.header["pid"], orjson.dumps)
@@ -165,22 +219,21 @@ class JsonlSink:
                 key="jsonl-write",
             )
 
-    def close(self) -> None:
+    def _release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if fd is not None and self._ours(fd):  # else the number is the program's now
             try:
                 os.close(fd)
             except OSError:
                 pass
 
+    def close(self) -> None:
+        self._release()
+
     def abandon(self) -> None:
-        """In a forked child: drop the parent's descriptor without touching the parent's file."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        """In a forked child: drop the parent's descriptor without touching the parent's file
+        (nor a file of the program's that has taken its number)."""
+        self._release()
 
 
 def hostname() -> str:
