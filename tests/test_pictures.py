@@ -309,7 +309,8 @@ def test_html_states_the_sampling(tmp_path):
 def test_buckets_count_every_token():
     a = analyze(_gens(4, 30))
     b = timeline.buckets(a, 0)
-    assert b.tokens_per_s.sum() * b.width_s == pytest.approx(120)
+    # a rate over the part of each bucket the run covers (partial first and last buckets)
+    assert (b.tokens_per_s * b.covered_s).sum() == pytest.approx(120)
 
 
 def _file(folder: Path, host: str, pid: int, wall_ns: int, mono_ns: int, events: list) -> None:
@@ -460,3 +461,16 @@ def test_cdf_of_a_few_distinct_values_starts_at_one_over_n():
     assert list(q) == [0.25, 0.5, 0.75, 1.0]
     x, q = timeline.cdf([])
     assert len(x) == len(q) == 0
+
+
+def test_perfetto_export_streams_the_in_memory_rendering(recorded, tmp_path, capsys):
+    """What ``export`` streams to the file is, byte for byte, the trace rendered in memory."""
+    from pyinstrument_ai.renderers import perfetto
+
+    trace = tmp_path / "trace.json"
+    cli(["export", str(recorded), "--perfetto", str(trace)])
+    capsys.readouterr()
+    data = trace.read_bytes()
+    assert data == perfetto.render(analyze_paths(recorded))
+    doc = orjson.loads(data)
+    assert len([e for e in doc["traceEvents"] if e["ph"] == "i"]) == 96

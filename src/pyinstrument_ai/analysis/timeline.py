@@ -62,7 +62,7 @@ class TokenDots:
 
     ``rows``: one ``(group, label)`` per generation, in row order (row ``i`` is ``y == i``);
     ``groups``: labels of the (host, pid, model) groups; ``total``: tokens recorded;
-    ``stride``/``stall_s``: the sampling (stride 1: every token drawn).
+    ``stride``/``stall_s``: the sampling (stride 1: every token drawn), beyond ``limit`` dots.
     """
 
     __slots__ = (
@@ -80,6 +80,7 @@ class TokenDots:
         "stride",
         "stall_s",
         "gen_spans",
+        "limit",
     )
 
     @property
@@ -95,7 +96,7 @@ class TokenDots:
         if not self.sampled:
             return f"every token drawn ({self.total:,})"
         return (
-            f"sampled: {self.shown:,} of {self.total:,} tokens drawn (more than {DOT_LIMIT:,}): "
+            f"sampled: {self.shown:,} of {self.total:,} tokens drawn (more than {self.limit:,}): "
             f"every prefill token, every gap above the p99 inter-token latency "
             f"({self.stall_s * 1e3:.3g} ms), and 1 in {self.stride} of the others"
         )
@@ -180,13 +181,28 @@ def token_dots(a: Any, t0: int, limit: int = DOT_LIMIT) -> TokenDots:
     d.stride = stride
     d.stall_s = None if stall_ns is None else stall_ns / 1e9
     d.gen_spans = spans
+    d.limit = limit
     return d
 
 
 class Buckets:
-    """Per time bucket (``start_s`` is each bucket's left edge, seconds since t0)."""
+    """Per time bucket (``start_s`` is each bucket's left edge, seconds since t0).
 
-    __slots__ = ("width_s", "start_s", "tokens_per_s", "itl_p50_s", "itl_p90_s")
+    ``window_s``: ``(start, end)`` of the generations' window the buckets cover (``None``
+    without generations); ``covered_s``: what ``tokens_per_s`` divides by, the part of each
+    bucket inside the window (the width, except for a partial first or last bucket; at least
+    the window's mean time per token, see :func:`buckets`).
+    """
+
+    __slots__ = (
+        "width_s",
+        "start_s",
+        "tokens_per_s",
+        "itl_p50_s",
+        "itl_p90_s",
+        "window_s",
+        "covered_s",
+    )
 
 
 def _nice_width(span_s: float, target: int) -> float:
@@ -204,19 +220,32 @@ def buckets(a: Any, t0: int, width_s: float | None = None, target: int = 60) -> 
     A token counts toward its generation's sequences at that position (``seqs``: a batched
     step yields several tokens). The default width is a round number (1, 2 or 5 × 10^k s)
     giving about ``target`` buckets over the generations' window.
+
+    A bucket's rate is its count over the part of it inside the window (``covered_s``): the
+    first and last buckets are usually partial, and a run that ends 6 s into a 20 s bucket
+    did not slow to a third. That part is taken as at least the window's mean time per token
+    (never more than the width), so that a bucket the window barely enters does not turn its
+    one token into a spike.
     """
     b = Buckets()
     w = a.generation_throughput()
     if w.start_ns is None:
         b.width_s, b.start_s = width_s or 1.0, np.zeros(0)
-        b.tokens_per_s = b.itl_p50_s = b.itl_p90_s = np.zeros(0)
+        b.tokens_per_s = b.itl_p50_s = b.itl_p90_s = b.covered_s = np.zeros(0)
+        b.window_s = None
         return b
     lo, hi = (w.start_ns - t0) / 1e9, (w.end_ns - t0) / 1e9
     width = width_s or _nice_width(hi - lo, target)
     first = math.floor(lo / width)
     n = max(1, math.ceil(hi / width) - first)
     counts = np.zeros(n)
-    ends, gaps = [], []
+    # every inter-token gap, with the bucket it ends in, in two arrays filled in place: 12
+    # bytes a gap (a list of per-generation pieces, then their concatenation and a lexsort,
+    # peaked at ~60: 120 MB for 2M tokens)
+    n_gaps = sum(max(len(g.token_t_ns) - 1, 0) for g in a.generations)
+    ends = np.empty(n_gaps, dtype=np.int32)
+    gaps = np.empty(n_gaps, dtype=np.float64)
+    at = 0
     for g in a.generations:
         t = np.frombuffer(g.token_t_ns, dtype=np.int64) if len(g.token_t_ns) else None
         if t is None:
@@ -229,18 +258,28 @@ def buckets(a: Any, t0: int, width_s: float | None = None, target: int = 60) -> 
         else:
             np.add.at(counts, k, float(g.batch or 1))
         if len(t) > 1:
-            ends.append(k[1:])
-            gaps.append(np.diff(t) / 1e9)
+            m = len(t) - 1
+            ends[at : at + m] = k[1:]
+            gaps[at : at + m] = np.diff(t) / 1e9
+            at += m
     b.width_s = width
     b.start_s = (first + np.arange(n)) * width
-    b.tokens_per_s = counts / width
+    b.window_s = (lo, hi)
+    covered = np.full(n, width)  # inner buckets: exactly the width, whatever the rounding
+    covered[-1] = hi - b.start_s[-1]
+    covered[0] = min(b.start_s[0] + width, hi) - lo
+    total = counts.sum()
+    floor = min(width, (hi - lo) / total) if total > 0 and hi > lo else width
+    b.covered_s = np.clip(covered, floor, width)
+    b.tokens_per_s = counts / b.covered_s
     p50 = np.full(n, np.nan)
     p90 = np.full(n, np.nan)
-    if gaps:
-        k, v = np.concatenate(ends), np.concatenate(gaps)
-        o = np.lexsort((v, k))
-        k, v = k[o], v[o]
-        bounds = np.searchsorted(k, np.arange(n + 1))
+    if n_gaps:
+        # grouped by bucket (np.percentile needs no order inside a group)
+        v = gaps[np.argsort(ends, kind="stable")]
+        del gaps
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(ends, minlength=n))))
+        del ends
         for j in range(n):
             s, e = bounds[j], bounds[j + 1]
             if e > s:

@@ -15,11 +15,18 @@ Timestamps are microseconds since the run's start (``otherData.t0_epoch_ns``) wr
 three nanosecond digits: relative values keep them exact in a double, absolute epoch
 microseconds would not. Files of many processes and hosts share that axis through their
 anchors (the reader's ``t_ns``).
+
+:func:`write` streams: lanes and names are decided first (per generation, never per token),
+then each event is built, encoded and dropped, and the file is written in chunks of about
+:data:`CHUNK_BYTES`, so that memory beyond the analysis does not grow with the events (a list
+of them cost ~1.15 KB per token). The bytes are :func:`render`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -67,30 +74,91 @@ def _meta(pid: int, tid: int, what: str, name: str) -> dict[str, Any]:
     return {"ph": "M", "pid": pid, "tid": tid, "name": what, "args": {"name": name}}
 
 
-def events(a: Any) -> tuple[list[dict[str, Any]], int]:
-    """``(trace events, t0_epoch_ns)``."""
-    t0 = timeline.run_start_ns(a) or 0
-    out: list[dict[str, Any]] = []
-    procs: dict[tuple[Any, Any], int] = {}
-    lanes: dict[int, _Lanes] = {}
+class _Plan:
+    """Everything decided before the first event is written: trace pids, lanes and their
+    names (the metadata events come first in the file), each item's lane, the series of the
+    counters. Per generation, prediction and run, never per token."""
 
-    def proc(host: Any, pid: Any) -> int:
+    def __init__(self, a: Any) -> None:
+        self.t0 = timeline.run_start_ns(a) or 0
+        self.procs: dict[tuple[Any, Any], int] = {}
+        self.lanes: dict[int, _Lanes] = {}
+        self.argv = {(h.get("hostname"), h.get("pid")): h.get("argv") or [] for h in a.headers}
+        for h in a.headers:
+            self.proc(h.get("hostname"), h.get("pid"))
+        # Sorted by start: a lane is reused as soon as its last item ended (greedy interval
+        # partitioning), so each recording thread usually keeps one lane.
+        self.gens = []
+        for g in sorted(a.generations, key=lambda g: g.start_ns):
+            tp = self.proc(g.host, g.pid)
+            key, name = ("gen", g.tid), f"generate (thread {g.tid})"
+            self.gens.append((g, tp, self.lanes[tp].place(key, name, g.start_ns, g.end_ns)))
+        self.preds = []
+        for p in sorted(a.predictions, key=lambda p: p.start_ns):
+            tp = self.proc(p.host, p.pid)
+            key, name = ("pred", p.model), f"predict {p.model}"
+            self.preds.append((p, tp, self.lanes[tp].place(key, name, p.start_ns, p.end_ns)))
+        self.runs = []
+        for r in sorted(a.ort_runs, key=lambda r: r.start_ns):
+            tp = self.proc(r.host, r.pid)
+            key, name = ("ort", r.tid), f"onnxruntime (thread {r.tid})"
+            self.runs.append((r, tp, self.lanes[tp].place(key, name, r.start_ns, r.end_ns)))
+        self.in_flight: list[tuple[int, int]] = []
+        self.buckets = None
+        if a.generations:
+            self.in_flight = in_flight_series([(g.start_ns, g.end_ns) for g in a.generations])
+            self.buckets = timeline.buckets(a, self.t0)
+        self.series = timeline.sample_series(a.samples, self.t0)
+        for s in self.series:
+            self.proc(s.host, s.pid)
+
+    def proc(self, host: Any, pid: Any) -> int:
         key = (host, pid)
-        tp = procs.get(key)
+        tp = self.procs.get(key)
         if tp is None:
-            tp = procs[key] = len(procs) + 2
-            lanes[tp] = _Lanes(1)
+            tp = self.procs[key] = len(self.procs) + 2
+            self.lanes[tp] = _Lanes(1)
         return tp
 
-    argv = {(h.get("hostname"), h.get("pid")): h.get("argv") or [] for h in a.headers}
-    for h in a.headers:
-        proc(h.get("hostname"), h.get("pid"))
+    @property
+    def run_counters(self) -> bool:
+        return bool(self.in_flight) or (self.buckets is not None and len(self.buckets.start_s) > 0)
 
-    # Sorted by start: a lane is reused as soon as its last item ended (greedy interval
-    # partitioning), so each recording thread usually keeps one lane.
-    for g in sorted(a.generations, key=lambda g: g.start_ns):
-        tp = proc(g.host, g.pid)
-        tid = lanes[tp].place(("gen", g.tid), f"generate (thread {g.tid})", g.start_ns, g.end_ns)
+
+def _meta_events(plan: _Plan) -> Iterator[dict[str, Any]]:
+    for (host, pid), tp in plan.procs.items():
+        cmd = " ".join(plan.argv.get((host, pid), []))[:120]
+        yield _meta(tp, 0, "process_name", f"{host} pid {pid}" + (f": {cmd}" if cmd else ""))
+        yield {
+            "ph": "M",
+            "pid": tp,
+            "tid": 0,
+            "name": "process_sort_index",
+            "args": {"sort_index": tp},
+        }
+        for tid, name in plan.lanes[tp].names:
+            yield _meta(tp, tid, "thread_name", name)
+            yield {
+                "ph": "M",
+                "pid": tp,
+                "tid": tid,
+                "name": "thread_sort_index",
+                "args": {"sort_index": tid},
+            }
+    if plan.run_counters:  # no empty process
+        yield _meta(RUN_PID, 0, "process_name", "run (all processes)")
+        yield {
+            "ph": "M",
+            "pid": RUN_PID,
+            "tid": 0,
+            "name": "process_sort_index",
+            "args": {"sort_index": 0},
+        }
+
+
+def _work_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
+    t0 = plan.t0
+    for g, tp, tid in plan.gens:
         args = {
             "thread": g.tid,
             "gen": g.gen,
@@ -100,38 +168,32 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
             "request_id": g.request_id,
             "error": g.error,
         }
-        out.append(
-            {
-                "ph": "X",
-                "name": f"generate {g.model or ''} #{g.gen}".replace("  ", " "),
-                "cat": "generate",
+        yield {
+            "ph": "X",
+            "name": f"generate {g.model or ''} #{g.gen}".replace("  ", " "),
+            "cat": "generate",
+            "pid": tp,
+            "tid": tid,
+            "ts": _us(g.start_ns, t0),
+            "dur": (g.end_ns - g.start_ns) / 1000,
+            "args": {k: v for k, v in args.items() if v is not None},
+        }
+        for i, t in enumerate(g.token_t_ns):
+            yield {
+                "ph": "i",
+                "s": "t",
+                "name": "prefill token" if i == 0 else "token",
+                "cat": "token",
                 "pid": tp,
                 "tid": tid,
-                "ts": _us(g.start_ns, t0),
-                "dur": (g.end_ns - g.start_ns) / 1000,
-                "args": {k: v for k, v in args.items() if v is not None},
+                "ts": _us(t, t0),
+                "args": {"gen": g.gen, "index": i},
             }
-        )
-        for i, t in enumerate(g.token_t_ns):
-            out.append(
-                {
-                    "ph": "i",
-                    "s": "t",
-                    "name": "prefill token" if i == 0 else "token",
-                    "cat": "token",
-                    "pid": tp,
-                    "tid": tid,
-                    "ts": _us(t, t0),
-                    "args": {"gen": g.gen, "index": i},
-                }
-            )
 
     stages: dict[tuple[Any, Any, Any], list[Any]] = {}
     for s in a.stages:
         stages.setdefault((s.host, s.pid, s.seq), []).append(s)
-    for p in sorted(a.predictions, key=lambda p: p.start_ns):
-        tp = proc(p.host, p.pid)
-        tid = lanes[tp].place(("pred", p.model), f"predict {p.model}", p.start_ns, p.end_ns)
+    for p, tp, tid in plan.preds:
         args = {
             "seq": p.seq,
             "batch_size": p.batch_size,
@@ -139,38 +201,32 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
             "streamed": p.intermediate_count,
             "error": p.error,
         }
-        out.append(
-            {
-                "ph": "X",
-                "name": f"predict {p.model}",
-                "cat": "torchserve",
-                "pid": tp,
-                "tid": tid,
-                "ts": _us(p.start_ns, t0),
-                "dur": (p.end_ns - p.start_ns) / 1000,
-                "args": {k: v for k, v in args.items() if v is not None},
-            }
-        )
+        yield {
+            "ph": "X",
+            "name": f"predict {p.model}",
+            "cat": "torchserve",
+            "pid": tp,
+            "tid": tid,
+            "ts": _us(p.start_ns, t0),
+            "dur": (p.end_ns - p.start_ns) / 1000,
+            "args": {k: v for k, v in args.items() if v is not None},
+        }
         for s in stages.get((p.host, p.pid, p.seq), ()):
             # clipped to the prediction: nesting must be perfect, whatever the clocks said
             start = min(max(s.start_ns, p.start_ns), p.end_ns)
             end = max(min(s.end_ns, p.end_ns), start)
-            out.append(
-                {
-                    "ph": "X",
-                    "name": str(s.stage),
-                    "cat": "torchserve.stage",
-                    "pid": tp,
-                    "tid": tid,
-                    "ts": _us(start, t0),
-                    "dur": (end - start) / 1000,
-                    "args": {"seq": s.seq},
-                }
-            )
+            yield {
+                "ph": "X",
+                "name": str(s.stage),
+                "cat": "torchserve.stage",
+                "pid": tp,
+                "tid": tid,
+                "ts": _us(start, t0),
+                "dur": (end - start) / 1000,
+                "args": {"seq": s.seq},
+            }
 
-    for r in sorted(a.ort_runs, key=lambda r: r.start_ns):
-        tp = proc(r.host, r.pid)
-        tid = lanes[tp].place(("ort", r.tid), f"onnxruntime (thread {r.tid})", r.start_ns, r.end_ns)
+    for r, tp, tid in plan.runs:
         args = {
             "thread": r.tid,
             "session": r.session_id,
@@ -179,71 +235,44 @@ def events(a: Any) -> tuple[list[dict[str, Any]], int]:
             "batch_size": r.batch_size,
             "error": r.error,
         }
-        out.append(
-            {
-                "ph": "X",
-                "name": f"{r.api or 'run'}",
-                "cat": "onnxruntime",
-                "pid": tp,
-                "tid": tid,
-                "ts": _us(r.start_ns, t0),
-                "dur": (r.end_ns - r.start_ns) / 1000,
-                "args": {k: v for k, v in args.items() if v is not None},
-            }
-        )
-
-    out.extend(_counters(a, t0, proc))
-
-    meta: list[dict[str, Any]] = []
-    for (host, pid), tp in procs.items():
-        cmd = " ".join(argv.get((host, pid), []))[:120]
-        meta.append(_meta(tp, 0, "process_name", f"{host} pid {pid}" + (f": {cmd}" if cmd else "")))
-        meta.append(
-            {
-                "ph": "M",
-                "pid": tp,
-                "tid": 0,
-                "name": "process_sort_index",
-                "args": {"sort_index": tp},
-            }
-        )
-        for tid, name in lanes[tp].names:
-            meta.append(_meta(tp, tid, "thread_name", name))
-            meta.append(
-                {
-                    "ph": "M",
-                    "pid": tp,
-                    "tid": tid,
-                    "name": "thread_sort_index",
-                    "args": {"sort_index": tid},
-                }
-            )
-    if any(e["pid"] == RUN_PID for e in out if e["ph"] == "C"):  # no empty process
-        meta.append(_meta(RUN_PID, 0, "process_name", "run (all processes)"))
-        meta.append(
-            {
-                "ph": "M",
-                "pid": RUN_PID,
-                "tid": 0,
-                "name": "process_sort_index",
-                "args": {"sort_index": 0},
-            }
-        )
-    return meta + out, t0
+        yield {
+            "ph": "X",
+            "name": f"{r.api or 'run'}",
+            "cat": "onnxruntime",
+            "pid": tp,
+            "tid": tid,
+            "ts": _us(r.start_ns, t0),
+            "dur": (r.end_ns - r.start_ns) / 1000,
+            "args": {k: v for k, v in args.items() if v is not None},
+        }
 
 
-def _counters(a: Any, t0: int, proc: Any) -> Iterable[dict[str, Any]]:
-    if a.generations:
-        for t, n in in_flight_series([(g.start_ns, g.end_ns) for g in a.generations]):
-            yield {
-                "ph": "C",
-                "name": "generations in flight",
-                "pid": RUN_PID,
-                "tid": 0,
-                "ts": _us(t, t0),
-                "args": {"in flight": n},
-            }
-        b = timeline.buckets(a, t0)
+def _iter_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
+    """Every trace event in file order: metadata, work, counters."""
+    yield from _meta_events(plan)
+    yield from _work_events(a, plan)
+    yield from _counters(plan)
+
+
+def events(a: Any) -> tuple[list[dict[str, Any]], int]:
+    """``(trace events, t0_epoch_ns)``, all in memory (for tests; :func:`write` streams)."""
+    plan = _Plan(a)
+    return list(_iter_events(a, plan)), plan.t0
+
+
+def _counters(plan: _Plan) -> Iterator[dict[str, Any]]:
+    t0 = plan.t0
+    for t, n in plan.in_flight:
+        yield {
+            "ph": "C",
+            "name": "generations in flight",
+            "pid": RUN_PID,
+            "tid": 0,
+            "ts": _us(t, t0),
+            "args": {"in flight": n},
+        }
+    b = plan.buckets
+    if b is not None:
         for start, rate in zip(b.start_s, b.tokens_per_s, strict=True):
             yield {
                 "ph": "C",
@@ -253,40 +282,77 @@ def _counters(a: Any, t0: int, proc: Any) -> Iterable[dict[str, Any]]:
                 "ts": round(float(start) * 1e6, 3),
                 "args": {"tokens/s": float(rate)},
             }
-    for s in timeline.sample_series(a.samples, t0):
-        tp = proc(s.host, s.pid)
+    for s in plan.series:
+        tp = plan.proc(s.host, s.pid)
         name = f"{s.field} ({s.unit})" if s.unit else s.field
-        for x_s, y in zip(s.x_s, s.y, strict=True):
+        for x_s, y in zip(s.x_s.tolist(), s.y.tolist(), strict=True):
             if y == y:  # NaN: no value for that interval
                 yield {
                     "ph": "C",
                     "name": name,
                     "pid": tp,
                     "tid": 0,
-                    "ts": round(float(x_s) * 1e6, 3),
-                    "args": {s.field: float(y)},
+                    "ts": round(x_s * 1e6, 3),
+                    "args": {s.field: y},
                 }
 
 
+def _other(t0: int) -> dict[str, Any]:
+    return {
+        "producer": "pyinstrument-ai",
+        "t0_epoch_ns": t0,
+        "note": "ts are microseconds since t0_epoch_ns",
+    }
+
+
 def render(a: Any) -> bytes:
-    """The trace as JSON bytes (object format, ``displayTimeUnit`` ns)."""
+    """The trace as JSON bytes (object format, ``displayTimeUnit`` ns), all in memory; the
+    same bytes :func:`write` streams."""
     evs, t0 = events(a)
-    return orjson.dumps(
-        {
-            "traceEvents": evs,
-            "displayTimeUnit": "ns",
-            "otherData": {
-                "producer": "pyinstrument-ai",
-                "t0_epoch_ns": t0,
-                "note": "ts are microseconds since t0_epoch_ns",
-            },
-        }
-    )
+    return orjson.dumps({"traceEvents": evs, "displayTimeUnit": "ns", "otherData": _other(t0)})
+
+
+#: bytes of encoded events gathered before each write: memory beyond the analysis stays
+#: about this, whatever the number of events
+CHUNK_BYTES = 1 << 20
+
+
+def _chunks(a: Any, chunk_bytes: int | None = None) -> Iterator[bytes]:
+    """:func:`render`'s bytes in pieces of about ``chunk_bytes`` (:data:`CHUNK_BYTES`): one
+    event at a time is built, encoded (orjson, as :func:`render` encodes each element) and
+    copied into the chunk's buffer, then dropped (orjson's result keeps a few KB of capacity
+    per object: a list of them would hold 4 KB per event)."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
+    plan = _Plan(a)
+    dumps = orjson.dumps
+    buf = bytearray(b'{"traceEvents":[')
+    first = True
+    for e in _iter_events(a, plan):
+        if first:
+            first = False
+        else:
+            buf += b","
+        buf += dumps(e)
+        if len(buf) >= chunk_bytes:
+            yield bytes(buf)
+            buf.clear()
+    tail = {"displayTimeUnit": "ns", "otherData": _other(plan.t0)}
+    buf += b"]," + dumps(tail)[1:]  # the envelope's other keys, after the array
+    yield bytes(buf)
 
 
 def write(a: Any, path: str) -> int:
-    """Write :func:`render` to ``path``; returns the bytes written."""
-    data = render(a)
-    with open(path, "wb") as f:
-        f.write(data)
-    return len(data)
+    """Stream the trace to ``path`` (the bytes of :func:`render`, without holding them or the
+    events in memory); returns the bytes written. A failed write leaves no partial file."""
+    n = 0
+    try:
+        with open(path, "wb") as f:
+            for chunk in _chunks(a):
+                f.write(chunk)
+                n += len(chunk)
+    except BaseException:
+        if os.path.isfile(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    return n

@@ -11,7 +11,9 @@ Quantities come from :mod:`pyinstrument_ai.analysis.timeline`; this module only 
 
 from __future__ import annotations
 
+import math
 import os
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,16 @@ __all__ = ["render"]
 
 DPI = 110
 WIDTH_IN = 13
+#: a legend row at fontsize 7, in inches (what a panel's height must leave room for)
+_LEGEND_ROW_IN = 0.155
+#: legend columns beyond ``_ONE_COLUMN`` entries, right of the axes (more would squeeze every
+#: panel's width: the panels share the time axis)
+_LEGEND_COLS = 2
+_ONE_COLUMN = 12
+#: one line and legend entry per process and field while there are at most this many
+#: processes and entries; beyond, one colour and one entry per field, every process's line in it
+_FEW_PROCESSES = 3
+_FEW_ENTRIES = 16
 
 
 def _plt() -> Any:
@@ -53,9 +65,40 @@ def _samples_panels(a: Any, t0: int) -> list[tuple[str, str, list[Any]]]:
     return out
 
 
+def _legend_cols(entries: int) -> int:
+    """Legend columns: one up to ``_ONE_COLUMN`` entries, then ``_LEGEND_COLS``."""
+    return 1 if entries <= _ONE_COLUMN else _LEGEND_COLS
+
+
+def _legend_height(entries: int, base_in: float) -> float:
+    """A panel's height: ``base_in``, or more where its legend needs it (so that many
+    entries never squeeze the data)."""
+    rows = math.ceil(entries / _legend_cols(entries))
+    return max(base_in, rows * _LEGEND_ROW_IN + 0.4)
+
+
 def _legend(ax: Any, **kw: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, **kw)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            fontsize=7,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            frameon=False,
+            ncols=_legend_cols(len(handles)),
+            **kw,
+        )
+
+
+def _by_field(ss: list[Any]) -> bool:
+    """Whether a sample panel draws one colour per field (many processes) rather than one
+    per process and field."""
+    procs = {(s.host, s.pid) for s in ss}
+    return len(procs) > _FEW_PROCESSES or len(ss) > _FEW_ENTRIES
+
+
+def _sample_entries(ss: list[Any]) -> int:
+    return len({s.field for s in ss}) if _by_field(ss) else len(ss)
 
 
 def _dots_panel(ax: Any, a: Any, t0: int, d: Any) -> None:
@@ -86,7 +129,8 @@ def _dots_panel(ax: Any, a: Any, t0: int, d: Any) -> None:
     else:
         ax.set_ylabel(f"{nrows} generations")
         ax.set_yticks([])
-    ax.set_title(f"Token dots: one row per generation ({d.note()})", fontsize=10, loc="left")
+    title = f"Token dots: one row per generation ({d.note()})"
+    ax.set_title("\n".join(textwrap.wrap(title, 120)), fontsize=10, loc="left")
     _legend(ax, markerscale=2)
 
 
@@ -98,7 +142,13 @@ def _in_flight_panel(ax: Any, a: Any, t0: int) -> None:
 
 
 def _tokens_panel(ax: Any, b: Any) -> None:
-    ax.stairs(b.tokens_per_s, np.append(b.start_s, b.start_s[-1] + b.width_s), color=_color(2))
+    if len(b.start_s):
+        # a partial first or last bucket is drawn over the part the run covers (its rate is
+        # over that part: timeline.buckets)
+        edges = np.append(b.start_s, b.start_s[-1] + b.width_s)
+        lo, hi = b.window_s
+        edges[0], edges[-1] = max(edges[0], lo), max(min(edges[-1], hi), edges[-2])
+        ax.stairs(b.tokens_per_s, edges, color=_color(2))
     ax.set_ylabel("tokens/s", fontsize=8)
     ax.set_title(f"Output tokens per second ({b.width_s:g} s buckets)", fontsize=9, loc="left")
 
@@ -121,8 +171,22 @@ def _latency_panel(ax: Any, a: Any, t0: int, b: Any) -> None:
 
 
 def _sample_panel(ax: Any, title: str, unit: str, ss: list[Any]) -> None:
+    by_field = _by_field(ss)
+    fields = sorted({s.field for s in ss})
+    labelled: set[str] = set()
     for i, s in enumerate(ss):
-        ax.plot(s.x_s, s.y, color=_color(i), lw=1, marker=".", ms=3, label=s.label)
+        # markers show a point between two gaps (NaN); on long series they only blur
+        marker = {"marker": ".", "ms": 3} if len(s.x_s) <= 300 else {}
+        if by_field:
+            label = None if s.field in labelled else s.field
+            labelled.add(s.field)
+            c = _color(fields.index(s.field))
+            ax.plot(s.x_s, s.y, color=c, lw=0.8, alpha=0.7, label=label, **marker)
+        else:
+            ax.plot(s.x_s, s.y, color=_color(i), lw=1, label=s.label, **marker)
+    if by_field:
+        n = len({(s.host, s.pid) for s in ss})
+        title = f"{title} ({n} processes: one colour per field, a line per process)"
     ax.set_ylabel(unit, fontsize=8)
     if unit == "bytes":
         from matplotlib.ticker import EngFormatter
@@ -140,13 +204,14 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
         b = timeline.buckets(a, t0)
         dots_h = min(8.0, max(2.5, 0.9 + 0.22 * len(d.rows)))
         panels += [
-            (dots_h, lambda ax: _dots_panel(ax, a, t0, d)),
+            (_legend_height(len(d.groups) + 1, dots_h), lambda ax: _dots_panel(ax, a, t0, d)),
             (1.4, lambda ax: _in_flight_panel(ax, a, t0)),
             (1.6, lambda ax: _tokens_panel(ax, b)),
             (1.8, lambda ax: _latency_panel(ax, a, t0, b)),
         ]
     for title, unit, ss in _samples_panels(a, t0):
-        panels.append((1.6, lambda ax, t=title, u=unit, ss=ss: _sample_panel(ax, t, u, ss)))
+        h = _legend_height(_sample_entries(ss), 1.6)
+        panels.append((h, lambda ax, t=title, u=unit, ss=ss: _sample_panel(ax, t, u, ss)))
     heights = [h for h, _ in panels]
     fig, axes = plt.subplots(
         len(panels),
