@@ -160,6 +160,76 @@ def test_generation_that_ends_at_eos_has_fewer_token_events(tiny):
     check_token_events(rec.events)
 
 
+def test_rows_a_stopping_criterion_ended_are_counted_to_their_end_with_pad_not_eos(tiny):
+    """A row a stopping criterion ends (stop_strings does so) is filled with pad_token_id, not
+    EOS: where pad is not EOS (Llama/Qwen-style configs) the rows were counted to the full
+    length (24 tokens for rows of 2, 5 and 8)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
+
+    _, tok = tiny
+    eos, pad = tok.eos_token_id, 1
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, pad_token_id=pad, eos_token_id=eos,
+        bos_token_id=eos,
+    )  # fmt: skip
+    model = LlamaForCausalLM(cfg).eval()
+    inputs = encode(tok, 3)
+    plen = inputs["input_ids"].shape[1]
+
+    class RowStop(StoppingCriteria):  # row i is done after n[i] new tokens
+        def __call__(self, input_ids, scores, **kw):
+            return torch.tensor([input_ids.shape[1] - plen >= n for n in (2, 5, 8)])
+
+    kw = dict(
+        max_new_tokens=8,
+        stopping_criteria=StoppingCriteriaList([RowStop()]),
+        suppress_tokens=[eos, pad],  # only the criterion ends a row; no pad is generated
+        pad_token_id=pad,
+    )
+    bare = generate(model, inputs, **kw)
+    with recording() as rec:
+        out = generate(model, inputs, **kw)
+    assert torch.equal(out, bare)
+    assert (out[:, plen:] == pad).sum(dim=1).tolist() == [6, 3, 0]
+    (g,) = named(rec.events, "generate")
+    assert g["new_tokens"] == [2, 5, 8] and g["tokens"] == 15
+    toks = sorted(named(rec.events, "token"), key=lambda e: e["index"])
+    assert [t["seqs"] for t in toks] == [3, 3, 2, 2, 2, 1, 1, 1]
+    check_token_events(rec.events)
+
+
+class _RaiseAfter(LogitsProcessor):
+    def __init__(self, plen: int, n: int) -> None:
+        self.plen, self.n = plen, n
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.plen >= self.n:
+            raise ValueError(f"boom after {self.n} tokens per row")
+        return scores
+
+
+def test_a_batch_that_raises_counts_every_row_of_the_positions_it_made(tiny):
+    """No ids come back from a generate that raised: each position seen was made by every
+    row of the batch (it was recorded as one sequence: 3 tokens for a batch of 3)."""
+    from pyinstrument_ai.analysis import analyze
+
+    model, tok = tiny
+    inputs = encode(tok, 3)
+    plen = inputs["input_ids"].shape[1]
+    procs = LogitsProcessorList([_RaiseAfter(plen, 3)])
+    with recording() as rec:
+        with pytest.raises(ValueError, match="boom after 3"):
+            generate(model, inputs, logits_processor=procs, max_new_tokens=8, min_new_tokens=8)
+    (g,) = named(rec.events, "generate")
+    assert g["batch"] == 3 and g["tokens"] is None and "ValueError" in g["error"]
+    toks = named(rec.events, "token")
+    assert len(toks) == 3 and all(t["seqs"] == 3 for t in toks)
+    (gen,) = analyze(rec.events).generations
+    assert gen.tokens == 9 and gen.positions == 3
+
+
 def test_text_streamer_prints_the_same_text(tiny, capsys):
     model, tok = tiny
     inputs = encode(tok, 1)

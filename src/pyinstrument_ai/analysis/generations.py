@@ -207,8 +207,8 @@ def generation_from_columns(
         else:
             positions = len(ordered)
     tokens = event.get("tokens")
-    if not isinstance(tokens, int):
-        tokens = positions
+    if not isinstance(tokens, int):  # no ids came back (the call raised): the positions seen,
+        tokens = sum(token_seqs) if token_seqs else positions  # each for its sequences
     return Generation(
         pid=event.get("pid"),
         host=host,

@@ -792,13 +792,14 @@ def _finish(
     shape = getattr(seqs, "shape", None)
     if shape is not None and len(shape) == 2 and prompt_len is not None:
         rows, positions = int(shape[0]), max(0, int(shape[1]) - prompt_len)
-        eos = None
+        eos = pad = None
         if rows > 1 and positions:  # (one sequence stops at its EOS: no ids to read)
             eos = overrides.get("eos_token_id", getattr(base, "eos_token_id", None))
-        if eos is None:
+            pad = overrides.get("pad_token_id", getattr(base, "pad_token_id", None))
+        if eos is None and pad is None:
             new_tokens = [positions] * rows
         else:
-            new_tokens, per_position = _count_new(seqs[:, prompt_len:], eos, rows, positions)
+            new_tokens, per_position = _count_new(seqs[:, prompt_len:], eos, rows, positions, pad)
         if recorder.capture_content:
             with guard("transformers.generate.content"):
                 content = (seqs[:, :prompt_len].tolist(), seqs[:, prompt_len:].tolist())
@@ -921,7 +922,15 @@ def _generation_records(state: tuple) -> list:
     if not times:
         return records
     last = len(times) - 1
-    rows = len(new_tokens) if new_tokens else 1
+    if new_tokens:
+        rows = len(new_tokens)
+    else:
+        # the call raised before ids came back: every row of the decoding loop (or of the
+        # input batch) made a token at each position seen
+        src_shape, loop_rows = parts[9], parts[10]
+        rows = loop_rows or (
+            int(src_shape[0]) if src_shape is not None and len(src_shape) >= 2 else 1
+        )
     # more positions than times only when ids came back but steps were not all seen; a step
     # makes >= 1 token, so the last time seen is an upper bound for the rest
     if positions > len(times):
@@ -939,18 +948,35 @@ def _generation_records(state: tuple) -> list:
     return records
 
 
-def _count_new(new: Any, eos: Any, rows: int, positions: int) -> tuple[list[int], list[int] | None]:
+def _count_new(
+    new: Any, eos: Any, rows: int, positions: int, pad: Any = None
+) -> tuple[list[int], list[int] | None]:
     """New tokens per sequence, and sequences per position (None: all of them), counted from
-    the ids: a sequence's tokens end at its first EOS (what follows is padding)."""
-    if eos is None or positions == 0 or rows == 1:
+    the ids: a sequence's tokens end at its first EOS (what follows is padding). A sequence a
+    stopping criterion ended (``stop_strings``, a ``StoppingCriteria``) has no EOS: transformers
+    fills the rest of its row with ``pad_token_id``, so where pad is not EOS, a row's trailing
+    run of pad is padding too (a model that generates pad as its last tokens is counted short
+    by them: the ids cannot tell the two apart)."""
+    if (eos is None and pad is None) or positions == 0 or rows == 1:
         # one sequence stops at its EOS, so its EOS (if any) is its last token
         return [positions] * rows, None
-    eos_ids = [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+    if eos is None:
+        eos_ids = []
+    else:
+        eos_ids = [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
     torch = _torch
     # on the ids' device: only one length per row comes back to the host
-    hit = torch.isin(new, torch.tensor(eos_ids, dtype=new.dtype, device=new.device))
-    first = hit.to(torch.int8).argmax(dim=1)  # index of the first EOS (0 if none)
-    lengths = torch.where(hit.any(dim=1), first + 1, positions).tolist()
+    if eos_ids:
+        hit = torch.isin(new, torch.tensor(eos_ids, dtype=new.dtype, device=new.device))
+        first = hit.to(torch.int8).argmax(dim=1)  # index of the first EOS (0 if none)
+        ends = torch.where(hit.any(dim=1), first + 1, positions)
+    else:
+        ends = torch.full((rows,), positions, dtype=torch.int64, device=new.device)
+    if pad is not None and not isinstance(pad, (list, tuple)) and int(pad) not in eos_ids:
+        # trailing pad tokens per row: the flipped row's leading run
+        trailing = (new == int(pad)).flip(1).to(torch.int64).cumprod(dim=1).sum(dim=1)
+        ends = torch.minimum(ends, positions - trailing)
+    lengths = ends.tolist()
     if min(lengths) == positions:
         return lengths, None
     ends = [0] * (positions + 1)  # ends[k]: sequences with exactly k new tokens
