@@ -9,7 +9,13 @@ the median and spread of the wall time, events/s, and the peak RSS of the report
 Targets (issue 7): 1,000,000 token events in <= 3 s with peak RSS <= 600 MB; 10,000,000 without
 running out of memory (``--big``).
 
+``--doctor 50000,200000,1000000`` times instead ``doctor``'s rules (``findings.find``, which
+every report runs) on one process's in-memory analysis of that many tokens with a system
+sample every 100 ms, and prints CPU seconds per token: flat when the rules scale as n log n
+(the scan over every pair they replaced grew ~600x from 50,000 to 1,000,000 tokens).
+
 Usage: python benchmarks/report_speed.py [--tokens 1000000] [--rounds 3] [--big]
+       python benchmarks/report_speed.py --doctor 50000,200000,1000000
 """
 
 from __future__ import annotations
@@ -171,6 +177,61 @@ def bench_html(tokens: int, rounds: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def doctor_analysis(tokens: int, seed: int = 1) -> object:
+    """One process serving 4 generations at a time (~60 tokens each, a stall now and then)
+    with a ``system.sample`` every 100 ms: the analysis ``report`` would hand to doctor."""
+    import random
+
+    from pyinstrument_ai.analysis.build import Builder
+
+    rnd = random.Random(seed)
+    b = Builder()
+    b.add_header({"pid": 1, "hostname": "h", "run_id": "r", "context": {"affinity": [0, 1]}})
+    free = [0] * 4
+    made = g = 0
+    while made < tokens:
+        i = min(range(4), key=free.__getitem__)
+        start = free[i] + rnd.randint(0, 5_000_000)
+        n = min(rnd.choice([16, 32, 64, 128]), tokens - made)
+        t = start + 80_000_000
+        times = []
+        for _ in range(n):
+            times.append(t)
+            t += 15_000_000 + (rnd.randint(200, 600) * 1_000_000 if rnd.random() < 0.003 else 0)
+        end = times[-1] + 1_000_000
+        b.add({"name": "generate", "t_ns": start, "dur_ns": end - start, "pid": 1, "gen": g,
+               "tokens": n, "threads": 2, "device": "cpu"})  # fmt: skip
+        for k, tt in enumerate(times):
+            b.add({"name": "token", "t_ns": tt, "pid": 1, "gen": g, "index": k})
+        free[i] = end
+        made += n
+        g += 1
+    inv = 0
+    for k in range(max(free) // 100_000_000 + 2):
+        inv += rnd.randint(0, 60)
+        b.add({"name": "system.sample", "t_ns": k * 100_000_000, "pid": 1, "ctx_involuntary": inv,
+               "nr_periods": k, "nr_throttled": k // 50, "throttled_usec": k * 10})  # fmt: skip
+    return b.finish()
+
+
+def bench_doctor(sizes: list[int]) -> None:
+    from pyinstrument_ai.analysis.findings import find
+
+    first = None
+    for n in sizes:
+        a = doctor_analysis(n)
+        t = time.process_time()
+        found = find(a)
+        cpu = time.process_time() - t
+        per = cpu / n
+        first = first or per
+        print(
+            f"doctor find(): {n:>9,} tokens, {len(a.samples):,} samples, "
+            f"{len(a.generations):,} generations: CPU {cpu:7.3f} s, {per * 1e6:6.2f} µs/token "
+            f"({per / first:4.1f}x the first size's), {len(found)} finding(s)"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=1_000_000)
@@ -182,8 +243,16 @@ def main() -> None:
         default=100_000,
         help="tokens for the report --html figure (0: skip)",
     )
+    ap.add_argument(
+        "--doctor",
+        metavar="N,N,...",
+        help="time doctor's rules on these token counts instead (one process, in memory)",
+    )
     args = ap.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    if args.doctor:
+        bench_doctor([int(x) for x in args.doctor.split(",")])
+        return
     bench(args.tokens, args.rounds)
     if args.html_tokens:
         bench_html(args.html_tokens, args.rounds)

@@ -524,3 +524,45 @@ def test_compare_needs_two_runs_and_good_inputs(tmp_path):
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("pyinstrument-ai compare: error: ") and "no *.jsonl" in line
+
+
+def test_compare_prints_small_and_large_ratios_with_their_digits(tmp_path):
+    """A run 500x slower: its rates are 0.002x the first's, not 0.00x."""
+    from pyinstrument_ai.commands.compare import fmt_ratio
+
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", slow=500.0)
+    r = cli("compare", a, b)
+    assert r.returncode == 0, r.stderr
+    assert "0.00×" not in r.stdout
+    assert "(500.0×)" in r.stdout  # TTFT p50
+    assert "(0.00200×)" in r.stdout  # TorchServe predictions per second
+    assert [fmt_ratio(x) for x in (2, 0.5, 0.005, 0.000333, 1234.4, 1e-6, 0)] == [
+        "2.00×", "0.500×", "0.00500×", "0.000333×", "1,234×", "1.00e-06×", "0×",
+    ]  # fmt: skip
+
+
+def _two_hosts(d: Path, b_ahead_s: float) -> Path:
+    """One run on two hosts, each serving 3 generations over ~1.5 s at the same true time;
+    host b's wall clock (its file's anchor) ``b_ahead_s`` ahead."""
+    d.mkdir()
+    for host, pid, ahead in (("a", 101, 0.0), ("b", 202, b_ahead_s)):
+        gens = []
+        for g in range(3):
+            gens += gen_events(pid, g + 1, 500 * g, 400, [100, 30, 30])
+        h = header(pid, host=host, run_id="r1")
+        write_epoch(d / f"{host}.jsonl", h, shift(gens, WALL0 + int(ahead * 1e9)))
+    return d
+
+
+def test_a_host_clock_far_off_is_noted(tmp_path):
+    d = report_json(_two_hosts(tmp_path / "skew", 3 * 3600))
+    assert d["window"]["duration_s"] > 10_000  # what the anchors say: the gap is in
+    assert len(d["notes"]) == 1 and "clocks disagree" in d["notes"][0]
+    assert "host a and host b" in d["notes"][0] and "10,799 s" in d["notes"][0]
+    r = cli("report", tmp_path / "skew")
+    assert r.returncode == 0, r.stderr
+    assert "note: run r1: the work of host a and host b never overlaps" in r.stdout
+    # hosts that served at once, or one after the other with a short pause: nothing to say
+    assert report_json(_two_hosts(tmp_path / "same", 0))["notes"] == []
+    assert report_json(_two_hosts(tmp_path / "after", 2.0))["notes"] == []

@@ -16,6 +16,7 @@ from typing import Any
 
 from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
+from pyinstrument_ai.analysis.samples import Samples
 from pyinstrument_ai.analysis.validate import InvalidEvent, event_problem
 from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
@@ -82,7 +83,9 @@ class Builder:
         self._runs: list[OrtRun] = []
         self._preds: list[Prediction] = []
         self._stages: list[Stage] = []
-        self._samples: list[dict[str, Any]] = []
+        # system.sample events as per-process columns of what is drawn and checked (a line's
+        # dict, ~2 KB with per-CPU lists, is not kept)
+        self._samples = Samples()
         self._http: list[tuple[dict[str, Any], Any]] = []
         self._other: dict[str, int] = {}
         self.events = 0
@@ -203,8 +206,8 @@ class Builder:
             if late:  # whatever the time filters: a fact about the process, not a moment
                 self._late_ctx[(host, pid)] = late
             if f.keeps_time(t):
-                e.setdefault("host", host)  # samples are per process, as on a picture
-                self._samples.append(e)
+                # samples are per process, as on a picture
+                self._samples.append(e, e["host"] if "host" in e else host)
         else:
             self._other[name] = self._other.get(name, 0) + 1
 

@@ -13,11 +13,13 @@ formula of our own. Rules, thresholds and the reasons behind them: ``docs/doctor
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from pyinstrument_ai.analysis.result import Analysis
+from pyinstrument_ai.analysis.samples import Samples
 
 __all__ = ["RULES", "Finding", "Thresholds", "find"]
 
@@ -92,7 +94,17 @@ class _Proc:
         self.torch_threads: int | None = None
         self.gen_threads: int | None = None  # the CPU generations' alone
         self.ort_threads: list[int] = []  # intra-op threads of its ORT sessions (0 = default)
+        #: its ``system.sample`` events, in time order: the counters the rules read, as
+        #: dicts of those alone (``t_ns`` and what it carried of :data:`_COUNTERS`)
         self.samples: list[dict[str, Any]] = []
+        self._busy: _Merged | None = None
+
+    @property
+    def busy(self) -> _Merged:
+        """Its work intervals merged, for overlap queries in log time."""
+        if self._busy is None:
+            self._busy = _Merged(self.work)
+        return self._busy
 
     @property
     def threads(self) -> tuple[int, str] | None:
@@ -142,13 +154,26 @@ def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
         if pr.threads:
             p.torch_threads = max(p.torch_threads or 0, int(pr.threads))
     host_of = {pid: host for (host, pid) in procs}
-    for e in a.samples:
-        p = procs.get((host_of.get(e.get("pid")), e.get("pid")))
-        if p is not None:
-            p.samples.append(e)
+    for p in procs.values():
+        p.work.sort()
+    samples = a.samples
+    if not hasattr(samples, "processes"):  # a plain list of events
+        samples = Samples(samples)
+    for ps in samples.processes():
+        p = procs.get((ps.host, ps.pid))
+        if p is None and not ps.host:
+            p = procs.get((None, ps.pid))
+        if p is None:
+            p = procs.get((host_of.get(ps.pid), ps.pid))
+        if p is None:
+            continue
+        cols = [(k, ps.column(k)) for k in _COUNTERS if k in ps.cols]
+        p.samples.extend(
+            {"t_ns": t, **{k: c[i] for k, c in cols if c[i] is not None}}
+            for i, t in enumerate(ps.t_ns)
+        )
     for p in procs.values():
         p.samples.sort(key=lambda e: e["t_ns"])
-        p.work.sort()
     return procs
 
 
@@ -196,20 +221,77 @@ def _num(x: float) -> str:
     return f"{x:g}" if x == int(x) else f"{x:.2f}"
 
 
+#: the sample counters the rules read
+_COUNTERS = ("nr_periods", "nr_throttled", "throttled_usec", "ctx_involuntary")
+
+
 def _intervals(samples: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
     """Consecutive samples -> (start_ns, end_ns, deltas of their counters)."""
     out = []
     for a, b in zip(samples, samples[1:]):  # noqa: B905 - lengths differ by one
         d = {}
-        for k in ("nr_periods", "nr_throttled", "throttled_usec", "ctx_involuntary"):
+        for k in _COUNTERS:
             if isinstance(a.get(k), int) and isinstance(b.get(k), int):
                 d[k] = b[k] - a[k]
         out.append((a["t_ns"], b["t_ns"], d))
     return out
 
 
-def _overlaps(s: int, e: int, work: list[tuple[int, int]]) -> bool:
-    return any(ws < e and s < we for ws, we in work)
+class _Merged:
+    """Intervals ``(start, end)`` merged where they overlap, to answer "does ``(s, e)``
+    overlap any of them?" (``start < e and s < end``, the open intervals meet) in log time.
+
+    Only intervals that overlap are merged, not ones that touch: ``(0, 5)`` and ``(5, 9)``
+    stay two, so the empty interval ``(5, 5)`` overlaps neither, as with each alone. Merged
+    intervals are disjoint and sorted, so the one that starts last before ``e`` is the only
+    one that can reach past ``s``. Inverted intervals (end before start; not recorded work)
+    are kept aside and checked one by one.
+    """
+
+    __slots__ = ("starts", "ends", "odd")
+
+    def __init__(self, intervals: list[tuple[int, int]]) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+        self.odd = [(s, e) for s, e in intervals if e < s]
+        for s, e in sorted(iv for iv in intervals if iv[1] >= iv[0]):
+            if self.ends and s < self.ends[-1]:
+                if e > self.ends[-1]:
+                    self.ends[-1] = e
+            else:
+                self.starts.append(s)
+                self.ends.append(e)
+
+    def overlaps(self, s: int, e: int) -> bool:
+        """Whether ``(s, e)``, with ``s <= e``, overlaps any interval."""
+        i = bisect_left(self.starts, e)
+        if i and s < self.ends[i - 1]:
+            return True
+        return any(ws < e and s < we for ws, we in self.odd)
+
+
+def _overlaps(s: int, e: int, work: list[tuple[int, int]] | _Merged) -> bool:
+    """Whether ``(s, e)`` (``s <= e``) overlaps any work interval (pass a :class:`_Merged`
+    when asking many times: a list is merged on every call)."""
+    m = work if isinstance(work, _Merged) else _Merged(work)
+    return m.overlaps(s, e)
+
+
+def _hits(ivs: list[tuple[int, int, Any]], flags: list[bool]) -> Callable[[int, int], bool]:
+    """For intervals from consecutive samples (starts and ends both in order) and a flag per
+    interval: a function telling whether any interval overlapping ``(gs, ge)`` is flagged."""
+    starts = [s for s, _, _ in ivs]
+    ends = [e for _, e, _ in ivs]
+    before = [0]  # flagged intervals before each index
+    for f in flags:
+        before.append(before[-1] + f)
+
+    def hit(gs: int, ge: int) -> bool:
+        lo = bisect_right(ends, gs)  # from here on, intervals end after gs
+        hi = bisect_left(starts, ge)  # before here, intervals start before ge
+        return hi > lo and before[hi] > before[lo]
+
+    return hit
 
 
 def _at_once(busy: list[tuple[_Proc, Any]]) -> list[tuple[_Proc, Any]]:
@@ -296,7 +378,8 @@ def throttling(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     """CFS quota throttling in sample intervals that overlap inference."""
     out = []
     for p, pids in _cgroup_groups(procs):
-        ivs = [iv for iv in _intervals(p.samples) if _overlaps(iv[0], iv[1], p.work)]
+        busy = p.busy
+        ivs = [iv for iv in _intervals(p.samples) if busy.overlaps(iv[0], iv[1])]
         periods = sum(d.get("nr_periods", 0) for _, _, d in ivs)
         throttled = sum(d.get("nr_throttled", 0) for _, _, d in ivs)
         usec = sum(d.get("throttled_usec", 0) for _, _, d in ivs)
@@ -333,7 +416,8 @@ def involuntary_switches(a: Analysis, procs: dict, th: Thresholds) -> list[Findi
     for p in procs.values():
         if not p.work or len(p.samples) < 2:
             continue
-        ivs = [iv for iv in _intervals(p.samples) if _overlaps(iv[0], iv[1], p.work)]
+        busy = p.busy
+        ivs = [iv for iv in _intervals(p.samples) if busy.overlaps(iv[0], iv[1])]
         inv = sum(d.get("ctx_involuntary", 0) for _, _, d in ivs)
         # inferences inside the sampled span (the others have no counters around them)
         lo, hi = p.samples[0]["t_ns"], p.samples[-1]["t_ns"]
@@ -382,14 +466,19 @@ def slow_gaps(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
         )
         median = rates[len(rates) // 2] if rates else 0.0
         throttled = bursts = both = 0
-        for gs, ge in gaps:
-            hit = [iv for iv in ivs if iv[0] < ge and gs < iv[1]]
-            th_hit = any(d.get("nr_throttled", 0) > 0 for _, _, d in hit)
-            burst = any(
+        # per gap: does any sample interval it overlaps have throttling / a burst?
+        th_in = _hits(ivs, [d.get("nr_throttled", 0) > 0 for _, _, d in ivs])
+        burst_in = _hits(
+            ivs,
+            [
                 d.get("ctx_involuntary", 0) > 0
                 and d["ctx_involuntary"] / max(1, e - s) > th.burst_factor * median
-                for s, e, d in hit
-            )
+                for s, e, d in ivs
+            ],
+        )
+        for gs, ge in gaps:
+            th_hit = th_in(gs, ge)
+            burst = burst_in(gs, ge)
             throttled += th_hit
             bursts += burst
             both += th_hit or burst

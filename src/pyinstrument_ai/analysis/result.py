@@ -16,10 +16,12 @@ from pyinstrument_ai.analysis import littles_law
 from pyinstrument_ai.analysis.concurrency import mean_in_flight, peak_in_flight
 from pyinstrument_ai.analysis.generations import Generation
 from pyinstrument_ai.analysis.goodput import Goodput, goodput
+from pyinstrument_ai.analysis.samples import Samples
 from pyinstrument_ai.analysis.stats import Stats
 from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
-__all__ = ["SCHEMA", "Analysis", "Throughput"]
+__all__ = ["SCHEMA", "Analysis", "Samples", "Throughput"]
+
 
 #: version of the ``to_dict()`` / ``report --json`` layout (docs/metrics.md)
 SCHEMA = 1
@@ -103,7 +105,7 @@ class Analysis:
         ort_runs: list[OrtRun],
         ort_sessions: list[dict[str, Any]],
         predictions: list[Prediction],
-        samples: list[dict[str, Any]],
+        samples: Samples | Sequence[dict[str, Any]],
         other_events: dict[str, int],
         events: int,
     ) -> None:
@@ -116,8 +118,8 @@ class Analysis:
         self.stages: list[Stage] = []
         #: headers of the processes that the filters left out
         self.dropped_headers: list[dict[str, Any]] = []
-        #: ``system.sample`` events (``--sample``), raw
-        self.samples = samples
+        #: ``system.sample`` events (``--sample``), in the compact form of :class:`Samples`
+        self.samples = samples if isinstance(samples, Samples) else Samples(samples)
         #: counts of events no metric reads (``put``, ``end``, ``target``, ...)
         self.other_events = other_events
         self.events = events
@@ -357,6 +359,60 @@ class Analysis:
             return None
         return min(s for s, _ in ivs), max(e for _, e in ivs)
 
+    def clock_skew(self) -> list[dict[str, Any]]:
+        """Hosts of one run (one ``run_id``) whose work spans (first start -> last end) never
+        overlap and lie further apart than the longer of the two spans: served together,
+        their clocks disagree (the reader aligns hosts by each file's wall-clock anchor), and
+        the window, and every rate over it, takes in the gap. One dict per such pair of
+        hosts, the earlier first: ``run_id``, ``hosts``, ``spans_s``, ``gap_s``."""
+        run_of = {(h.get("hostname") or "", h.get("pid")): h.get("run_id") for h in self.headers}
+        spans: dict[Any, dict[Any, list[int]]] = defaultdict(dict)
+        for items in (self.generations, self.predictions, self.ort_runs):
+            for w in items:
+                run = run_of.get((w.host or "", w.pid))
+                if run is None:
+                    continue
+                sp = spans[run].get(w.host)
+                if sp is None:
+                    spans[run][w.host] = [w.start_ns, w.end_ns]
+                else:
+                    sp[0] = min(sp[0], w.start_ns)
+                    sp[1] = max(sp[1], w.end_ns)
+        out = []
+        for run, by_host in spans.items():
+            ordered = sorted(by_host.items(), key=lambda kv: kv[1][0])
+            ha, (sa, ea) = ordered[0]  # of the hosts so far, the one whose work ended last
+            for hb, (sb, eb) in ordered[1:]:
+                gap = sb - ea
+                if gap > 0 and gap > max(ea - sa, eb - sb):
+                    out.append(
+                        {
+                            "run_id": run,
+                            "hosts": [ha, hb],
+                            "spans_s": [(ea - sa) / 1e9, (eb - sb) / 1e9],
+                            "gap_s": gap / 1e9,
+                        }
+                    )
+                if eb > ea:
+                    ha, sa, ea = hb, sb, eb
+        return out
+
+    def notes(self) -> list[str]:
+        """What a reader of the numbers should know about the data (``notes`` of
+        :meth:`to_dict`; the terminal report prints them under its first line)."""
+        out = []
+        for c in self.clock_skew():
+            a, b = (str(h or "?") for h in c["hosts"])
+            out.append(
+                f"run {c['run_id']}: the work of host {a} and host {b} never overlaps: {b}'s "
+                f"starts {c['gap_s']:,.0f} s after {a}'s ends, more than either host's own "
+                f"({c['spans_s'][0]:,.1f} s and {c['spans_s'][1]:,.1f} s). If they served "
+                "together, their clocks disagree (hosts are aligned by each file's wall-clock "
+                "anchor), and the window and every rate over it include the gap: check the "
+                "hosts' clock sync (NTP), or report each host's files alone"
+            )
+        return out
+
     def processes(self) -> list[dict[str, Any]]:
         keys = (
             "hostname",
@@ -392,6 +448,7 @@ class Analysis:
             "littles_law": [x.to_dict() for x in self.littles_law()],
             "samples": len(self.samples),
             "other_events": self.other_events,
+            "notes": self.notes(),
         }
         if slo:
             d["goodput"] = self.goodput(slo).to_dict()

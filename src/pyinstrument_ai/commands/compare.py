@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -134,6 +135,20 @@ def _fmt(v: Any, kind: str) -> str:
     return str(v)
 
 
+def fmt_ratio(r: float) -> str:
+    """A ratio with three significant digits whatever its size: 2.00×, 0.500×, 0.00500×, 1,234×
+    (two decimals alone printed 0.005 as 0.00×)."""
+    if r == 0 or not math.isfinite(r):
+        return f"{r:g}×"
+    if 1 <= abs(r) < 1000:
+        return f"{r:.2f}×" if abs(r) < 100 else f"{r:.1f}×"
+    if abs(r) >= 1000:
+        return f"{r:,.0f}×"
+    if abs(r) < 1e-4:
+        return f"{r:.2e}×"
+    return f"{r:.{2 - math.floor(math.log10(abs(r)))}f}×"
+
+
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     if len(args.paths) < 2:
@@ -164,7 +179,7 @@ def main(argv: list[str]) -> None:
         for i, (v, ratio) in enumerate(zip(r["values"], r["ratios"], strict=True)):
             text = _fmt(v, r["kind"])
             if i and ratio is not None:
-                text += f" ({ratio:.2f}×)"
+                text += f" ({fmt_ratio(ratio)})"
             cells.append(text)
         t.add_row(r["metric"], *cells)
     console.print(t)

@@ -88,21 +88,34 @@ def _fig(title: str, x_range: Any, height: int, y_label: str, **kw: Any) -> Any:
     return p
 
 
+#: height of one row of a legend above a panel (8pt labels), for the panel's height
+LEGEND_ROW = 17
+#: width the legend above a panel may fill (a 1400 px window less the left border)
+LEGEND_WIDTH = 1000
+
+
 def _legend(p: Any) -> None:
-    """Legend above the panel, in rows: a legend beside it would shift its time axis."""
+    """Legend above the panel, in rows: a legend beside it would shift its time axis. The
+    panel grows by the legend's rows, so its plot keeps the height it was made with."""
     if not p.legend:
         return
     leg = p.legend[0]
     leg.click_policy = "hide"
     leg.orientation = "horizontal"
-    leg.ncols = 4 if len(leg.items) > 4 else len(leg.items)
+    n = len(leg.items)
+    longest = max((len(str(it.label.value)) for it in leg.items if it.label), default=10)
+    # an entry: its glyph (20 px), ~6 px per character at 8pt, the spacing
+    ncols = max(1, min(n, LEGEND_WIDTH // (36 + 6 * longest)))
+    leg.ncols = ncols
     leg.label_text_font_size = "8pt"
+    leg.label_height = leg.glyph_height = 12
     leg.spacing = 8
     leg.padding = 2
     leg.margin = 2
     leg.border_line_alpha = 0
     p.legend.location = "top_left"
     p.add_layout(leg, "above")
+    p.height += -(-n // ncols) * LEGEND_ROW + 6
 
 
 def _short(label: str) -> str:
@@ -254,6 +267,13 @@ _PANELS = {
 }
 
 
+#: beyond this many processes or lines in a panel, a legend entry per field (all processes'
+#: lines of that field in one colour; the hover names each line) instead of one per line, as
+#: the PNG pictures do
+LINE_LEGEND_PROCESSES = 3
+LINE_LEGEND_LINES = 16
+
+
 def _samples(a: Any, t0: int, x_range: Any) -> list[Any]:
     series = timeline.sample_series(a.samples, t0)
     out = []
@@ -262,12 +282,33 @@ def _samples(a: Any, t0: int, x_range: Any) -> list[Any]:
         if not ss:
             continue
         p = _fig(f"System samples: {title}", x_range, 200, unit)
-        if panel == "memory":
-            p.yaxis.formatter = NumeralTickFormatter(format="0.0 b")
+        # ticks that stay short whatever the magnitude (300k, 1.2m; bytes in KB/MB/GB)
+        p.yaxis.formatter = NumeralTickFormatter(format="0.0 b" if panel == "memory" else "0.[00]a")
+        fields = sorted({s.field for s in ss})
+        nprocs = len({(s.host, s.pid) for s in ss})
+        by_field = nprocs > LINE_LEGEND_PROCESSES or len(ss) > LINE_LEGEND_LINES
+        entries: dict[str, list[Any]] = {}
+        lines = []
         for i, s in enumerate(ss):
-            p.line(s.x_s, s.y, color=_color(i), legend_label=s.label, line_width=1.5)
+            c = _color(fields.index(s.field) if by_field else i)
+            rs = [p.line(s.x_s, s.y, color=c, line_width=1.5, name=s.label)]
+            lines.append(rs[0])
             if len(s.x_s) < 100:  # few samples: a lone rate between gaps needs a marker
-                p.scatter(s.x_s, s.y, color=_color(i), size=4, legend_label=s.label)
+                rs.append(p.scatter(s.x_s, s.y, color=c, size=4, name=s.label))
+            if by_field:
+                npids = len({(x.host, x.pid) for x in ss if x.field == s.field})
+                key = f"{s.field} ({npids} process{'es' if npids > 1 else ''})"
+            else:
+                key = s.label
+            entries.setdefault(key, []).extend(rs)
+        p.add_layout(Legend(items=[LegendItem(label=k, renderers=rs) for k, rs in entries.items()]))
+        p.add_tools(
+            HoverTool(
+                renderers=lines,
+                tooltips=[("", "$name"), ("t", "$x{0.000} s"), ("value", "$y{0.[000]a}")],
+                line_policy="nearest",
+            )
+        )
         _legend(p)
         out.append(p)
     return out

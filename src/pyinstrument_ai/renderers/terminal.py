@@ -63,6 +63,8 @@ def _config(d: dict[str, Any], a: Any) -> list[Any]:
             f"{d['inputs'].get('events', 0)} events",
         )
     )
+    for note in d.get("notes") or ():
+        out.append(Text(f"note: {note}", style="yellow"))
     t = Table(title="configuration", title_justify="left", title_style="bold")
     t.add_column("pid", justify="right")
     t.add_column("host")
