@@ -566,3 +566,24 @@ def test_a_host_clock_far_off_is_noted(tmp_path):
     # hosts that served at once, or one after the other with a short pause: nothing to say
     assert report_json(_two_hosts(tmp_path / "same", 0))["notes"] == []
     assert report_json(_two_hosts(tmp_path / "after", 2.0))["notes"] == []
+
+
+def test_failed_generations_are_left_out_of_the_latency_distributions(tmp_path):
+    """Three calls that failed argument checks in 0.4 ms were the median end-to-end
+    "generation": failed generations now count in count/failed/tokens and are left out of
+    the distributions, as failed ONNX Runtime runs and TorchServe batches are."""
+    gens = gen_events(101, 1, 0, 400, [100, 130, 160, 190])
+    gens += gen_events(101, 2, 500, 300, [50, 80])
+    for i, start in enumerate((900, 1000, 1100), start=3):
+        gens += gen_events(101, i, start, 0.4, [], error="builtins.ValueError", tokens=None)
+    gens += gen_events(101, 6, 1200, 50, [20, 30], error="builtins.KeyError")
+    write_epoch(tmp_path / "p.jsonl", header(101), shift(gens, WALL0))
+    g = report_json(tmp_path)["generations"]
+    assert (g["count"], g["failed"]) == (6, 4)
+    assert g["e2e_s"]["count"] == 2 and g["e2e_s"]["min"] == approx(0.300)
+    assert g["ttft_s"]["count"] == 2 and g["ttft_s"]["min"] == approx(0.050)
+    assert g["itl_s"]["count"] == 4  # 3 + 1 gaps of the two that did not fail
+    assert g["output_tokens"] == 8  # the failed one's two tokens were made all the same
+    r = cli("report", tmp_path)
+    text = " ".join(r.stdout.split())  # (rich wraps the line)
+    assert "4 failed generations, counted in generations, output tokens and throughput" in text

@@ -133,7 +133,19 @@ def _generations(d: dict[str, Any]) -> list[Any]:
             f"; {g['batched']} batched, mean {g['mean_sequences_per_position']:.2f} "
             "sequences per position"
         )
-    return [t, line]
+    out: list[Any] = [t, line]
+    if g["failed"]:
+        # as for ONNX Runtime runs and TorchServe batches: a failed call's time is not the
+        # model's latency
+        n = g["failed"]
+        out.append(
+            Text(
+                f"the table is over the generations that did not fail: {n} failed "
+                f"generation{'s' if n > 1 else ''}, counted in generations, output tokens and "
+                f"throughput, {'are' if n > 1 else 'is'} left out"
+            )
+        )
+    return out
 
 
 _REQ_ROWS = (
