@@ -18,7 +18,7 @@ from pyinstrument_ai.analysis.generations import generation_from_columns
 from pyinstrument_ai.analysis.result import Analysis
 from pyinstrument_ai.analysis.samples import Samples
 from pyinstrument_ai.analysis.validate import InvalidEvent, event_problem
-from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
+from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage, session_model
 
 __all__ = ["Builder", "Filters", "analyze"]
 
@@ -233,9 +233,7 @@ class Builder:
         for r in self._runs:
             s = self._sessions.get((r.host, r.pid, r.session_id))
             if s is not None:
-                r.model = (
-                    s.get("model_path") or s.get("model_sha256") or s.get("model_sample_sha256")
-                )
+                r.model = session_model(s)
         runs = self._runs
         if self.filters.models is not None:
             runs = [r for r in runs if self.filters.keeps_model(r.model)]

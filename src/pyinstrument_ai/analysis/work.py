@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["OrtRun", "Prediction", "Stage"]
+__all__ = ["OrtRun", "Prediction", "Stage", "session_model"]
+
+
+def session_model(session: dict[str, Any]) -> str | None:
+    """What an ``onnxruntime.session`` event names its model by: the path (what users know a
+    model by), else the hash of the bytes it was given (full, or of a bounded sample)."""
+    return (
+        session.get("model_path")
+        or session.get("model_sha256")
+        or session.get("model_sample_sha256")
+    )
 
 
 class _Plain:

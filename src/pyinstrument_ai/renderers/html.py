@@ -43,6 +43,8 @@ PALETTE = Category10_10
 #: pixels left of every timed panel (room for the dots' row labels, cut to fit)
 LEFT = 250
 LABEL_CHARS = 38
+#: requests whose response was cut short or whose application raised
+BAD = "#d62728"
 
 _TEMPLATE = get_env().from_string(
     """{% extends "file.html.jinja" %}
@@ -319,6 +321,94 @@ def _samples(a: Any, t0: int, x_range: Any) -> list[Any]:
     return out
 
 
+def _requests(a: Any, t0: int, x_range: Any) -> list[Any]:
+    """One mark per HTTP request at its arrival: time to first byte and end to end (the
+    analysis' :class:`~pyinstrument_ai.analysis.requests.Request`), incomplete responses and
+    requests whose application raised drawn apart (red, hollow)."""
+    reqs = getattr(a, "requests", None) or []
+    if not reqs:
+        return []
+    stride = timeline.thin(len(reqs))
+    shown = reqs[::stride]
+    note = "" if stride == 1 else f" (1 in {stride} of {len(reqs):,} requests drawn)"
+    ys = [v * 1e3 for r in shown for v in (r.ttfb_s, r.e2e_s) if v is not None]
+    log = timeline.wants_log(ys)
+    p = _fig(
+        f"Requests over time: time to first byte and end to end, at arrival{note}",
+        x_range,
+        260,
+        "ms" + (" (log scale)" if log else ""),
+        y_axis_type="log" if log else "linear",
+    )
+    nan = float("nan")
+    groups: dict[bool, dict[str, list[Any]]] = {}
+    for r in shown:
+        e = r.event
+        bad = r.incomplete or bool(e.get("error"))
+        cols = groups.setdefault(
+            bad,
+            {k: [] for k in ("x", "ttfb", "e2e", "rid", "route", "status", "state")},
+        )
+        cols["x"].append((r.start_ns - t0) / 1e9)
+        cols["ttfb"].append(r.ttfb_s * 1e3 if r.ttfb_s is not None else nan)
+        cols["e2e"].append(r.e2e_s * 1e3 if r.e2e_s is not None else nan)
+        cols["rid"].append(str(e.get("request_id")))
+        route = e.get("route")
+        cols["route"].append(f"{e.get('method') or ''} {route if route is not None else '-'}")
+        cols["status"].append(str(e.get("status")))
+        state = ["incomplete"] if r.incomplete else []
+        if e.get("error"):
+            state.append(f"error {e['error']}")
+        cols["state"].append(", ".join(state) or "complete")
+    hover = []
+    for bad in (False, True):
+        cols = groups.get(bad)
+        if cols is None:
+            continue
+        src = ColumnDataSource({k: np.asarray(v) if k in ("x", "ttfb", "e2e") else v
+                                for k, v in cols.items()})  # fmt: skip
+        tail = " (incomplete or error)" if bad else ""
+        style: dict[str, Any] = (
+            {"fill_color": None, "line_color": BAD, "line_width": 1.5} if bad else {"alpha": 0.8}
+        )
+        # end to end first: a one-chunk reply's TTFB equals it, and its circle stays seen
+        for field, marker, color, label in (
+            ("e2e", "square", 1, "end to end"),
+            ("ttfb", "circle", 0, "time to first byte"),
+        ):
+            hover.append(
+                p.scatter(
+                    "x",
+                    field,
+                    source=src,
+                    marker=marker,
+                    size=6,
+                    **({} if bad else {"color": _color(color)}),
+                    legend_label=f"{label}{tail}",
+                    name=f"request-{field}",
+                    **style,
+                )
+            )
+    p.add_tools(
+        HoverTool(
+            renderers=hover,
+            tooltips=[
+                ("request", "@rid"),
+                ("route", "@route"),
+                ("status", "@status (@state)"),
+                ("TTFB", "@ttfb{0.000} ms"),
+                ("end to end", "@e2e{0.000} ms"),
+                ("arrival", "@x{0.000000} s"),
+            ],
+        )
+    )
+    if log:  # plain numbers (0.5, 1, 10 ms), not powers of ten
+        p.yaxis.ticker = LogTicker(mantissas=[1, 2, 5])
+        p.yaxis.formatter = NumeralTickFormatter(format="0.[000]")
+    _legend(p)
+    return [p]
+
+
 def _ort(a: Any, t0: int, x_range: Any) -> list[Any]:
     runs = a.ort_runs
     if not runs:
@@ -456,6 +546,10 @@ def render(
         timed.append(dots)
         timed += _concurrency(a, t0, x_range)
         note = td.note()
+    figs = _requests(a, t0, x_range)
+    if figs and x_range is None:
+        x_range = figs[0].x_range
+    timed += figs
     if a.samples:
         first = _samples(a, t0, x_range)
         if first and x_range is None:
@@ -481,7 +575,7 @@ def render(
     if not children:
         children = [
             Div(
-                text="<p>Nothing to draw: no generations, runs, predictions or "
+                text="<p>Nothing to draw: no generations, requests, runs, predictions or "
                 "system samples recorded.</p>"
             )
         ]

@@ -7,6 +7,10 @@ Layout (docs/pictures.md):
 - one track (trace thread) per lane: work of one kind and one recording thread, split into
   more lanes only where items overlap, because both viewers need the complete events of a
   track to nest perfectly; a TorchServe prediction's stages nest inside it on its lane;
+- HTTP requests (``http.request``) on request lanes of their process (a lane per concurrent
+  request), with instants at headers / first chunk / last chunk; a flow (v2: ``bind_id`` with
+  ``flow_out`` on the request, ``flow_in`` on each generation that served it) links them;
+- ONNX Runtime session creations on their creating thread's ``onnxruntime`` lane;
 - one instant event per token, on its generation's lane;
 - counters: generations in flight and output tokens/s on a ``run`` process, system samples
   on their process.
@@ -33,6 +37,7 @@ import orjson
 
 from pyinstrument_ai.analysis import timeline
 from pyinstrument_ai.analysis.concurrency import in_flight_series
+from pyinstrument_ai.analysis.work import session_model
 
 __all__ = ["render", "write"]
 
@@ -70,6 +75,31 @@ class _Lanes:
         return tid
 
 
+def _slice(
+    name: str,
+    cat: str,
+    pid: int,
+    tid: int,
+    start_ns: int,
+    end_ns: int,
+    t0: int,
+    args: dict[str, Any],
+    drop_none: bool = True,
+) -> dict[str, Any]:
+    """A complete ("X") trace event from ``start_ns`` to ``end_ns`` (args without None values
+    unless ``drop_none`` is false)."""
+    return {
+        "ph": "X",
+        "name": name,
+        "cat": cat,
+        "pid": pid,
+        "tid": tid,
+        "ts": _us(start_ns, t0),
+        "dur": (end_ns - start_ns) / 1000,
+        "args": {k: v for k, v in args.items() if v is not None} if drop_none else args,
+    }
+
+
 def _meta(pid: int, tid: int, what: str, name: str) -> dict[str, Any]:
     return {"ph": "M", "pid": pid, "tid": tid, "name": what, "args": {"name": name}}
 
@@ -88,6 +118,21 @@ class _Plan:
             self.proc(h.get("hostname"), h.get("pid"))
         # Sorted by start: a lane is reused as soon as its last item ended (greedy interval
         # partitioning), so each recording thread usually keeps one lane.
+        # Requests first: their lanes get the smallest tids, so they sit above the work they
+        # started (sort index = tid) and their flows point down.
+        self.requests = []
+        #: id(generation) -> the flow id (bind_id) of the request it served
+        self.flow_of: dict[int, int] = {}
+        for r in sorted(getattr(a, "requests", None) or (), key=lambda r: r.start_ns):
+            tp = self.proc(r.host, r.event.get("pid"))
+            end = max(r.end_ns, r.start_ns)
+            tid = self.lanes[tp].place(("http",), "HTTP requests", r.start_ns, end)
+            flow = None
+            if r.generations:
+                flow = len(self.requests) + 1
+                for g in r.generations:
+                    self.flow_of[id(g)] = flow
+            self.requests.append((r, tp, tid, flow))
         self.gens = []
         for g in sorted(a.generations, key=lambda g: g.start_ns):
             tp = self.proc(g.host, g.pid)
@@ -98,11 +143,25 @@ class _Plan:
             tp = self.proc(p.host, p.pid)
             key, name = ("pred", p.model), f"predict {p.model}"
             self.preds.append((p, tp, self.lanes[tp].place(key, name, p.start_ns, p.end_ns)))
+        # ONNX Runtime runs and session creations share their thread's lanes, placed in one
+        # start order (the greedy placement needs it): a session is created on the thread that
+        # then usually runs it
+        ort: list[tuple[int, int, Any, Any, bool]] = []
+        for r in a.ort_runs:
+            ort.append((r.start_ns, r.end_ns, r.host, r, False))
+        for s in getattr(a, "ort_sessions", None) or ():
+            start = s.get("t_ns")
+            if type(start) is int:
+                ort.append((start, start + max(s.get("dur_ns") or 0, 0), s.get("host"), s, True))
         self.runs = []
-        for r in sorted(a.ort_runs, key=lambda r: r.start_ns):
-            tp = self.proc(r.host, r.pid)
-            key, name = ("ort", r.tid), f"onnxruntime (thread {r.tid})"
-            self.runs.append((r, tp, self.lanes[tp].place(key, name, r.start_ns, r.end_ns)))
+        self.sessions = []
+        for start, end, host, item, is_session in sorted(ort, key=lambda x: x[0]):
+            pid = item.get("pid") if is_session else item.pid
+            tid = item.get("tid") if is_session else item.tid
+            tp = self.proc(host, pid)
+            key, name = ("ort", tid), f"onnxruntime (thread {tid})"
+            lane = self.lanes[tp].place(key, name, start, end)
+            (self.sessions if is_session else self.runs).append((item, tp, lane, start, end))
         self.in_flight: list[tuple[int, int]] = []
         self.buckets = None
         if a.generations:
@@ -156,8 +215,99 @@ def _meta_events(plan: _Plan) -> Iterator[dict[str, Any]]:
         }
 
 
+def _ms(s: float | None) -> float | None:
+    return None if s is None else round(s * 1e3, 6)  # ms, to the nanosecond
+
+
+#: the moments of a request drawn as instants on its slice: (event field, instant name)
+_REQUEST_MARKS = (
+    ("headers_ns", "headers"),
+    ("first_chunk_ns", "first chunk"),
+    ("last_chunk_ns", "last chunk"),
+)
+
+
+def _request_events(plan: _Plan) -> Iterator[dict[str, Any]]:
+    """Each request as a complete event (name: method and route template; the metrics are
+    :class:`~pyinstrument_ai.analysis.requests.Request`'s), its flow to the generations that
+    served it, and an instant per moment of its response, all on its request lane."""
+    t0 = plan.t0
+    for r, tp, tid, flow in plan.requests:
+        e = r.event
+        end = max(r.end_ns, r.start_ns)
+        args = {
+            "request_id": e.get("request_id"),
+            "request_id_source": e.get("request_id_source"),
+            "method": e.get("method"),
+            "route": e.get("route"),
+            "status": e.get("status"),
+            "bytes": e.get("bytes"),
+            "chunks": e.get("chunks"),
+            "incomplete": True if r.incomplete else None,
+            "error": e.get("error"),
+            "server": e.get("server"),
+            "wait_ms": _ms(r.wait_s),
+            "ttfb_ms": _ms(r.ttfb_s),
+            "model_ttft_ms": _ms(r.model_ttft_s),
+            "delivery_ms": _ms(r.delivery_s),
+            "e2e_ms": _ms(r.e2e_s),
+            "generations": [g.gen for g in r.generations] or None,
+        }
+        route = e.get("route")
+        ev = _slice(
+            f"{e.get('method') or 'HTTP'} {route if route is not None else '(no route)'}",
+            "http",
+            tp,
+            tid,
+            r.start_ns,
+            end,
+            t0,
+            args,
+        )
+        if flow is not None:  # the start of the flow to its generations (v2 flow events)
+            ev["bind_id"] = flow
+            ev["flow_out"] = True
+        yield ev
+        for field, name in _REQUEST_MARKS:
+            off = e.get(field)
+            if off is None:
+                continue
+            # inside the request's slice, whatever the offsets said
+            at = min(max(r.start_ns + off, r.start_ns), end)
+            yield {
+                "ph": "i",
+                "s": "t",
+                "name": name,
+                "cat": "http",
+                "pid": tp,
+                "tid": tid,
+                "ts": _us(at, t0),
+                "args": {"request_id": e.get("request_id")},
+            }
+
+
+def _session_events(plan: _Plan) -> Iterator[dict[str, Any]]:
+    """Each ONNX Runtime session creation (``InferenceSession``: the model's load)."""
+    t0 = plan.t0
+    for s, tp, tid, start, end in plan.sessions:
+        args = {
+            "session_id": s.get("session_id"),
+            "model": session_model(s),
+            "model_bytes": s.get("model_bytes"),
+            "providers": s.get("providers"),
+            "intra_op_num_threads": s.get("intra_op_num_threads"),
+            "inter_op_num_threads": s.get("inter_op_num_threads"),
+            "graph_optimization_level": s.get("graph_optimization_level"),
+            "error": s.get("error"),
+        }
+        yield _slice("InferenceSession", "onnxruntime.session", tp, tid, start, end, t0, args)
+
+
 def _work_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
     t0 = plan.t0
+    # requests before the generations: a flow's start comes before its ends in the file
+    yield from _request_events(plan)
+    yield from _session_events(plan)
     for g, tp, tid in plan.gens:
         args = {
             "thread": g.tid,
@@ -168,16 +318,21 @@ def _work_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
             "request_id": g.request_id,
             "error": g.error,
         }
-        yield {
-            "ph": "X",
-            "name": f"generate {g.model or ''} #{g.gen}".replace("  ", " "),
-            "cat": "generate",
-            "pid": tp,
-            "tid": tid,
-            "ts": _us(g.start_ns, t0),
-            "dur": (g.end_ns - g.start_ns) / 1000,
-            "args": {k: v for k, v in args.items() if v is not None},
-        }
+        ev = _slice(
+            f"generate {g.model or ''} #{g.gen}".replace("  ", " "),
+            "generate",
+            tp,
+            tid,
+            g.start_ns,
+            g.end_ns,
+            t0,
+            args,
+        )
+        flow = plan.flow_of.get(id(g))
+        if flow is not None:  # the end of its request's flow (v2 flow events)
+            ev["bind_id"] = flow
+            ev["flow_in"] = True
+        yield ev
         for i, t in enumerate(g.token_t_ns):
             yield {
                 "ph": "i",
@@ -201,32 +356,33 @@ def _work_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
             "streamed": p.intermediate_count,
             "error": p.error,
         }
-        yield {
-            "ph": "X",
-            "name": f"predict {p.model}",
-            "cat": "torchserve",
-            "pid": tp,
-            "tid": tid,
-            "ts": _us(p.start_ns, t0),
-            "dur": (p.end_ns - p.start_ns) / 1000,
-            "args": {k: v for k, v in args.items() if v is not None},
-        }
+        yield _slice(
+            f"predict {p.model}",
+            "torchserve",
+            tp,
+            tid,
+            p.start_ns,
+            p.end_ns,
+            t0,
+            args,
+        )
         for s in stages.get((p.host, p.pid, p.seq), ()):
             # clipped to the prediction: nesting must be perfect, whatever the clocks said
             start = min(max(s.start_ns, p.start_ns), p.end_ns)
             end = max(min(s.end_ns, p.end_ns), start)
-            yield {
-                "ph": "X",
-                "name": str(s.stage),
-                "cat": "torchserve.stage",
-                "pid": tp,
-                "tid": tid,
-                "ts": _us(start, t0),
-                "dur": (end - start) / 1000,
-                "args": {"seq": s.seq},
-            }
+            yield _slice(
+                str(s.stage),
+                "torchserve.stage",
+                tp,
+                tid,
+                start,
+                end,
+                t0,
+                {"seq": s.seq},
+                drop_none=False,
+            )
 
-    for r, tp, tid in plan.runs:
+    for r, tp, tid, _, _ in plan.runs:
         args = {
             "thread": r.tid,
             "session": r.session_id,
@@ -235,16 +391,16 @@ def _work_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:
             "batch_size": r.batch_size,
             "error": r.error,
         }
-        yield {
-            "ph": "X",
-            "name": f"{r.api or 'run'}",
-            "cat": "onnxruntime",
-            "pid": tp,
-            "tid": tid,
-            "ts": _us(r.start_ns, t0),
-            "dur": (r.end_ns - r.start_ns) / 1000,
-            "args": {k: v for k, v in args.items() if v is not None},
-        }
+        yield _slice(
+            f"{r.api or 'run'}",
+            "onnxruntime",
+            tp,
+            tid,
+            r.start_ns,
+            r.end_ns,
+            t0,
+            args,
+        )
 
 
 def _iter_events(a: Any, plan: _Plan) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """``report --png DIR``: the main pictures as PNG files (matplotlib), for CI artifacts and issues.
 
-- ``timeline.png``: token dots, generations in flight, output tokens/s, latency over time and
-  system samples, stacked on one time axis (as the HTML report);
+- ``timeline.png``: token dots, generations in flight, output tokens/s, latency over time,
+  HTTP requests over time and system samples, stacked on one time axis (as the HTML report);
 - ``latency.png``: inter-token latency and time-to-first-token CDFs;
 - ``onnxruntime.png``, ``torchserve.png``: run / prediction latency over time (and the
   TorchServe stage breakdown), when there are any.
@@ -170,6 +170,57 @@ def _latency_panel(ax: Any, a: Any, t0: int, b: Any) -> None:
     _legend(ax)
 
 
+#: requests whose response was cut short or whose application raised
+_BAD = "#d62728"
+
+
+def _requests_panel(ax: Any, a: Any, t0: int) -> None:
+    """One mark per request at its arrival: time to first byte (circle) and end to end
+    (square), as :class:`~pyinstrument_ai.analysis.requests.Request` defines them; incomplete
+    responses and requests whose application raised hollow and red."""
+    reqs = a.requests
+    shown = reqs[:: timeline.thin(len(reqs))]
+    ys = [v * 1e3 for r in shown for v in (r.ttfb_s, r.e2e_s) if v is not None]
+    for bad in (False, True):
+        rs = [r for r in shown if (r.incomplete or bool(r.event.get("error"))) == bad]
+        if not rs:
+            continue
+        tail = " (incomplete or error)" if bad else ""
+        # end to end first: a one-chunk reply's TTFB equals it, and its circle stays seen
+        for i, (what, marker, metric) in (
+            (1, ("end to end", "s", "e2e_s")),
+            (0, ("time to first byte", "o", "ttfb_s")),
+        ):
+            pts = [
+                ((r.start_ns - t0) / 1e9, v * 1e3)
+                for r in rs
+                if (v := getattr(r, metric)) is not None
+            ]
+            if not pts:
+                continue
+            style: dict[str, Any] = (
+                {"facecolors": "none", "edgecolors": _BAD, "lw": 1.0}
+                if bad
+                else {"color": _color(i), "lw": 0, "alpha": 0.85}
+            )
+            ax.scatter(*zip(*pts, strict=True), s=14, marker=marker, label=what + tail, **style)
+    log = timeline.wants_log(ys)
+    if log:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("ms" + (" (log)" if log else ""), fontsize=8)
+    note = "" if len(shown) == len(reqs) else f" ({len(shown):,} of {len(reqs):,})"
+    ax.set_title(
+        f"Requests over time: time to first byte and end to end, at arrival{note}",
+        fontsize=9,
+        loc="left",
+    )
+    _legend(ax)
+
+
 def _sample_panel(ax: Any, title: str, unit: str, ss: list[Any]) -> None:
     by_field = _by_field(ss)
     fields = sorted({s.field for s in ss})
@@ -209,6 +260,8 @@ def _timeline(a: Any, t0: int, path: str, dot_limit: int) -> None:
             (1.6, lambda ax: _tokens_panel(ax, b)),
             (1.8, lambda ax: _latency_panel(ax, a, t0, b)),
         ]
+    if a.requests:
+        panels.append((_legend_height(4, 1.8), lambda ax: _requests_panel(ax, a, t0)))
     for title, unit, ss in _samples_panels(a, t0):
         h = _legend_height(_sample_entries(ss), 1.6)
         panels.append((h, lambda ax, t=title, u=unit, ss=ss: _sample_panel(ax, t, u, ss)))
@@ -329,7 +382,7 @@ def render(a: Any, out_dir: str, dot_limit: int = timeline.DOT_LIMIT) -> list[st
     os.makedirs(out_dir, exist_ok=True)
     t0 = timeline.run_start_ns(a) or 0
     written = []
-    if a.generations or a.samples:
+    if a.generations or a.samples or a.requests:
         p = os.path.join(out_dir, "timeline.png")
         _timeline(a, t0, p, dot_limit)
         written.append(p)
