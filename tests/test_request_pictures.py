@@ -240,7 +240,7 @@ def test_html_requests_panel(tmp_path):
     text = html.render(analyze(_events()))
     assert "Requests over time" in text
     assert "request-ttfb" in text and "request-e2e" in text
-    assert "time to first byte (incomplete or error)" in text
+    assert "time to first byte (incomplete, error or 5xx)" in text
     # no requests: no panel
     assert "Requests over time" not in html.render(analyze(gen_events(1, 1, 0, 10, [1, 2])))
     # requests alone are drawn too
@@ -355,3 +355,19 @@ def test_real_fastapi_requests_link_to_their_generations():
         assert r["name"] == "GET /chat/{user}"
         assert r["bind_id"] == gens[rid]["bind_id"] and gens[rid]["flow_in"] is True
         assert r["args"]["ttfb_ms"] > 0 and r["args"]["e2e_ms"] >= r["args"]["ttfb_ms"]
+
+
+def test_a_request_failed_when_cut_short_raised_or_answered_5xx():
+    """What the pictures draw apart, defined once in the analysis (a 503 the application
+    returned without raising was drawn as a good answer)."""
+    a = analyze(
+        [
+            _http(0, 10, "ok", 5),
+            _http(20, 10, "missing", 5, status=404),
+            _http(40, 10, "busy", 5, status=503),
+            {**_http(60, 10, "boom", 5, status=500), "error": "builtins.RuntimeError"},
+            {**_http(80, 90, "cut", 40), "last_chunk_ns": None, "incomplete": True},
+        ]
+    )
+    failed = {r.event["request_id"]: r.failed for r in a.requests}
+    assert failed == {"ok": False, "missing": False, "busy": True, "boom": True, "cut": True}

@@ -82,6 +82,17 @@ class Request:
         return bool(self.event.get("incomplete"))
 
     @property
+    def failed(self) -> bool:
+        """The user did not get a good answer: the body never ended, the application raised,
+        or the server answered 5xx."""
+        status = self.event.get("status")
+        return (
+            self.incomplete
+            or bool(self.event.get("error"))
+            or (isinstance(status, int) and status >= 500)
+        )
+
+    @property
     def e2e_s(self) -> float | None:
         """Arrival → last body chunk; None for an incomplete response (its end is when the
         server noticed, not a response the user got: kept out of the end-to-end figures)."""

@@ -344,7 +344,7 @@ def _requests(a: Any, t0: int, x_range: Any) -> list[Any]:
     groups: dict[bool, dict[str, list[Any]]] = {}
     for r in shown:
         e = r.event
-        bad = r.incomplete or bool(e.get("error"))
+        bad = r.failed
         cols = groups.setdefault(
             bad,
             {k: [] for k in ("x", "ttfb", "e2e", "rid", "route", "status", "state")},
@@ -367,7 +367,7 @@ def _requests(a: Any, t0: int, x_range: Any) -> list[Any]:
             continue
         src = ColumnDataSource({k: np.asarray(v) if k in ("x", "ttfb", "e2e") else v
                                 for k, v in cols.items()})  # fmt: skip
-        tail = " (incomplete or error)" if bad else ""
+        tail = " (incomplete, error or 5xx)" if bad else ""
         style: dict[str, Any] = (
             {"fill_color": None, "line_color": BAD, "line_width": 1.5} if bad else {"alpha": 0.8}
         )

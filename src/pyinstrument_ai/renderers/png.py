@@ -182,10 +182,10 @@ def _requests_panel(ax: Any, a: Any, t0: int) -> None:
     shown = reqs[:: timeline.thin(len(reqs))]
     ys = [v * 1e3 for r in shown for v in (r.ttfb_s, r.e2e_s) if v is not None]
     for bad in (False, True):
-        rs = [r for r in shown if (r.incomplete or bool(r.event.get("error"))) == bad]
+        rs = [r for r in shown if r.failed == bad]
         if not rs:
             continue
-        tail = " (incomplete or error)" if bad else ""
+        tail = " (incomplete, error or 5xx)" if bad else ""
         # end to end first: a one-chunk reply's TTFB equals it, and its circle stays seen
         for i, (what, marker, metric) in (
             (1, ("end to end", "s", "e2e_s")),
