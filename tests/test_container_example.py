@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import ROOT, run_py
 
-from pyinstrument_ai.reader import load_headers
+from pyinstrument_ai.reader import load, load_headers
 
 
 def test_dockerfile_only_adds_the_env_line():
@@ -17,21 +17,24 @@ def test_dockerfile_only_adds_the_env_line():
 
 
 def test_app_runs_instrumented_with_the_env_line(tmp_path: Path):
+    """The image's command with the image's variable: the same output, and each process (the
+    server and the worker it starts) writes its file with its generation (the app used to
+    import no target library, so following the example gave an empty folder)."""
     app = ROOT / "examples/container/app.py"
     plain = run_py([str(app)], cwd=tmp_path)
-    # every process starts an instrumentation session; a process that records nothing (this
-    # app imports no target library) leaves no file, so add a recording call through the
-    # toy target via sitecustomize-free means: import toylib in each process with -c
+    assert plain.returncode == 0, plain.stderr
     inst = run_py([str(app)], cwd=tmp_path, PYINSTRUMENT_AI="1")
     assert (inst.returncode, inst.stdout, inst.stderr) == (
         plain.returncode,
         plain.stdout,
         plain.stderr,
     )
-    code = (
-        "import subprocess, sys, toylib; toylib.add(1, 2); "
-        "subprocess.run([sys.executable, '-c', 'import toylib; toylib.add(3, 4)'])"
-    )
-    res = run_py(["-c", code], cwd=tmp_path, PYINSTRUMENT_AI="1")
-    assert res.returncode == 0, res.stderr
-    assert len(load_headers(tmp_path / "instrument-out")) == 2
+    out = tmp_path / "instrument-out"
+    headers = load_headers(out)
+    assert len(headers) == 2
+    worker = next(h for h in headers if h["argv"][-1:] == ["worker"])
+    server = next(h for h in headers if h is not worker)
+    assert worker["ppid"] == server["pid"]
+    gens = [e for e in load(out) if e["name"] == "generate"]
+    assert sorted(e["pid"] for e in gens) == sorted((server["pid"], worker["pid"]))
+    assert all(e["tokens"] == 8 for e in gens)

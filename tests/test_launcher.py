@@ -142,6 +142,27 @@ def test_console_script_run(tmp_path):
     assert len(pyinstrument_ai.load(tmp_path / "o")) == 3
 
 
+def test_console_script_run_of_a_module_finds_it_in_the_working_directory(tmp_path):
+    """`pyinstrument-ai run -m mod` is `python -m instrument -m mod`: the working directory is
+    first on sys.path (the console script had its own folder there: No module named mod)."""
+    (tmp_path / "mymod.py").write_text(
+        "import sys, toylib\nprint('mod', sys.argv[1:], toylib.add(1, 2))\n"
+    )
+    exe = shutil.which("pyinstrument-ai", path=os.path.dirname(sys.executable))
+    assert exe, "console script pyinstrument-ai is not installed"
+    plain = run_py(["-m", "mymod", "a"], cwd=tmp_path)
+    res = subprocess.run(
+        [exe, "run", "--out", str(tmp_path / "o"), "-m", "mymod", "a"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (0, plain.stdout, ""), res.stderr
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path / "o")] == ["target", "toy.add"]
+
+
 @pytest.mark.parametrize(
     "args, env, needle",
     [

@@ -87,7 +87,7 @@ class Config:
         #: names of targets to enable; ``None`` means every registered target
         s(self, "targets", tuple(targets) if targets is not None else None)
         s(self, "disable", tuple(disable))
-        #: privacy opt-in: record prompt/completion text and token ids
+        #: privacy opt-in: record prompt and output token ids (never text)
         s(self, "capture_content", bool(capture_content))
         #: seconds between background flushes of buffered events to the file
         s(self, "flush_interval", float(flush_interval))

@@ -40,8 +40,8 @@ options:
   -o, --out DIR           output folder (default ./instrument-out; env PYINSTRUMENT_AI_OUT)
   --targets A,B           only these targets (default: all; env PYINSTRUMENT_AI_TARGETS)
   --disable C             every target but these (env PYINSTRUMENT_AI_DISABLE)
-  --capture-content       also record prompt/completion text and token ids (off by default;
-                          env PYINSTRUMENT_AI_CAPTURE_CONTENT=1)
+  --capture-content       also record prompt and output token ids, never text (off by
+                          default; env PYINSTRUMENT_AI_CAPTURE_CONTENT=1)
   --flush-interval S      seconds between background flushes (default 1.0;
                           env PYINSTRUMENT_AI_FLUSH_INTERVAL)
   --sample INTERVAL       record system.sample events (CPU, context switches, cgroup
@@ -472,6 +472,10 @@ def _run_directory_or_zip(path: str, abspath: str, args: "list[str]") -> None:
 
 def _run_module(mod_name: str, args: "list[str]") -> None:
     sys.argv[:] = ["-m", *args]  # as `python -m` has it until runpy sets the module's path
+    # `python -m` puts the working directory first on sys.path (not in safe-path mode). Under
+    # `python -m instrument` it is there already; the `pyinstrument-ai run` console script
+    # starts with its own folder there instead, where the module would not be found.
+    _set_path0(os.getcwd())
     _run_as_main(mod_name, True)
 
 
