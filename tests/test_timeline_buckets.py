@@ -83,3 +83,16 @@ def test_no_generations():
     b = timeline.buckets(analyze([]), 0)
     assert len(b.start_s) == len(b.tokens_per_s) == len(b.covered_s) == 0
     assert b.window_s is None
+
+
+def test_bucket_gap_percentiles_leave_out_failed_generations_as_the_itl_distribution_does():
+    """A failed generation's tokens count in the rate (they were made) but not in the
+    inter-token percentiles, as Analysis.values leaves failed generations out of ITL."""
+    ok = _steady(0, 10, 10)  # 100 ms gaps
+    bad = _steady(0, 10, 100, pid=2)  # 10 ms gaps (ten times as many), and it raised
+    bad[0]["error"] = "builtins.ValueError"
+    a = analyze(ok + bad)
+    b = timeline.buckets(a, 0, width_s=5)
+    assert list(b.itl_p50_s) == pytest.approx([0.100, 0.100])  # (0.010 with the failed one's)
+    assert b.tokens_per_s.sum() * 5 == pytest.approx(100 + 1000, rel=0.01)
+    assert min(a.values("itl_s")) == pytest.approx(0.100)

@@ -242,7 +242,8 @@ def buckets(a: Any, t0: int, width_s: float | None = None, target: int = 60) -> 
     # every inter-token gap, with the bucket it ends in, in two arrays filled in place: 12
     # bytes a gap (a list of per-generation pieces, then their concatenation and a lexsort,
     # peaked at ~60: 120 MB for 2M tokens)
-    n_gaps = sum(max(len(g.token_t_ns) - 1, 0) for g in a.generations)
+    # (the gaps of generations that did not fail, as the ITL distribution: result.values)
+    n_gaps = sum(max(len(g.token_t_ns) - 1, 0) for g in a.generations if g.error is None)
     ends = np.empty(n_gaps, dtype=np.int32)
     gaps = np.empty(n_gaps, dtype=np.float64)
     at = 0
@@ -257,7 +258,7 @@ def buckets(a: Any, t0: int, width_s: float | None = None, target: int = 60) -> 
             np.add.at(counts, k, seqs)
         else:
             np.add.at(counts, k, float(g.batch or 1))
-        if len(t) > 1:
+        if len(t) > 1 and g.error is None:
             m = len(t) - 1
             ends[at : at + m] = k[1:]
             gaps[at : at + m] = np.diff(t) / 1e9
