@@ -61,6 +61,8 @@ def test_a_pid_reused_by_a_later_process_is_another_process(tmp_path):
     r = _cli("report", tmp_path, "--json")
     assert r.returncode == 0, r.stderr
     assert "note: host-a pid 7: 2 processes" in r.stderr
+    text = _cli("report", tmp_path).stdout
+    assert "2 process(es) on 1 host(s) (host-a)" in text  # one machine
     ttft = json.loads(r.stdout)["generations"]["ttft_s"]
     assert ttft["max"] == approx(0.080)  # not an hour
     # one of them alone is read as before

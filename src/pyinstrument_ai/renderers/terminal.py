@@ -51,7 +51,9 @@ def _stats_table(title: str, rows: list[tuple[str, dict[str, Any]]], rate: bool 
 def _config(d: dict[str, Any], a: Any) -> list[Any]:
     procs = d["processes"]
     out: list[Any] = []
-    hosts = sorted({p.get("hostname") or "?" for p in procs})
+    # `host~2` is a pid a later process reused on `host` (reader._one_file_per_process): the
+    # same machine (a host name cannot hold "~")
+    hosts = sorted({(p.get("hostname") or "?").split("~", 1)[0] for p in procs})
     runs = sorted({str(p.get("run_id")) for p in procs})
     w = d["window"]
     out.append(
