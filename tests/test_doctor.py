@@ -274,6 +274,25 @@ def test_slow_gaps_elsewhere_are_quiet(tmp_path):
     assert "cpu_throttled" in got  # throttled, but not when the slow gap happened
 
 
+def test_slow_gaps_are_those_of_the_pooled_itl_not_failed_or_across_holes(tmp_path):
+    """Slow gaps are gaps of the pooled ITL that the p99 is of: a stall inside a failed
+    generation, or across a missing token position, is none (doctor counted "2 of 2" where
+    the ITL held one)."""
+    gaps = [10.0] * 50 + [300.0] + [10.0] * 50
+    recs = gen(1, S, gaps, threads=2)
+    failed = gen(2, S + 50 * MS, [10.0] * 20 + [500.0], threads=2)  # raised after its stall
+    failed[0][4]["error"] = "builtins.RuntimeError"
+    failed[0][4]["tokens"] = None
+    holed = gen(3, S + 80 * MS, [10.0] * 30 + [400.0] + [10.0] * 5, threads=2)
+    del holed[1 + 31]  # index 31 lost: the 400 ms spans 30 -> 32, no gap of the ITL
+    recs += failed + holed
+    first = S - 100 * MS
+    recs += samples(first, 14, nr_throttled=lambda i: 20 * i)  # throttled throughout
+    write_proc(tmp_path, 11, recs)
+    f = one(tmp_path, "slow_gaps_coincide")
+    assert f.message.startswith("1 of 1 slow token gaps"), f.message
+
+
 def test_slow_gap_coinciding_with_a_context_switch_burst(tmp_path):
     gaps = [10.0] * 50 + [300.0] + [10.0] * 50
     recs = gen(1, S, gaps, threads=2)

@@ -203,6 +203,49 @@ def test_token_events_and_error_status(model_tok):
     assert span.attributes["error.type"] == "builtins.RuntimeError"
 
 
+def test_a_failed_batch_counts_the_same_output_tokens_as_the_report(model_tok):
+    """A batch of 3 whose generate raised after 4 positions: no ids came back, so each position
+    counts its 3 sequences, in OTel as in `report` (OTel counted 4: the token events' `seqs`
+    were not passed to the analysis' definition)."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from pyinstrument_ai.analysis import analyze
+
+    model, tok = model_tok
+    inputs = _tiny.encode(tok, 3)
+    plen = inputs["input_ids"].shape[1]
+
+    class Boom(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] - plen >= 4:
+                raise RuntimeError("boom")
+            return scores
+
+    holder: dict = {}
+    sink = otlp.OtlpSink(Config(), lambda: holder["header"])
+    with pyinstrument_ai.recording(targets=["transformers"]) as rec:
+        session = rec.session
+        with pytest.raises(RuntimeError):
+            _tiny.generate(model, inputs, logits_processor=LogitsProcessorList([Boom()]),
+                           max_new_tokens=8, min_new_tokens=8)  # fmt: skip
+    holder["header"] = session.sink.header
+    (gen,) = analyze(rec.events).generations
+    assert gen.error and gen.tokens == 12 and gen.positions == 4
+    before = sum(
+        p.sum
+        for _, p in _points("gen_ai.client.token.usage")
+        if p.attributes["gen_ai.token.type"] == "output" and "error.type" in p.attributes
+    )
+    sink.write(session.sink.records)
+    sink.close()
+    after = sum(
+        p.sum
+        for _, p in _points("gen_ai.client.token.usage")
+        if p.attributes["gen_ai.token.type"] == "output" and "error.type" in p.attributes
+    )
+    assert after - before == 12
+
+
 def test_onnxruntime_runs_histogram_and_spans_only_in_a_trace(tmp_path):
     pytest.importorskip("onnxruntime")
     import _onnx_models

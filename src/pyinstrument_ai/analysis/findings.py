@@ -452,10 +452,13 @@ def slow_gaps(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     out = []
     by_pid: dict[tuple[Any, Any], list[tuple[int, int]]] = defaultdict(list)
     for g in a.generations:
-        t = g.token_t_ns
-        for x, y in zip(t, t[1:]):  # noqa: B905
-            if y - x > limit_ns:
-                by_pid[(g.host, g.pid)].append((x, y))
+        if g.error is not None:  # as the pooled ITL the p99 is of: failed ones left out
+            continue
+        t, idx = g.token_t_ns, g.token_index
+        for k in range(len(t) - 1):
+            # a gap across a missing position is no gap (as Generation.itl_s)
+            if t[k + 1] - t[k] > limit_ns and (idx is None or idx[k + 1] == idx[k] + 1):
+                by_pid[(g.host, g.pid)].append((t[k], t[k + 1]))
     for key, gaps in by_pid.items():
         p = procs.get(key)
         if p is None or len(p.samples) < 2:

@@ -341,7 +341,14 @@ class OtlpSink:
         # here, on the flusher thread: the package costs start-up time the program would pay
         from pyinstrument_ai.analysis.generations import build_generation
 
-        m = build_generation(gen, [(r[4]["index"], r[1]) for r in tokens])
+        # sequences per position (a batch): what a failed call's token count is made of, as
+        # the reader hands them to the analysis (so OTel and `report` agree)
+        seqs = [r[4].get("seqs", 1) for r in tokens]
+        m = build_generation(
+            gen,
+            [(r[4]["index"], r[1]) for r in tokens],
+            seqs if any(n != 1 for n in seqs) else None,
+        )
         model = f.get("name_or_path") or f.get("model") or "unknown"
         start, end = self._wall(t), self._wall(t + dur)
         common = {
