@@ -61,7 +61,6 @@ def test_merged_overlaps_match_brute_force(seed):
     for s, e in queries:
         want = _brute_overlaps(s, e, work)
         assert merged.overlaps(s, e) == want, (work, s, e)
-        assert findings._overlaps(s, e, work) == want
 
 
 def test_merging_keeps_touching_intervals_apart():

@@ -13,24 +13,15 @@ PREFIX = "pyinstrument-ai"
 _said: set[str] = set()
 
 
-_DEBUG_ON = ("1", "true", "yes", "on")
-_DEBUG_OFF = ("", "0", "false", "no", "off")
-
-
 def _debug_on() -> bool:
-    value = os.environ.get("PYINSTRUMENT_AI_DEBUG", "")
-    v = value.strip().lower()
-    if v in _DEBUG_OFF:
+    from pyinstrument_ai import config as cfg  # read like every boolean setting
+
+    try:
+        return cfg.parse_bool(cfg.ENV_DEBUG, os.environ.get(cfg.ENV_DEBUG, ""))
+    except cfg.ConfigError as exc:
+        # a typo must not turn on pages of debug lines, nor pass unnoticed
+        warn(f"{exc}; debug lines stay off", key="debug-value")
         return False
-    if v in _DEBUG_ON:
-        return True
-    # a typo must not turn on pages of debug lines, nor pass unnoticed
-    warn(
-        f"PYINSTRUMENT_AI_DEBUG: invalid value {value!r} (expected 1/0, true/false, yes/no or "
-        "on/off); debug lines stay off",
-        key="debug-value",
-    )
-    return False
 
 
 def _once(line: str, key: str) -> None:

@@ -201,16 +201,8 @@ def resolve_config(inv: "Invocation", environ: "Any" = None) -> "cfg.Config":
     both = cfg.overlap(config)
     if both:
         # --disable wins over --targets; naming a target in both is a contradiction to report
-        t_src = (
-            f"{o['targets'][0]} {o['targets'][1]}"
-            if "targets" in o
-            else _env_setting(cfg.ENV_TARGETS, env)
-        )
-        d_src = (
-            f"{o['disable'][0]} {o['disable'][1]}"
-            if "disable" in o
-            else _env_setting(cfg.ENV_DISABLE, env)
-        )
+        t_src = _setting(o, "targets", cfg.ENV_TARGETS, env)
+        d_src = _setting(o, "disable", cfg.ENV_DISABLE, env)
         left = tuple(n for n in config.targets or () if n not in both)
         if not left:
             raise cfg.ConfigError(
@@ -229,7 +221,10 @@ def resolve_config(inv: "Invocation", environ: "Any" = None) -> "cfg.Config":
     return config.replace(out_dir=os.path.abspath(config.out_dir))
 
 
-def _env_setting(var: str, env: "Mapping[str, str]") -> str:
+def _setting(flags: "dict[str, Any]", key: str, var: str, env: "Mapping[str, str]") -> str:
+    """How the user gave setting ``key``: its flag and value, else its variable's."""
+    if key in flags:
+        return f"{flags[key][0]} {flags[key][1]}"
     return f"{var}={env.get(var, '')}"
 
 

@@ -17,7 +17,7 @@ import sys
 
 from pyinstrument_ai import _log, clock, targets
 from pyinstrument_ai._guard import guard
-from pyinstrument_ai.config import Config
+from pyinstrument_ai.config import FLUSH_BOUNDS, Config
 from pyinstrument_ai.recorder import Recorder
 from pyinstrument_ai.sinks import make_sink
 from pyinstrument_ai.sinks.jsonl import hostname
@@ -137,10 +137,11 @@ class Session:
         import time
 
         wake = self._wake
-        # bounded as the settings are (config.FLUSH_BOUNDS), also for a value given to
-        # instrument() directly: a wait past ~292 years overflows, one of 0 s would spin
+        # bounded as the setting is, also for a value given to instrument() directly: a wait
+        # past ~292 years overflows, one of 0 s would spin
+        low, high, _ = FLUSH_BOUNDS
         interval = float(self.config.flush_interval)
-        interval = min(max(interval, 0.001), 86400.0) if interval == interval else 1.0
+        interval = min(max(interval, low), high) if interval == interval else 1.0
         while True:
             woken = wake.wait(interval)
             if self.closed:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pyinstrument_ai.analysis.result import Analysis
-from pyinstrument_ai.analysis.samples import Samples
 
 __all__ = ["RULES", "Finding", "Thresholds", "find"]
 
@@ -156,10 +155,7 @@ def _processes(a: Analysis) -> dict[tuple[Any, Any], _Proc]:
     host_of = {pid: host for (host, pid) in procs}
     for p in procs.values():
         p.work.sort()
-    samples = a.samples
-    if not hasattr(samples, "processes"):  # a plain list of events
-        samples = Samples(samples)
-    for ps in samples.processes():
+    for ps in a.samples.processes():  # (Analysis keeps them as Samples)
         p = procs.get((ps.host, ps.pid))
         if p is None and not ps.host:
             p = procs.get((None, ps.pid))
@@ -268,13 +264,6 @@ class _Merged:
         if i and s < self.ends[i - 1]:
             return True
         return any(ws < e and s < we for ws, we in self.odd)
-
-
-def _overlaps(s: int, e: int, work: list[tuple[int, int]] | _Merged) -> bool:
-    """Whether ``(s, e)`` (``s <= e``) overlaps any work interval (pass a :class:`_Merged`
-    when asking many times: a list is merged on every call)."""
-    m = work if isinstance(work, _Merged) else _Merged(work)
-    return m.overlaps(s, e)
 
 
 def _hits(ivs: list[tuple[int, int, Any]], flags: list[bool]) -> Callable[[int, int], bool]:
@@ -454,11 +443,9 @@ def slow_gaps(a: Analysis, procs: dict, th: Thresholds) -> list[Finding]:
     for g in a.generations:
         if g.error is not None:  # as the pooled ITL the p99 is of: failed ones left out
             continue
-        t, idx = g.token_t_ns, g.token_index
-        for k in range(len(t) - 1):
-            # a gap across a missing position is no gap (as Generation.itl_s)
-            if t[k + 1] - t[k] > limit_ns and (idx is None or idx[k + 1] == idx[k] + 1):
-                by_pid[(g.host, g.pid)].append((t[k], t[k + 1]))
+        for x, y in g.gaps_ns():  # the gaps itl_s is made of
+            if y - x > limit_ns:
+                by_pid[(g.host, g.pid)].append((x, y))
     for key, gaps in by_pid.items():
         p = procs.get(key)
         if p is None or len(p.samples) < 2:

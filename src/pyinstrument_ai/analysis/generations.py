@@ -20,6 +20,7 @@ Definitions (``docs/metrics.md``), all in seconds:
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["Generation", "build_generation"]
@@ -75,14 +76,16 @@ class Generation:
 
     @property
     def itl_s(self) -> list[float]:
+        return [(b - a) / 1e9 for a, b in self.gaps_ns()]
+
+    def gaps_ns(self) -> Iterable[tuple[int, int]]:
+        """``(start_ns, end_ns)`` of each inter-token gap: between consecutive positions only
+        (a hole in the indexes, a lost line, is no gap)."""
         t = self.token_t_ns
-        if not t:
-            return []
         idx = self.token_index
         if idx is None:
-            return [(b - a) / 1e9 for a, b in zip(t, t[1:])]  # noqa: B905 - lengths differ by one
-        # a hole in the indexes: only gaps between neighbouring positions are gaps
-        return [(t[k + 1] - t[k]) / 1e9 for k in range(len(t) - 1) if idx[k + 1] == idx[k] + 1]
+            return zip(t, t[1:])  # noqa: B905 - lengths differ by one
+        return ((t[k], t[k + 1]) for k in range(len(t) - 1) if idx[k + 1] == idx[k] + 1)
 
     @property
     def tpot_s(self) -> float | None:

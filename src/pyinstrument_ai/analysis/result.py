@@ -20,8 +20,7 @@ from pyinstrument_ai.analysis.samples import Samples
 from pyinstrument_ai.analysis.stats import Stats
 from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
 
-__all__ = ["SCHEMA", "Analysis", "Samples", "Throughput"]
-
+__all__ = ["SCHEMA", "Analysis", "Throughput"]
 
 #: version of the ``to_dict()`` / ``report --json`` layout (docs/metrics.md)
 SCHEMA = 1

@@ -204,6 +204,14 @@ class Buckets:
         "covered_s",
     )
 
+    def edges_s(self) -> np.ndarray:
+        """The buckets' edges for drawing their rates as stairs: the first and last moved in
+        to the window's part of a partial bucket (its rate is over that part)."""
+        edges = np.append(self.start_s, self.start_s[-1] + self.width_s)
+        lo, hi = self.window_s
+        edges[0], edges[-1] = max(edges[0], lo), max(min(edges[-1], hi), edges[-2])
+        return edges
+
 
 def _nice_width(span_s: float, target: int) -> float:
     raw = max(span_s / target, 1e-6)

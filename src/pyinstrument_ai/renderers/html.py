@@ -225,13 +225,8 @@ def _concurrency(a: Any, t0: int, x_range: Any) -> list[Any]:
     b = timeline.buckets(a, t0)
     p = _fig(f"Output tokens per second (buckets of {b.width_s:g} s)", x_range, 180, "tokens/s")
     if len(b.start_s):
-        # a partial first or last bucket is drawn over the part the run covers (its rate is
-        # over that part: timeline.buckets), as in the PNG
-        edges = np.append(b.start_s, b.start_s[-1] + b.width_s)
-        lo, hi = b.window_s
-        edges[0], edges[-1] = max(edges[0], lo), max(min(edges[-1], hi), edges[-2])
         p.step(
-            edges,
+            b.edges_s(),
             np.append(b.tokens_per_s, b.tokens_per_s[-1]),
             mode="after",
             line_width=1.5,

@@ -104,6 +104,11 @@ def _meta(pid: int, tid: int, what: str, name: str) -> dict[str, Any]:
     return {"ph": "M", "pid": pid, "tid": tid, "name": what, "args": {"name": name}}
 
 
+def _sort_index(pid: int, tid: int, what: str, index: int) -> dict[str, Any]:
+    """A ``process_sort_index`` / ``thread_sort_index`` metadata event."""
+    return {"ph": "M", "pid": pid, "tid": tid, "name": what, "args": {"sort_index": index}}
+
+
 class _Plan:
     """Everything decided before the first event is written: trace pids, lanes and their
     names (the metadata events come first in the file), each item's lane, the series of the
@@ -188,31 +193,13 @@ def _meta_events(plan: _Plan) -> Iterator[dict[str, Any]]:
     for (host, pid), tp in plan.procs.items():
         cmd = " ".join(plan.argv.get((host, pid), []))[:120]
         yield _meta(tp, 0, "process_name", f"{host} pid {pid}" + (f": {cmd}" if cmd else ""))
-        yield {
-            "ph": "M",
-            "pid": tp,
-            "tid": 0,
-            "name": "process_sort_index",
-            "args": {"sort_index": tp},
-        }
+        yield _sort_index(tp, 0, "process_sort_index", tp)
         for tid, name in plan.lanes[tp].names:
             yield _meta(tp, tid, "thread_name", name)
-            yield {
-                "ph": "M",
-                "pid": tp,
-                "tid": tid,
-                "name": "thread_sort_index",
-                "args": {"sort_index": tid},
-            }
+            yield _sort_index(tp, tid, "thread_sort_index", tid)
     if plan.run_counters:  # no empty process
         yield _meta(RUN_PID, 0, "process_name", "run (all processes)")
-        yield {
-            "ph": "M",
-            "pid": RUN_PID,
-            "tid": 0,
-            "name": "process_sort_index",
-            "args": {"sort_index": 0},
-        }
+        yield _sort_index(RUN_PID, 0, "process_sort_index", 0)
 
 
 def _ms(s: float | None) -> float | None:

@@ -65,6 +65,16 @@ def _samples_panels(a: Any, t0: int) -> list[tuple[str, str, list[Any]]]:
     return out
 
 
+def _log_scale(ax: Any, which: str) -> None:
+    """A log scale on axis ``which`` ("x" or "y") with plain tick labels (1, 10, 100)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    axis = getattr(ax, f"{which}axis")
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _legend_cols(entries: int) -> int:
     """Legend columns: one up to ``_ONE_COLUMN`` entries, then ``_LEGEND_COLS``."""
     return 1 if entries <= _ONE_COLUMN else _LEGEND_COLS
@@ -143,12 +153,7 @@ def _in_flight_panel(ax: Any, a: Any, t0: int) -> None:
 
 def _tokens_panel(ax: Any, b: Any) -> None:
     if len(b.start_s):
-        # a partial first or last bucket is drawn over the part the run covers (its rate is
-        # over that part: timeline.buckets)
-        edges = np.append(b.start_s, b.start_s[-1] + b.width_s)
-        lo, hi = b.window_s
-        edges[0], edges[-1] = max(edges[0], lo), max(min(edges[-1], hi), edges[-2])
-        ax.stairs(b.tokens_per_s, edges, color=_color(2))
+        ax.stairs(b.tokens_per_s, b.edges_s(), color=_color(2))
     ax.set_ylabel("tokens/s", fontsize=8)
     ax.set_title(f"Output tokens per second ({b.width_s:g} s buckets)", fontsize=9, loc="left")
 
@@ -206,11 +211,7 @@ def _requests_panel(ax: Any, a: Any, t0: int) -> None:
             ax.scatter(*zip(*pts, strict=True), s=14, marker=marker, label=what + tail, **style)
     log = timeline.wants_log(ys)
     if log:
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        _log_scale(ax, "y")
     ax.set_ylabel("ms" + (" (log)" if log else ""), fontsize=8)
     note = "" if len(shown) == len(reqs) else f" ({len(shown):,} of {len(reqs):,})"
     ax.set_title(
@@ -300,11 +301,7 @@ def _latency(a: Any, path: str) -> None:
         if len(x):
             ax.step(x * 1e3, q * 100, where="post", color=_color(c), lw=1.5)
             if timeline.wants_log(x):
-                from matplotlib.ticker import FuncFormatter, NullFormatter
-
-                ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.xaxis.set_minor_formatter(NullFormatter())
+                _log_scale(ax, "x")
         ax.set_title(f"{title}, CDF ({len(values):,} values)", fontsize=10, loc="left")
         ax.set_xlabel("ms")
         ax.set_ylabel("% of values ≤ x")
