@@ -33,8 +33,9 @@ Scenarios (units):
   last-level miss): whether our code makes torch's own work miss more, the part the in-situ
   timing leaves out. About 4x slower (~18 minutes for ``--pairs 2``).
 * ``web-request``: a request to the trivial FastAPI endpoint of ``web_overhead.py``, called as
-  uvicorn calls it (instrumented: through the wrapper uvicorn gets, ``asgi._App``, and FastAPI's
-  own wrapped ``__call__``), in one asyncio event loop: what issue 9's overhead target is about.
+  uvicorn calls it (instrumented: as uvicorn's ``Config.load`` leaves it when we patched: a
+  Starlette application keeps its own wrapped ``__call__``, anything else gets ``asgi._App``),
+  in one asyncio event loop: what issue 9's overhead target is about.
   Beside it a *floor*: the least any Python-level ASGI wrapper that times the response does
   (``send`` wrapped, clock reads, one record without fields).
 * ``web-live``: the same endpoint served by a real uvicorn (``web_overhead.py``'s ``bare`` and
@@ -159,25 +160,29 @@ def _web_worker(mode: str, n: int) -> None:
     import web_overhead
 
     from pyinstrument_ai.recorder import Recorder
+    from pyinstrument_ai.sinks.jsonl import JsonlSink
     from pyinstrument_ai.targets import asgi as target
 
     rec = Recorder()
     if mode == "instrumented":
         target.patch(rec)
     app = web_overhead.make_app()
-    if mode == "instrumented":
+    if mode == "instrumented" and not target._starlette_inside(app):
         app = target._App(app)  # what uvicorn's Config.load hands the server when we patched
     elif mode == "floor":
         app = _floor(app, rec.record)
 
+    # drained as the flusher does for the JSONL sink (the C request's fields are not built)
+    keep = JsonlSink.keep
+
     async def requests() -> None:
         for _ in range(WARM):
             await web_overhead.drive(app, 1)
-        rec.drain()
+        rec.drain(keep)
         for i in range(n):
             await web_overhead.drive(app, 1)
             if i % 100 == 99:
-                rec.drain()
+                rec.drain(keep)
 
     asyncio.run(requests())
 

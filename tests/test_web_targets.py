@@ -290,14 +290,26 @@ def test_asgi_every_pattern_carries_its_own_request_id_under_concurrency():
 def test_uvicorn_loaded_app_is_wrapped_once_and_restored():
     from starlette.applications import Starlette
 
+    async def bare_app(scope, receive, send):  # any ASGI application but Starlette's
+        pass
+
     original_load = uvicorn.config.Config.load
     original_call = starlette.applications.Starlette.__call__
     with web():
         assert uvicorn.config.Config.load is not original_load
-        config = uvicorn.config.Config(Starlette(), lifespan="off")
+        config = uvicorn.config.Config(bare_app, lifespan="off")
         config.load()
         assert isinstance(config.loaded_app, asgi._App)
         assert not isinstance(config.loaded_app.app, asgi._App)  # once, around what uvicorn runs
+        # A Starlette application (behind uvicorn's proxy-headers middleware) is left as it is:
+        # its own wrapped __call__ records each request, with one frame of ours fewer.
+        from fastapi import FastAPI
+
+        for app in (Starlette(), FastAPI()):
+            config = uvicorn.config.Config(app, lifespan="off")
+            config.load()
+            assert not isinstance(config.loaded_app, asgi._App)
+            assert config.loaded_app.app is app
     assert uvicorn.config.Config.load is original_load
     assert starlette.applications.Starlette.__call__ is original_call
 

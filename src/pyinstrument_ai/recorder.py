@@ -99,10 +99,12 @@ class Recorder:
             self._buf.append, self._later_used
         )
 
-    def drain(self) -> list[Record]:
+    def drain(self, keep: Any = None) -> list[Record]:
         """Take every record buffered so far (safe against concurrent ``record`` calls),
-        making those left for later (``record_later``, ``records_later``) in their place. Once
-        a target has left one, every drain walks its records in Python (~50 ns each)."""
+        making those left for later (``record_later``, ``records_later``) in their place,
+        except those whose ``build`` is ``keep``: a sink that writes them itself (the JSONL
+        sink writes a C request's line from the request: ``JsonlSink.keep``) gets them as left.
+        Once a target has left one, every drain walks its records in Python (~50 ns each)."""
         buf = self._buf
         n = len(buf)
         if not n:
@@ -110,7 +112,7 @@ class Recorder:
         chunk = buf[:n]
         del buf[:n]
         if self._later_used:
-            return _with_built(chunk)
+            return _with_built(chunk, keep)
         return chunk
 
     def pending(self) -> int:
@@ -121,12 +123,13 @@ class Recorder:
         del self._buf[:]
 
 
-def _with_built(chunk: list) -> list[Record]:
-    """``chunk`` with each deferred entry replaced by what its ``build`` makes, in its place."""
+def _with_built(chunk: list, keep: Any = None) -> list[Record]:
+    """``chunk`` with each deferred entry replaced by what its ``build`` makes, in its place
+    (but those whose ``build`` is ``keep``, which stay as they are)."""
     out: list[Record] = []
     append = out.append
     for rec in chunk:
-        if len(rec) != 6:
+        if len(rec) != 6 or (keep is not None and rec[4] is keep):
             append(rec)
         elif rec[0] is not None:
             append(_built(rec))

@@ -172,7 +172,8 @@ class Session:
             return
         try:
             self.flushing_in = _thread.get_ident()
-            records = self.recorder.drain()
+            # the sink may write some records left for later itself (JsonlSink.keep)
+            records = self.recorder.drain(getattr(self.sink, "keep", None))
             if records and not self.generations:  # once seen, no more looking per record
                 self.generations = "generate" in map(_name_of, records)
             self.sink.write(records)

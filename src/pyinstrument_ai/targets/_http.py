@@ -13,7 +13,7 @@ import itertools
 import os
 from typing import Any
 
-from pyinstrument_ai import hooks, request_context
+from pyinstrument_ai import _native, hooks, request_context
 from pyinstrument_ai._guard import report
 from pyinstrument_ai.request_context import Tag
 
@@ -266,3 +266,9 @@ class Patches:
             owner, attr, original, wrapper = self.done.pop()
             if owner.__dict__.get(attr) is wrapper:
                 setattr(owner, attr, original)
+
+
+# The C Request (``_speedups.Request``, the ASGI target's when built) makes its ids and parses
+# proxies' times with this module's functions and counters: one definition of each rule.
+if _native.speedups is not None:
+    _native.speedups.bind(globals())

@@ -2,11 +2,17 @@
 
 What is wrapped (plain functions on the class, put back by ``unpatch()``):
 
+* ``starlette.applications.Starlette.__call__`` -- Starlette and FastAPI under any ASGI server
+  (uvicorn, hypercorn, daphne, granian, httpx's ``ASGITransport`` in tests). The wrapper is
+  :func:`_serve` itself: one coroutine frame of ours per request.
 * ``uvicorn.config.Config.load`` -- after uvicorn has loaded the application (also under
-  gunicorn's uvicorn workers), ``config.loaded_app`` is wrapped once: the request is seen when
-  uvicorn hands it over, for any ASGI application (Starlette, FastAPI, a bare coroutine).
-* ``starlette.applications.Starlette.__call__`` -- Starlette and FastAPI under any other ASGI
-  server (hypercorn, daphne, granian, httpx's ``ASGITransport`` in tests).
+  gunicorn's uvicorn workers), ``config.loaded_app`` is wrapped once, for any other ASGI
+  application (a bare coroutine, another framework); not a Starlette one (through the
+  ``.app`` of uvicorn's middlewares), whose own wrapper already records each request.
+
+The per-request work has two implementations with the same events: ``_speedups.Request``
+(C, used when the install built it) and :class:`_PyRequest` (the Python reference);
+``pyinstrument_ai._native`` picks one per process.
 
 The outermost wrapper a request passes through records it; an inner one sees the same scope
 already in flight and passes straight through. The wrapper reads three request headers
@@ -20,14 +26,17 @@ application has returned. While the application runs, the request's tag is curre
 
 from __future__ import annotations
 
+import operator
+import sys
 import threading
+import types
 from typing import Any
 
-from pyinstrument_ai import request_context
+from pyinstrument_ai import _native, request_context
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
-from pyinstrument_ai.targets._http import Patches, Request
+from pyinstrument_ai.targets._http import MARK, Patches, Request
 
 __all__ = ["NAME", "MODULES", "DISTRIBUTION", "SUPPORTED", "patch", "unpatch"]
 
@@ -88,7 +97,12 @@ def _make_load(original: Any) -> Any:
             raise
         with guard("asgi.uvicorn"):
             app = getattr(self, "loaded_app", None)
-            if app is not None and _recorder is not None and not isinstance(app, _App):
+            if (
+                app is not None
+                and _recorder is not None
+                and not isinstance(app, _App)
+                and not _starlette_inside(app)
+            ):
                 self.loaded_app = _App(app)
 
     return load
@@ -107,21 +121,31 @@ class _App:
 
 
 def _make_starlette_call(original: Any) -> Any:
-    # A coroutine function, as Starlette's is: servers tell ASGI 3 from ASGI 2 by that.
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        __tracebackhide__ = True  # pytest; elsewhere hide() (see _tb)
-        try:
-            cur = _get_tag()
-            if cur.__class__ is _Request and cur.key is scope:
-                # under uvicorn this is FastAPI's super().__call__ inside our _App: already
-                # watched, so straight through, without _serve's frame
-                return await original(self, scope, receive, send)
-            return await _serve(self, scope, receive, send, original)
-        except BaseException as e:
-            hide(e)
-            raise
+    # _serve itself, with ``unbound`` defaulting to Starlette's own method: a coroutine function,
+    # as Starlette's is (servers tell ASGI 3 from ASGI 2 by that), and the coroutine the server
+    # awaits is _serve's: one frame of ours per request
+    return types.FunctionType(
+        _serve.__code__, _serve.__globals__, "__call__", (original,), _serve.__closure__
+    )
 
-    return __call__
+
+def _starlette_inside(app: Any) -> bool:
+    """Whether ``app`` (what uvicorn loaded) is, or wraps through the ``.app`` of middlewares
+    (uvicorn's proxy-headers middleware, Starlette's), a Starlette application whose
+    ``__call__`` is wrapped: that wrapper records each request, and an :class:`_App` around
+    it would only add a frame of ours to every request (FastAPI's ``__call__`` reaches
+    Starlette's through ``super()``, so the inner wrapper cannot be skipped instead)."""
+    mod = sys.modules.get("starlette.applications")
+    cls = getattr(mod, "Starlette", None)
+    if cls is None or not hasattr(cls.__dict__.get("__call__"), MARK):
+        return False
+    for _ in range(32):
+        if isinstance(app, cls):
+            return True
+        app = getattr(app, "app", None)
+        if app is None:
+            return False
+    return False
 
 
 async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = None) -> Any:
@@ -137,18 +161,7 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
         if rec is not None and scope["type"] == "http":
             cur = _get_tag()
             if cur.__class__ is not _Request or cur.key is not scope:
-                # ASGI header names are lower-case bytes; latin-1 decodes any byte string.
-                # Nearly every request has none of the three: one set lookup per header.
-                rid = tp = start = None
-                for k, v in scope.get("headers") or ():
-                    if k in _ID_HEADERS:
-                        if k == b"x-request-id":
-                            rid = v.decode("latin-1")
-                        elif k == b"traceparent":
-                            tp = v.decode("latin-1")
-                        else:
-                            start = v.decode("latin-1")
-                req = _Request(t0, "asgi", scope, scope.get("method"), rid, tp, start)
+                req = _new_request(t0, scope, "asgi")
     except Exception as ours:
         report("asgi.request", ours)
     if req is None:
@@ -160,49 +173,12 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
             hide(e)
             raise
 
-    # The ``send`` the application gets: a closure over ``req`` and ``send``, not a method of
-    # ``req`` (a thread started during the request may keep ``req``, its tag, for long, and
-    # must not keep the server's ``send``, its connection, alive with it). Not a coroutine
-    # function: it notes the message and returns the server's own awaitable, which the
-    # application awaits. One coroutine fewer per message, and the server's exceptions (a
-    # client gone away) never pass through a frame of ours.
-    def watched_send(message: Any) -> Any:
-        __tracebackhide__ = True
-        t = now_ns()
-        try:
-            kind = message["type"]
-            if kind == "http.response.body":  # the commonest message first
-                body = message.get("body")
-                if body:
-                    if req.first_t is None:
-                        req.first_t = t
-                    req.nbytes += len(body)
-                    req.chunks += 1
-                # Only the message without more_body ends the body: a stream cut short (the
-                # client went away and Starlette stopped it) never sends one, and must not
-                # look complete at its last chunk.
-                if not message.get("more_body"):
-                    req.last_t = t
-            elif kind == "http.response.start":
-                req.status = message.get("status")
-                if req.headers_t is None:
-                    req.headers_t = t
-            elif kind == "http.response.pathsend":  # a whole file in one message (granian)
-                req.last_t = t
-        except Exception as ours:  # a malformed message is the server's to reject, not ours
-            report("asgi.send", ours)
-        try:
-            return send(message)  # raises here only if the server's send is no coroutine
-        except BaseException as e:
-            hide(e)
-            raise
-
     tag_token = _set_tag(req)  # the request's tag, and what tells a nested wrapper it is nested
     error = None
     try:
         if unbound is not None:
-            return await unbound(app, scope, receive, watched_send)
-        return await app.app(scope, receive, watched_send)
+            return await unbound(app, scope, receive, req.sender(send))
+        return await app.app(scope, receive, req.sender(send))
     except BaseException as exc:
         error = exc
         hide(exc)
@@ -220,7 +196,7 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
                 route = getattr(route, "path", None)
         except Exception as ours:
             report("asgi.route", ours)
-        req.finish(rec.record, t1, route, error)
+        req.finish(_recording(rec), t1, route, error)
         error = None  # no reference cycle through the traceback
 
 
@@ -230,7 +206,80 @@ _App.__call__ = _serve  # type: ignore[method-assign]
 _ID_HEADERS = frozenset((b"x-request-id", b"traceparent", b"x-request-start"))
 
 
-class _Request(Request):
-    """A request served over ASGI (its class tells a nested wrapper's check it is ours)."""
+class _PyRequest(Request):
+    """A request served over ASGI: the Python reference of ``_speedups.Request`` (the C
+    version, used when the install built it)."""
 
     __slots__ = ()
+
+    def sender(self, send: Any) -> Any:
+        """The ``send`` the application gets: a closure over the request and ``send``, not a
+        bound method (a thread started during the request may keep the request, its tag, for
+        long, and must not keep the server's ``send``, its connection, alive with it). Not a
+        coroutine function: it notes the message and returns the server's own awaitable, which
+        the application awaits. One coroutine fewer per message, and the server's exceptions
+        (a client gone away) never pass through a frame of ours."""
+        req = self
+
+        def watched_send(message: Any) -> Any:
+            __tracebackhide__ = True
+            t = now_ns()
+            try:
+                kind = message["type"]
+                if kind == "http.response.body":  # the commonest message first
+                    body = message.get("body")
+                    if body:
+                        if req.first_t is None:
+                            req.first_t = t
+                        req.nbytes += len(body)
+                        req.chunks += 1
+                    # Only the message without more_body ends the body: a stream cut short
+                    # (the client went away and Starlette stopped it) never sends one, and
+                    # must not look complete at its last chunk.
+                    if not message.get("more_body"):
+                        req.last_t = t
+                elif kind == "http.response.start":
+                    req.status = message.get("status")
+                    if req.headers_t is None:
+                        req.headers_t = t
+                elif kind == "http.response.pathsend":  # a whole file in one message (granian)
+                    req.last_t = t
+            except Exception as ours:  # a malformed message is the server's to reject
+                report("asgi.send", ours)
+            try:
+                return send(message)  # raises here only if the server's send is no coroutine
+            except BaseException as e:
+                hide(e)
+                raise
+
+        return watched_send
+
+
+def _py_asgi_request(t0: int, scope: Any, server: str) -> _PyRequest:
+    """The request ``scope`` starts (the Python reference of ``_speedups.asgi_request``).
+    ASGI header names are lower-case bytes; latin-1 decodes any byte string. Nearly every
+    request has none of the three id headers: one set lookup per header."""
+    rid = tp = start = None
+    for k, v in scope.get("headers") or ():
+        if k in _ID_HEADERS:
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")
+            elif k == b"traceparent":
+                tp = v.decode("latin-1")
+            else:
+                start = v.decode("latin-1")
+    return _PyRequest(t0, server, scope, scope.get("method"), rid, tp, start)
+
+
+# One implementation per process: the C one when built (its class tells a nested wrapper's
+# check that the request in the context is ours).
+# The C request's finish leaves its fields to the flusher (``record_later``: the JSONL sink
+# writes the line from the request itself); the Python one builds them (``record``).
+if _native.speedups is not None:
+    _Request: Any = _native.speedups.Request
+    _new_request: Any = _native.speedups.asgi_request
+    _recording = operator.attrgetter("record_later")
+else:
+    _Request = _PyRequest
+    _new_request = _py_asgi_request
+    _recording = operator.attrgetter("record")

@@ -1,0 +1,44 @@
+"""The C speedups (``_speedups.c``) when the install built them, else ``None``.
+
+Two per-event paths have a C version: the ASGI target's request (``_speedups.Request``,
+``asgi_request``, ``Request.sender``) and the JSONL sink's batch encoding
+(``encode_batch``). Their Python references stay in ``targets/asgi.py`` + ``targets/_http.py``
+and ``sinks/jsonl.py``; the modules there pick one implementation at import, by this module's
+``speedups``. ``pip install`` builds the extension wherever a C compiler and the Python headers
+are present, and installs without it (a warning in pip's build log) where they are not; the
+package works the same either way, only slower per request and per event.
+``PYINSTRUMENT_AI_PURE_PYTHON=1`` picks the Python references in a process that has the
+extension (tests run both; a bad value is warned about and ignored).
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyinstrument_ai import _log
+from pyinstrument_ai import config as cfg
+
+__all__ = ["speedups", "pure_python"]
+
+
+def pure_python() -> bool:
+    """Whether ``PYINSTRUMENT_AI_PURE_PYTHON`` asks for the Python references."""
+    try:
+        return cfg.parse_bool(cfg.ENV_PURE_PYTHON, os.environ.get(cfg.ENV_PURE_PYTHON, ""))
+    except cfg.ConfigError as exc:
+        _log.warn(f"{exc}; the C speedups stay on", key="pure-python-value")
+        return False
+
+
+def _load() -> object | None:
+    if pure_python():
+        return None
+    try:
+        from pyinstrument_ai import _speedups
+    except ImportError:  # installed without a C compiler: the Python references
+        return None
+    return _speedups
+
+
+#: the ``pyinstrument_ai._speedups`` module, or None
+speedups = _load()

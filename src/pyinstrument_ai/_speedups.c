@@ -1,0 +1,1404 @@
+/* pyinstrument_ai._speedups: the two per-event paths that Python cannot make cheap enough.
+ *
+ * 1. ``Request`` and its ``send`` watcher: what the ASGI target does for every HTTP request
+ *    (issue 9 allows about 3% of a trivial endpoint's cost for all of it). A C port of
+ *    ``pyinstrument_ai.targets._http.Request`` (the reference: same constructor, attributes,
+ *    ``finish`` and event) plus ``asgi_request(t0, scope)`` (the three id headers read from the
+ *    scope) and ``Request.sender(send)`` (asgi.py's ``watched_send``). Uncommon cases (an id
+ *    header was sent, a proxy's arrival time, a request id to be made up) call the Python
+ *    functions of ``_http`` bound with ``bind()``, so each rule has one definition.
+ * 2. ``encode_batch``: ``pyinstrument_ai.sinks.jsonl.encode_lines`` (the reference) for a
+ *    whole batch, joined, as the flusher writes it: the same bytes, without a Python-level
+ *    loop, ``%`` formatting and join per event.
+ *
+ * Both are optional: without a C compiler at install time the package runs the Python
+ * references (``pyinstrument_ai._accel`` picks). tests/test_speedups.py holds both to the same
+ * results. No frame of ours appears in a traceback from here: C functions make none.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------------ shared state */
+
+static PyObject *g_http;  /* the globals of pyinstrument_ai.targets._http (bind()) */
+
+/* interned strings */
+static PyObject *s_type, *s_body, *s_more_body, *s_status, *s_headers, *s_method, *s_get;
+static PyObject *s_resp_body, *s_resp_start, *s_pathsend, *s_head;
+static PyObject *s_request_id, *s_request_id_source, *s_server, *s_route, *s_headers_ns;
+static PyObject *s_first_chunk_ns, *s_last_chunk_ns, *s_bytes, *s_chunks, *s_incomplete;
+static PyObject *s_upstream, *s_error, *s_generated, *s_http_request, *s_module, *s_qualname;
+static PyObject *s_prefix, *s_seq, *s_new_prefix, *s_choose_id, *s_parse_start, *s_report;
+static PyObject *s_where_send, *s_default_kw, *s_decode, *s_latin1;
+
+static const char H_ID[] = "x-request-id";
+static const char H_TP[] = "traceparent";
+static const char H_START[] = "x-request-start";
+
+static int
+now_ns(long long *out)
+{
+    /* the clock of pyinstrument_ai.clock.now_ns (time.monotonic_ns): CLOCK_MONOTONIC */
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    return 0;
+}
+
+static PyObject *
+http_global(PyObject *name)
+{
+    /* a borrowed reference to a global of _http, or NULL with an exception */
+    PyObject *v;
+    if (g_http == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pyinstrument_ai._speedups is not bound");
+        return NULL;
+    }
+    v = PyDict_GetItemWithError(g_http, name);
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "pyinstrument_ai.targets._http has no %S", name);
+    return v;
+}
+
+static void
+report_current(PyObject *where)
+{
+    /* _guard.report(where, exc) for the exception being raised, then clear it; an exception
+     * that is not an Exception (KeyboardInterrupt, SystemExit) is left raised */
+    PyObject *type, *value, *tb, *report, *r;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    report = g_http ? PyDict_GetItemWithError(g_http, s_report) : NULL;
+    if (report != NULL && value != NULL) {
+        r = PyObject_CallFunctionObjArgs(report, where, value, NULL);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static int
+as_ll(PyObject *v, long long *out)
+{
+    /* a time in ns as a C integer (PyLong_AsLongLong goes through a byte array for the
+     * multi-digit ints that times are) */
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "a time beyond 64 bits");
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static PyObject *
+mapping_get(PyObject *m, PyObject *key)
+{
+    /* m.get(key): a new reference (None if absent), NULL with an exception */
+    PyObject *v;
+    if (PyDict_CheckExact(m)) {
+        v = PyDict_GetItemWithError(m, key);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    return PyObject_CallMethodObjArgs(m, s_get, key, NULL);
+}
+
+static int
+str_eq(PyObject *a, PyObject *interned)
+{
+    /* a == interned (a str): 1, 0, or -1 with an exception */
+    if (a == interned)
+        return 1;
+    if (PyUnicode_CheckExact(a))
+        return PyUnicode_Compare(a, interned) == 0 ? 1 : (PyErr_Occurred() ? -1 : 0);
+    return PyObject_RichCompareBool(a, interned, Py_EQ);
+}
+
+/* ------------------------------------------------------------------------ Request */
+
+typedef struct {
+    PyObject_HEAD
+    /* Tag's attributes (request_context reads ``fields`` and ``done``) */
+    PyObject *fields;
+    char done;
+    PyObject *key;
+    PyObject *source;
+    PyObject *method;
+    PyObject *server;
+    PyObject *upstream;
+    PyObject *status;
+    PyObject *route;
+    PyObject *handled;
+    long long t0, headers_t, first_t, last_t; /* valid when the has_ flag is set */
+    char has_h, has_f, has_l;
+    long long nbytes, chunks;
+    /* settled by finish(): what the event holds */
+    long long t1;
+    char fin_has_f;
+    PyObject *fin_route; /* str or None */
+    PyObject *fin_error; /* "module.qualname" or NULL */
+    PyObject *weakreflist;
+} RequestObject;
+
+static PyTypeObject Request_Type;
+
+static int
+req_traverse(RequestObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->fields);
+    Py_VISIT(self->key);
+    Py_VISIT(self->source);
+    Py_VISIT(self->method);
+    Py_VISIT(self->server);
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->status);
+    Py_VISIT(self->route);
+    Py_VISIT(self->handled);
+    Py_VISIT(self->fin_route);
+    Py_VISIT(self->fin_error);
+    return 0;
+}
+
+static int
+req_clear(RequestObject *self)
+{
+    Py_CLEAR(self->fields);
+    Py_CLEAR(self->key);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->server);
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->status);
+    Py_CLEAR(self->route);
+    Py_CLEAR(self->handled);
+    Py_CLEAR(self->fin_route);
+    Py_CLEAR(self->fin_error);
+    return 0;
+}
+
+static void
+req_dealloc(RequestObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL)
+        PyObject_ClearWeakRefs((PyObject *)self);
+    req_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+generated_id(void)
+{
+    /* _http.generated_id(), on its globals: (_prefix or _new_prefix()) + str(next(_seq)) */
+    PyObject *prefix, *seq, *n, *s, *out;
+    int truth;
+    prefix = http_global(s_prefix);
+    if (prefix == NULL)
+        return NULL;
+    Py_INCREF(prefix);
+    truth = prefix == Py_None ? 0 : PyObject_IsTrue(prefix);
+    if (truth < 0) {
+        Py_DECREF(prefix);
+        return NULL;
+    }
+    if (!truth) {
+        PyObject *make = http_global(s_new_prefix);
+        Py_DECREF(prefix);
+        if (make == NULL)
+            return NULL;
+        prefix = PyObject_CallNoArgs(make);
+        if (prefix == NULL)
+            return NULL;
+    }
+    seq = http_global(s_seq);
+    if (seq == NULL) {
+        Py_DECREF(prefix);
+        return NULL;
+    }
+    n = PyIter_Next(seq);
+    if (n == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetNone(PyExc_StopIteration);
+        Py_DECREF(prefix);
+        return NULL;
+    }
+    s = PyObject_Str(n);
+    Py_DECREF(n);
+    if (s == NULL) {
+        Py_DECREF(prefix);
+        return NULL;
+    }
+    out = PyNumber_Add(prefix, s);
+    Py_DECREF(prefix);
+    Py_DECREF(s);
+    return out;
+}
+
+static RequestObject *
+req_make(PyTypeObject *type, long long t0, PyObject *server, PyObject *key, PyObject *method,
+         PyObject *rid, PyObject *tp, PyObject *start)
+{
+    /* _http.Request.__init__ */
+    RequestObject *self;
+    PyObject *id, *source, *fields;
+    int truth;
+
+    if (rid == Py_None && tp == Py_None) { /* the common case: no id sent */
+        id = generated_id();
+        if (id == NULL)
+            return NULL;
+        source = Py_NewRef(s_generated);
+    }
+    else {
+        PyObject *choose = http_global(s_choose_id), *pair;
+        if (choose == NULL)
+            return NULL;
+        pair = PyObject_CallFunctionObjArgs(choose, rid, tp, NULL);
+        if (pair == NULL)
+            return NULL;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(pair);
+            PyErr_SetString(PyExc_TypeError, "choose_id must return (id, source)");
+            return NULL;
+        }
+        id = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        source = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+    }
+    fields = PyDict_New();
+    if (fields == NULL || PyDict_SetItem(fields, s_request_id, id) < 0) {
+        Py_XDECREF(fields);
+        Py_DECREF(id);
+        Py_DECREF(source);
+        return NULL;
+    }
+    Py_DECREF(id);
+
+    self = (RequestObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(fields);
+        Py_DECREF(source);
+        return NULL;
+    }
+    self->fields = fields;
+    self->source = source;
+    self->done = 0;
+    self->t0 = t0;
+    self->server = Py_NewRef(server);
+    self->key = Py_NewRef(key);
+    self->method = Py_NewRef(PyUnicode_Check(method) ? method : Py_None);
+    self->status = Py_NewRef(Py_None);
+    self->route = Py_NewRef(Py_None);
+    self->handled = Py_NewRef(Py_None);
+    self->nbytes = self->chunks = 0;
+    self->has_h = self->has_f = self->has_l = 0;
+    truth = start == Py_None ? 0 : PyObject_IsTrue(start);
+    if (truth < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (truth) {
+        PyObject *parse = http_global(s_parse_start);
+        self->upstream = parse ? PyObject_CallOneArg(parse, start) : NULL;
+        if (self->upstream == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    else {
+        self->upstream = Py_NewRef(Py_None);
+    }
+    return self;
+}
+
+static PyObject *
+req_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"t0", "server", "key", "method", "x_request_id", "traceparent",
+                             "request_start", NULL};
+    long long t0;
+    PyObject *server, *key, *method, *rid, *tp, *start;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "LOOOOOO:Request", kwlist, &t0, &server, &key,
+                                     &method, &rid, &tp, &start))
+        return NULL;
+    return (PyObject *)req_make(type, t0, server, key, method, rid, tp, start);
+}
+
+static PyObject *
+latin1(PyObject *v)
+{
+    /* v.decode("latin-1") */
+    if (PyBytes_CheckExact(v))
+        return PyUnicode_DecodeLatin1(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), NULL);
+    return PyObject_CallMethodObjArgs(v, s_decode, s_latin1, NULL);
+}
+
+static int
+header_slot(PyObject *k)
+{
+    /* which of the three id headers k is: 0 id, 1 traceparent, 2 start, -1 none, -2 error */
+    if (PyBytes_CheckExact(k)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(k);
+        const char *p = PyBytes_AS_STRING(k);
+        if (n == sizeof(H_ID) - 1 && memcmp(p, H_ID, n) == 0)
+            return 0;
+        if (n == sizeof(H_TP) - 1 && memcmp(p, H_TP, n) == 0)
+            return 1;
+        if (n == sizeof(H_START) - 1 && memcmp(p, H_START, n) == 0)
+            return 2;
+        return -1;
+    }
+    else {
+        /* what ``k in _ID_HEADERS`` then ``k == b"..."`` do for any other object */
+        static const char *names[3] = {H_ID, H_TP, H_START};
+        int i, r;
+        if (PyObject_Hash(k) == -1)
+            return -2;
+        for (i = 0; i < 3; i++) {
+            PyObject *b = PyBytes_FromString(names[i]);
+            if (b == NULL)
+                return -2;
+            r = PyObject_RichCompareBool(k, b, Py_EQ);
+            Py_DECREF(b);
+            if (r < 0)
+                return -2;
+            if (r)
+                return i;
+        }
+        return -1;
+    }
+}
+
+static PyObject *
+asgi_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* asgi_request(t0, scope, server="asgi"): asgi.py's _serve, reading the scope's headers */
+    long long t0;
+    PyObject *scope, *server, *method = NULL, *headers = NULL, *it = NULL, *item;
+    PyObject *found[3] = {NULL, NULL, NULL};
+    RequestObject *req = NULL;
+    int i, truth;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "asgi_request(t0, scope, server)");
+        return NULL;
+    }
+    if (as_ll(args[0], &t0) < 0)
+        return NULL;
+    scope = args[1];
+    server = args[2];
+    headers = mapping_get(scope, s_headers);
+    if (headers == NULL)
+        return NULL;
+    truth = PyObject_IsTrue(headers);
+    if (truth < 0)
+        goto done;
+    if (truth) {
+        it = PyObject_GetIter(headers);
+        if (it == NULL)
+            goto done;
+        while ((item = PyIter_Next(it)) != NULL) {
+            PyObject *k, *v;
+            int slot;
+            if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+                k = PyTuple_GET_ITEM(item, 0);
+                v = PyTuple_GET_ITEM(item, 1);
+                Py_INCREF(k);
+                Py_INCREF(v);
+            }
+            else { /* ``for k, v in ...`` on anything else */
+                PyObject *fast = PySequence_Fast(item, "cannot unpack a header");
+                if (fast == NULL) {
+                    Py_DECREF(item);
+                    goto done;
+                }
+                if (PySequence_Fast_GET_SIZE(fast) != 2) {
+                    PyErr_Format(PyExc_ValueError, "a header of %zd items, not 2",
+                                 PySequence_Fast_GET_SIZE(fast));
+                    Py_DECREF(fast);
+                    Py_DECREF(item);
+                    goto done;
+                }
+                k = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 0));
+                v = Py_NewRef(PySequence_Fast_GET_ITEM(fast, 1));
+                Py_DECREF(fast);
+            }
+            Py_DECREF(item);
+            slot = header_slot(k);
+            Py_DECREF(k);
+            if (slot == -2) {
+                Py_DECREF(v);
+                goto done;
+            }
+            if (slot >= 0) {
+                PyObject *s = latin1(v);
+                Py_DECREF(v);
+                if (s == NULL)
+                    goto done;
+                Py_XSETREF(found[slot], s);
+            }
+            else {
+                Py_DECREF(v);
+            }
+        }
+        if (PyErr_Occurred())
+            goto done;
+    }
+    method = mapping_get(scope, s_method);
+    if (method == NULL)
+        goto done;
+    req = req_make(&Request_Type, t0, server, scope, method, found[0] ? found[0] : Py_None,
+                   found[1] ? found[1] : Py_None, found[2] ? found[2] : Py_None);
+done:
+    Py_XDECREF(it);
+    Py_XDECREF(headers);
+    Py_XDECREF(method);
+    for (i = 0; i < 3; i++)
+        Py_XDECREF(found[i]);
+    return (PyObject *)req;
+}
+
+static PyObject *
+opt_ns(char has, long long v)
+{
+    if (!has)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(v);
+}
+
+static PyObject *
+req_chunk(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* Request.chunk(t, n) */
+    long long t, n;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "chunk(t, n)");
+        return NULL;
+    }
+    t = PyLong_AsLongLong(args[0]);
+    if (t == -1 && PyErr_Occurred())
+        return NULL;
+    n = PyLong_AsLongLong(args[1]);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n) {
+        if (!self->has_f) {
+            self->first_t = t;
+            self->has_f = 1;
+        }
+        self->last_t = t;
+        self->has_l = 1;
+        self->nbytes += n;
+        self->chunks += 1;
+    }
+    Py_RETURN_NONE;
+}
+
+static int
+set_item_steal(PyObject *d, PyObject *k, PyObject *v)
+{
+    int r;
+    if (v == NULL)
+        return -1;
+    r = PyDict_SetItem(d, k, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static PyObject *
+error_name(PyObject *error)
+{
+    /* f"{type(error).__module__}.{type(error).__qualname__}" */
+    PyObject *t = (PyObject *)Py_TYPE(error), *m, *q, *out;
+    m = PyObject_GetAttr(t, s_module);
+    if (m == NULL)
+        return NULL;
+    q = PyObject_GetAttr(t, s_qualname);
+    if (q == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    out = PyUnicode_FromFormat("%S.%S", m, q);
+    Py_DECREF(m);
+    Py_DECREF(q);
+    return out;
+}
+
+static int
+req_settle(RequestObject *self, long long t1, PyObject *route, PyObject *error)
+{
+    /* what _http.Request.finish computes before it makes the event: 0, or -1 with an
+     * exception */
+    int is_head = self->method == Py_None ? 0 : str_eq(self->method, s_head);
+    if (is_head < 0)
+        return -1;
+    self->t1 = t1;
+    self->fin_has_f = self->has_f;
+    if (is_head) {
+        /* a response to HEAD has no content (RFC 9110 9.3.2): see _http.Request.finish */
+        self->nbytes = self->chunks = 0;
+        self->fin_has_f = 0;
+    }
+    Py_XSETREF(self->fin_route, Py_NewRef(PyUnicode_CheckExact(route) ? route : self->route));
+    if (error == Py_None) {
+        error = self->handled; /* taken over from here; dropped */
+        self->handled = Py_NewRef(Py_None);
+    }
+    else {
+        Py_INCREF(error);
+    }
+    if (error != Py_None) {
+        PyObject *name = error_name(error);
+        Py_DECREF(error);
+        if (name == NULL)
+            return -1;
+        Py_XSETREF(self->fin_error, name);
+    }
+    else {
+        Py_DECREF(error);
+    }
+    return 0;
+}
+
+static PyObject *
+request_fields(PyObject *module, PyObject *arg)
+{
+    /* request_fields(req): the http.request event's fields of a finished request, as
+     * _http.Request.finish makes them (the recorder calls this when a sink wants a dict) */
+    RequestObject *self;
+    long long t0;
+    PyObject *fields, *rid;
+    if (!PyObject_TypeCheck(arg, &Request_Type)) {
+        PyErr_SetString(PyExc_TypeError, "request_fields() takes a finished Request");
+        return NULL;
+    }
+    self = (RequestObject *)arg;
+    if (!self->done || self->fin_route == NULL) {
+        PyErr_SetString(PyExc_ValueError, "request_fields() takes a finished Request");
+        return NULL;
+    }
+    t0 = self->t0;
+    rid = PyDict_GetItemWithError(self->fields, s_request_id);
+    if (rid == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, s_request_id);
+        return NULL;
+    }
+    fields = PyDict_New();
+    if (fields == NULL)
+        return NULL;
+    if (PyDict_SetItem(fields, s_request_id, rid) < 0 ||
+        PyDict_SetItem(fields, s_request_id_source, self->source) < 0 ||
+        PyDict_SetItem(fields, s_server, self->server) < 0 ||
+        PyDict_SetItem(fields, s_method, self->method) < 0 ||
+        PyDict_SetItem(fields, s_route, self->fin_route) < 0 ||
+        PyDict_SetItem(fields, s_status, self->status) < 0 ||
+        set_item_steal(fields, s_headers_ns, opt_ns(self->has_h, self->headers_t - t0)) < 0 ||
+        set_item_steal(fields, s_first_chunk_ns, opt_ns(self->fin_has_f, self->first_t - t0)) < 0 ||
+        set_item_steal(fields, s_last_chunk_ns, opt_ns(self->has_l, self->last_t - t0)) < 0 ||
+        set_item_steal(fields, s_bytes, PyLong_FromLongLong(self->nbytes)) < 0 ||
+        set_item_steal(fields, s_chunks, PyLong_FromLongLong(self->chunks)) < 0 ||
+        /* the body never ended: the client never had a whole response */
+        (!self->has_l && PyDict_SetItem(fields, s_incomplete, Py_True) < 0) ||
+        (self->upstream != Py_None && PyDict_SetItem(fields, s_upstream, self->upstream) < 0) ||
+        (self->fin_error != NULL && PyDict_SetItem(fields, s_error, self->fin_error) < 0)) {
+        Py_DECREF(fields);
+        return NULL;
+    }
+    return fields;
+}
+
+static PyObject *g_request_fields; /* the module's request_fields function */
+
+static PyObject *
+req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* Request.finish(record_later, t1, route, error): end the tag, and record the event once,
+     * its fields left for the flusher: record_later("http.request", t0, dur, request_fields,
+     * self). The JSONL sink writes its line straight from here (encode_batch); other sinks
+     * get request_fields(self). (The Python Request takes ``record`` and builds the dict.) */
+    long long t1;
+    PyObject *res, *argv[5];
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "finish(record_later, t1, route, error)");
+        return NULL;
+    }
+    if (self->done)
+        Py_RETURN_NONE;
+    self->done = 1;
+    /* a thread started during the request may keep this object (its tag) for long: not the
+     * scope with it */
+    Py_SETREF(self->key, Py_NewRef(Py_None));
+    if (as_ll(args[1], &t1) < 0 || req_settle(self, t1, args[2], args[3]) < 0)
+        goto fail;
+    argv[0] = s_http_request;
+    argv[1] = PyLong_FromLongLong(self->t0);
+    argv[2] = PyLong_FromLongLong(t1 - self->t0);
+    argv[3] = g_request_fields;
+    argv[4] = (PyObject *)self;
+    if (argv[1] == NULL || argv[2] == NULL) {
+        Py_XDECREF(argv[1]);
+        Py_XDECREF(argv[2]);
+        goto fail;
+    }
+    res = PyObject_Vectorcall(args[0], argv, 5, NULL);
+    Py_DECREF(argv[1]);
+    Py_DECREF(argv[2]);
+    if (res == NULL)
+        goto fail;
+    Py_DECREF(res);
+    Py_RETURN_NONE;
+fail:
+    {
+        PyObject *where = PyUnicode_FromFormat("%S.request", self->server);
+        if (where == NULL)
+            return NULL;
+        report_current(where);
+        Py_DECREF(where);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ the send watcher */
+
+typedef struct {
+    PyObject_HEAD
+    RequestObject *req;
+    PyObject *send;
+    vectorcallfunc vectorcall;
+} SendObject;
+
+static PyTypeObject Send_Type;
+
+static int
+watch(RequestObject *req, PyObject *message, long long t)
+{
+    /* asgi.py's watched_send, before the server's send: 0, or -1 with an exception */
+    PyObject *kind, *v;
+    int r;
+    if (req->done) /* a send after the request ended (its event is made): not noted */
+        return 0;
+    kind = PyDict_CheckExact(message) ? Py_XNewRef(PyDict_GetItemWithError(message, s_type))
+                                      : PyObject_GetItem(message, s_type);
+    if (kind == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, s_type);
+        return -1;
+    }
+    r = str_eq(kind, s_resp_body); /* the commonest message first */
+    if (r == 1) {
+        Py_DECREF(kind);
+        v = mapping_get(message, s_body);
+        if (v == NULL)
+            return -1;
+        r = PyObject_IsTrue(v);
+        if (r > 0) {
+            Py_ssize_t n;
+            if (!req->has_f) {
+                req->first_t = t;
+                req->has_f = 1;
+            }
+            n = PyObject_Size(v);
+            if (n < 0) {
+                Py_DECREF(v);
+                return -1;
+            }
+            req->nbytes += n;
+            req->chunks += 1;
+        }
+        Py_DECREF(v);
+        if (r < 0)
+            return -1;
+        /* only the message without more_body ends the body */
+        v = mapping_get(message, s_more_body);
+        if (v == NULL)
+            return -1;
+        r = PyObject_IsTrue(v);
+        Py_DECREF(v);
+        if (r < 0)
+            return -1;
+        if (!r) {
+            req->last_t = t;
+            req->has_l = 1;
+        }
+        return 0;
+    }
+    if (r == 0)
+        r = str_eq(kind, s_resp_start);
+    else {
+        Py_DECREF(kind);
+        return -1;
+    }
+    if (r == 1) {
+        Py_DECREF(kind);
+        v = mapping_get(message, s_status);
+        if (v == NULL)
+            return -1;
+        Py_SETREF(req->status, v);
+        if (!req->has_h) {
+            req->headers_t = t;
+            req->has_h = 1;
+        }
+        return 0;
+    }
+    if (r == 0)
+        r = str_eq(kind, s_pathsend);
+    Py_DECREF(kind);
+    if (r < 0)
+        return -1;
+    if (r == 1) { /* a whole file in one message (granian) */
+        req->last_t = t;
+        req->has_l = 1;
+    }
+    return 0;
+}
+
+static PyObject *
+send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    long long t;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "send() takes exactly one argument (the message)");
+        return NULL;
+    }
+    if (now_ns(&t) < 0 || watch(self->req, args[0], t) < 0) {
+        /* a malformed message is the server's to reject, not ours */
+        report_current(s_where_send);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    return PyObject_Vectorcall(self->send, args, 1, NULL);
+}
+
+static int
+send_traverse(SendObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->req);
+    Py_VISIT(self->send);
+    return 0;
+}
+
+static int
+send_clear(SendObject *self)
+{
+    Py_CLEAR(self->req);
+    Py_CLEAR(self->send);
+    return 0;
+}
+
+static void
+send_dealloc(SendObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    send_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+req_sender(RequestObject *self, PyObject *send)
+{
+    /* the ``send`` the application gets: notes each message, returns the server's own
+     * awaitable. It holds the request and the server's send; the request does not hold it
+     * (a thread that keeps the request, its tag, must not keep the connection alive). */
+    SendObject *s = PyObject_GC_New(SendObject, &Send_Type);
+    if (s == NULL)
+        return NULL;
+    s->req = (RequestObject *)Py_NewRef(self);
+    s->send = Py_NewRef(send);
+    s->vectorcall = (vectorcallfunc)send_vectorcall;
+    PyObject_GC_Track(s);
+    return (PyObject *)s;
+}
+
+static PyTypeObject Send_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyinstrument_ai._speedups.Send",
+    .tp_basicsize = sizeof(SendObject),
+    .tp_dealloc = (destructor)send_dealloc,
+    .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_traverse = (traverseproc)send_traverse,
+    .tp_clear = (inquiry)send_clear,
+};
+
+/* the optional times: None or an int, as the Python Request has them */
+#define NS_GETSET(name, has)                                                                   \
+    static PyObject *req_get_##name(RequestObject *self, void *c)                              \
+    {                                                                                          \
+        return opt_ns(self->has, self->name);                                                  \
+    }                                                                                          \
+    static int req_set_##name(RequestObject *self, PyObject *v, void *c)                       \
+    {                                                                                          \
+        long long x;                                                                           \
+        if (v == NULL || v == Py_None) {                                                       \
+            self->has = 0;                                                                     \
+            return 0;                                                                          \
+        }                                                                                      \
+        x = PyLong_AsLongLong(v);                                                              \
+        if (x == -1 && PyErr_Occurred())                                                       \
+            return -1;                                                                         \
+        self->name = x;                                                                        \
+        self->has = 1;                                                                         \
+        return 0;                                                                              \
+    }
+
+NS_GETSET(headers_t, has_h)
+NS_GETSET(first_t, has_f)
+NS_GETSET(last_t, has_l)
+
+static PyObject *
+req_get_request_id(RequestObject *self, void *c)
+{
+    return PyObject_GetItem(self->fields, s_request_id);
+}
+
+static PyGetSetDef req_getset[] = {
+    {"headers_t", (getter)req_get_headers_t, (setter)req_set_headers_t, NULL, NULL},
+    {"first_t", (getter)req_get_first_t, (setter)req_set_first_t, NULL, NULL},
+    {"last_t", (getter)req_get_last_t, (setter)req_set_last_t, NULL, NULL},
+    {"request_id", (getter)req_get_request_id, NULL, NULL, NULL},
+    {NULL},
+};
+
+#define OBJ_MEMBER(name) {#name, T_OBJECT, offsetof(RequestObject, name), 0, NULL}
+static PyMemberDef req_members[] = {
+    OBJ_MEMBER(fields),
+    OBJ_MEMBER(key),
+    OBJ_MEMBER(source),
+    OBJ_MEMBER(method),
+    OBJ_MEMBER(server),
+    OBJ_MEMBER(upstream),
+    OBJ_MEMBER(status),
+    OBJ_MEMBER(route),
+    OBJ_MEMBER(handled),
+    {"done", T_BOOL, offsetof(RequestObject, done), 0, NULL},
+    {"t0", T_LONGLONG, offsetof(RequestObject, t0), 0, NULL},
+    {"nbytes", T_LONGLONG, offsetof(RequestObject, nbytes), 0, NULL},
+    {"chunks", T_LONGLONG, offsetof(RequestObject, chunks), 0, NULL},
+    {NULL},
+};
+
+static PyMethodDef req_methods[] = {
+    {"chunk", (PyCFunction)(void (*)(void))req_chunk, METH_FASTCALL, NULL},
+    {"finish", (PyCFunction)(void (*)(void))req_finish, METH_FASTCALL, NULL},
+    {"sender", (PyCFunction)req_sender, METH_O, NULL},
+    {NULL},
+};
+
+static PyTypeObject Request_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyinstrument_ai._speedups.Request",
+    .tp_doc = "One HTTP request in flight, and its tag (C port of _http.Request).",
+    .tp_basicsize = sizeof(RequestObject),
+    .tp_dealloc = (destructor)req_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)req_traverse,
+    .tp_clear = (inquiry)req_clear,
+    .tp_weaklistoffset = offsetof(RequestObject, weakreflist),
+    .tp_methods = req_methods,
+    .tp_members = req_members,
+    .tp_getset = req_getset,
+    .tp_new = req_new,
+};
+
+/* ------------------------------------------------------------------------ encode_batch */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int
+buf_grow(Buf *b, Py_ssize_t n)
+{
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    char *p;
+    while (cap < b->len + n)
+        cap *= 2;
+    p = PyMem_Realloc(b->p, cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+/* inlined: most pieces are a few constant bytes, copied in a move or two */
+static inline int
+buf_put(Buf *b, const char *s, Py_ssize_t n)
+{
+    if (b->len + n > b->cap && buf_grow(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static int
+buf_bytes(Buf *b, PyObject *bytes, Py_ssize_t from)
+{
+    if (!PyBytes_Check(bytes)) {
+        PyErr_SetString(PyExc_TypeError, "expected bytes");
+        return -1;
+    }
+    if (PyBytes_GET_SIZE(bytes) < from) {
+        PyErr_SetString(PyExc_ValueError, "short bytes");
+        return -1;
+    }
+    return buf_put(b, PyBytes_AS_STRING(bytes) + from, PyBytes_GET_SIZE(bytes) - from);
+}
+
+static int
+buf_ll(Buf *b, long long x)
+{
+    /* b"%d" % x (snprintf costs ten times as much) */
+    char tmp[24], *end = tmp + sizeof tmp, *p = end;
+    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (x < 0)
+        *--p = '-';
+    return buf_put(b, p, end - p);
+}
+
+static int
+buf_int(Buf *b, PyObject *v)
+{
+    /* b"%d" % v, for an exact int */
+    int overflow;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (!overflow) {
+        if (x == -1 && PyErr_Occurred())
+            return -1;
+        return buf_ll(b, x);
+    }
+    else {
+        PyObject *s = PyObject_Str(v);
+        const char *u;
+        Py_ssize_t n;
+        int r;
+        if (s == NULL)
+            return -1;
+        u = PyUnicode_AsUTF8AndSize(s, &n);
+        r = u ? buf_put(b, u, n) : -1;
+        Py_DECREF(s);
+        return r;
+    }
+}
+
+static int
+buf_dumps(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
+{
+    /* dumps(v, default=deflt) */
+    PyObject *argv[2] = {v, deflt}, *out;
+    int r;
+    out = PyObject_Vectorcall(dumps, argv, 1, s_default_kw);
+    if (out == NULL)
+        return -1;
+    r = buf_bytes(b, out, 0);
+    Py_DECREF(out);
+    return r;
+}
+
+static int
+buf_value(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
+{
+    /* v as orjson writes it: the common values here, the rest by dumps itself */
+    if (v == Py_None)
+        return buf_put(b, "null", 4);
+    if (PyLong_CheckExact(v)) {
+        int overflow;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (!overflow && !(x == -1 && PyErr_Occurred()))
+            return buf_ll(b, x);
+        PyErr_Clear();
+    }
+    else if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
+        /* printable ASCII without a quote or backslash: orjson writes it as it is */
+        const unsigned char *p = PyUnicode_1BYTE_DATA(v);
+        Py_ssize_t i, n = PyUnicode_GET_LENGTH(v);
+        for (i = 0; i < n; i++)
+            if (p[i] < 0x20 || p[i] > 0x7e || p[i] == '"' || p[i] == '\\')
+                break;
+        if (i == n)
+            return buf_put(b, "\"", 1) < 0 || buf_put(b, (const char *)p, n) < 0 ||
+                           buf_put(b, "\"", 1) < 0
+                       ? -1
+                       : 0;
+    }
+    return buf_dumps(b, v, dumps, deflt);
+}
+
+#define PUT_KEY(lit) (buf_put(b, lit, sizeof(lit) - 1) < 0)
+
+static int
+buf_request(Buf *b, RequestObject *r, PyObject *dumps, PyObject *deflt)
+{
+    /* request_fields(r) as dumps writes it after the core keys, without its "{": the bytes
+     * of encode_lines' line for the same record */
+    long long t0 = r->t0;
+    PyObject *rid = PyDict_GetItemWithError(r->fields, s_request_id);
+    if (rid == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, s_request_id);
+        return -1;
+    }
+    if (PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0 ||
+        PUT_KEY(",\"request_id_source\":") || buf_value(b, r->source, dumps, deflt) < 0 ||
+        PUT_KEY(",\"server\":") || buf_value(b, r->server, dumps, deflt) < 0 ||
+        PUT_KEY(",\"method\":") || buf_value(b, r->method, dumps, deflt) < 0 ||
+        PUT_KEY(",\"route\":") || buf_value(b, r->fin_route, dumps, deflt) < 0 ||
+        PUT_KEY(",\"status\":") || buf_value(b, r->status, dumps, deflt) < 0 ||
+        PUT_KEY(",\"headers_ns\":") ||
+        (r->has_h ? buf_ll(b, r->headers_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        PUT_KEY(",\"first_chunk_ns\":") ||
+        (r->fin_has_f ? buf_ll(b, r->first_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        PUT_KEY(",\"last_chunk_ns\":") ||
+        (r->has_l ? buf_ll(b, r->last_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        PUT_KEY(",\"bytes\":") || buf_ll(b, r->nbytes) < 0 || PUT_KEY(",\"chunks\":") ||
+        buf_ll(b, r->chunks) < 0)
+        return -1;
+    if (!r->has_l && PUT_KEY(",\"incomplete\":true"))
+        return -1;
+    if (r->upstream != Py_None &&
+        (PUT_KEY(",\"upstream_start_wall_ns\":") || buf_value(b, r->upstream, dumps, deflt) < 0))
+        return -1;
+    if (r->fin_error != NULL &&
+        (PUT_KEY(",\"error\":") || buf_value(b, r->fin_error, dumps, deflt) < 0))
+        return -1;
+    return buf_put(b, "}", 1);
+}
+
+static int
+fast_fields(PyObject *fields, PyObject *reserved)
+{
+    /* 1: no fields; 2: a dict of fields none of which is reserved (a tuple of the reserved
+     * keys); 0: the plain path; -1: an exception (``not fields`` raised) */
+    int truth;
+    if (fields == Py_None)
+        return 1;
+    if (PyDict_CheckExact(fields)) {
+        Py_ssize_t i;
+        if (PyDict_GET_SIZE(fields) == 0)
+            return 1;
+        for (i = 0; i < PyTuple_GET_SIZE(reserved); i++) {
+            int r = PyDict_Contains(fields, PyTuple_GET_ITEM(reserved, i));
+            if (r != 0)
+                return r < 0 ? -1 : 0;
+        }
+        return 2;
+    }
+    truth = PyObject_IsTrue(fields);
+    if (truth < 0)
+        return -1;
+    return truth ? 0 : 1;
+}
+
+static int
+encode_one(Buf *b, PyObject *rec, long pid, PyObject *dumps, PyObject *deflt,
+           PyObject *reserved, PyObject *heads, PyObject *head_fn, PyObject *plain,
+           PyObject *tails)
+{
+    /* one record's line into b (without its newline): 0, or -1 with an exception */
+    PyObject *fast, *name, *t, *dur, *tid, *fields, *head, *tail, *rest;
+    int kind, r = -1;
+
+    fast = PySequence_Fast(rec, "a record must be a sequence");
+    if (fast == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(fast) == 6) {
+        /* left for later by a C Request's finish: written from the request itself */
+        PyObject *state = PySequence_Fast_GET_ITEM(fast, 5);
+        if (PySequence_Fast_GET_ITEM(fast, 4) != g_request_fields ||
+            Py_TYPE(state) != &Request_Type || ((RequestObject *)state)->fin_route == NULL) {
+            PyErr_SetString(PyExc_ValueError, "a record left for later that is not a request's");
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    else if (PySequence_Fast_GET_SIZE(fast) != 5) {
+        PyErr_SetString(PyExc_ValueError, "a record has 5 items");
+        Py_DECREF(fast);
+        return -1;
+    }
+    name = PySequence_Fast_GET_ITEM(fast, 0);
+    t = PySequence_Fast_GET_ITEM(fast, 1);
+    dur = PySequence_Fast_GET_ITEM(fast, 2);
+    tid = PySequence_Fast_GET_ITEM(fast, 3);
+    fields = PySequence_Fast_GET_ITEM(fast, 4);
+    kind = 0;
+    if (PyUnicode_CheckExact(name) && PyLong_CheckExact(t) && PyLong_CheckExact(tid) &&
+        (dur == Py_None || PyLong_CheckExact(dur))) {
+        kind = PySequence_Fast_GET_SIZE(fast) == 6 ? 3 : fast_fields(fields, reserved);
+        if (kind < 0)
+            goto out;
+    }
+    if (kind == 0) { /* anything else takes the plain path */
+        PyObject *line = PyObject_CallOneArg(plain, rec);
+        if (line == NULL)
+            goto out;
+        r = buf_bytes(b, line, 0);
+        Py_DECREF(line);
+        goto out;
+    }
+    head = PyDict_GetItemWithError(heads, name);
+    if (head != NULL) {
+        Py_INCREF(head);
+    }
+    else {
+        if (PyErr_Occurred())
+            goto out;
+        head = PyObject_CallFunctionObjArgs(head_fn, name, dumps, NULL);
+        if (head == NULL)
+            goto out;
+    }
+    r = buf_bytes(b, head, 0);
+    Py_DECREF(head);
+    if (r < 0 || (r = buf_int(b, t)) < 0)
+        goto out;
+    if (dur != Py_None &&
+        ((r = buf_put(b, ",\"dur_ns\":", 10)) < 0 || (r = buf_int(b, dur)) < 0))
+        goto out;
+    r = -1;
+    tail = PyDict_GetItemWithError(tails, tid);
+    if (tail != NULL) {
+        Py_INCREF(tail);
+    }
+    else {
+        PyObject *tid_s;
+        if (PyErr_Occurred())
+            goto out;
+        tid_s = PyObject_Str(tid);
+        if (tid_s == NULL)
+            goto out;
+        tail = PyBytes_FromFormat(",\"pid\":%ld,\"tid\":%s", pid, PyUnicode_AsUTF8(tid_s));
+        Py_DECREF(tid_s);
+        if (tail == NULL || PyDict_SetItem(tails, tid, tail) < 0) {
+            Py_XDECREF(tail);
+            goto out;
+        }
+    }
+    r = buf_bytes(b, tail, 0);
+    Py_DECREF(tail);
+    if (r < 0)
+        goto out;
+    if (kind == 1) {
+        r = buf_put(b, "}", 1);
+        goto out;
+    }
+    if (kind == 3) {
+        r = buf_request(b, (RequestObject *)PySequence_Fast_GET_ITEM(fast, 5), dumps, deflt);
+        goto out;
+    }
+    {
+        PyObject *argv[2] = {fields, deflt};
+        rest = PyObject_Vectorcall(dumps, argv, 1, s_default_kw);
+    }
+    if (rest == NULL) {
+        r = -1;
+        goto out;
+    }
+    r = buf_put(b, ",", 1);
+    if (r == 0)
+        r = buf_bytes(b, rest, 1);
+    Py_DECREF(rest);
+out:
+    Py_DECREF(fast);
+    return r;
+}
+
+static PyObject *
+encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* encode_batch(records, pid, dumps, default, reserved, heads, head_fn, plain)
+     *   -> (b"line\nline\n...", lines, dropped) */
+    PyObject *records, *dumps, *deflt, *reserved, *heads, *head_fn, *plain, *seq, *tails;
+    PyObject *out = NULL, *blob;
+    Py_ssize_t i, n, lines = 0, dropped = 0;
+    long pid;
+    Buf b = {NULL, 0, 0};
+
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_batch(records, pid, dumps, default, reserved, heads, head_fn, "
+                        "plain)");
+        return NULL;
+    }
+    records = args[0];
+    pid = PyLong_AsLong(args[1]);
+    if (pid == -1 && PyErr_Occurred())
+        return NULL;
+    dumps = args[2];
+    deflt = args[3];
+    reserved = args[4];
+    heads = args[5];
+    head_fn = args[6];
+    plain = args[7];
+    if (!PyAnySet_Check(reserved) || !PyDict_Check(heads)) {
+        PyErr_SetString(PyExc_TypeError, "reserved must be a set and heads a dict");
+        return NULL;
+    }
+    seq = PySequence_Fast(records, "records must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    reserved = PySequence_Tuple(reserved);
+    if (reserved == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    tails = PyDict_New();
+    if (tails == NULL)
+        goto done;
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        Py_ssize_t mark = b.len;
+        if (encode_one(&b, PySequence_Fast_GET_ITEM(seq, i), pid, dumps, deflt, reserved, heads,
+                       head_fn, plain, tails) < 0 ||
+            buf_put(&b, "\n", 1) < 0) {
+            /* one unencodable record must not cost the batch; a BaseException that is not
+             * an Exception (KeyboardInterrupt) stops it, as in the Python loop */
+            if (!PyErr_ExceptionMatches(PyExc_Exception))
+                goto done;
+            PyErr_Clear();
+            b.len = mark;
+            dropped++;
+            continue;
+        }
+        lines++;
+    }
+    blob = PyBytes_FromStringAndSize(b.p ? b.p : "", b.len);
+    if (blob != NULL)
+        out = Py_BuildValue("(Nnn)", blob, lines, dropped);
+done:
+    PyMem_Free(b.p);
+    Py_XDECREF(tails);
+    Py_DECREF(reserved);
+    Py_DECREF(seq);
+    return out;
+}
+
+/* ------------------------------------------------------------------------ module */
+
+static PyObject *
+bind(PyObject *module, PyObject *ns)
+{
+    /* bind(_http's globals): where the uncommon cases' Python functions are looked up */
+    if (!PyDict_Check(ns)) {
+        PyErr_SetString(PyExc_TypeError, "bind() takes a module's globals dict");
+        return NULL;
+    }
+    Py_XSETREF(g_http, Py_NewRef(ns));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", (PyCFunction)bind, METH_O, NULL},
+    {"asgi_request", (PyCFunction)(void (*)(void))asgi_request, METH_FASTCALL, NULL},
+    {"encode_batch", (PyCFunction)(void (*)(void))encode_batch, METH_FASTCALL, NULL},
+    {"request_fields", (PyCFunction)request_fields, METH_O, NULL},
+    {NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "pyinstrument_ai._speedups",
+    "C versions of two per-event paths (see _speedups.c); optional.", -1, module_methods,
+};
+
+#define INTERN(var, text)                                                                      \
+    if ((var = PyUnicode_InternFromString(text)) == NULL)                                      \
+        return NULL;
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    PyObject *m;
+    INTERN(s_type, "type");
+    INTERN(s_body, "body");
+    INTERN(s_more_body, "more_body");
+    INTERN(s_status, "status");
+    INTERN(s_headers, "headers");
+    INTERN(s_method, "method");
+    INTERN(s_get, "get");
+    INTERN(s_resp_body, "http.response.body");
+    INTERN(s_resp_start, "http.response.start");
+    INTERN(s_pathsend, "http.response.pathsend");
+    INTERN(s_head, "HEAD");
+    INTERN(s_request_id, "request_id");
+    INTERN(s_request_id_source, "request_id_source");
+    INTERN(s_server, "server");
+    INTERN(s_route, "route");
+    INTERN(s_headers_ns, "headers_ns");
+    INTERN(s_first_chunk_ns, "first_chunk_ns");
+    INTERN(s_last_chunk_ns, "last_chunk_ns");
+    INTERN(s_bytes, "bytes");
+    INTERN(s_chunks, "chunks");
+    INTERN(s_incomplete, "incomplete");
+    INTERN(s_upstream, "upstream_start_wall_ns");
+    INTERN(s_error, "error");
+    INTERN(s_generated, "generated");
+    INTERN(s_http_request, "http.request");
+    INTERN(s_module, "__module__");
+    INTERN(s_qualname, "__qualname__");
+    INTERN(s_prefix, "_prefix");
+    INTERN(s_seq, "_seq");
+    INTERN(s_new_prefix, "_new_prefix");
+    INTERN(s_choose_id, "choose_id");
+    INTERN(s_parse_start, "parse_request_start");
+    INTERN(s_report, "report");
+    INTERN(s_where_send, "asgi.send");
+    INTERN(s_decode, "decode");
+    INTERN(s_latin1, "latin-1");
+    {
+        /* interned: orjson tells its keyword arguments by identity */
+        PyObject *name = PyUnicode_InternFromString("default");
+        if (name == NULL || (s_default_kw = PyTuple_Pack(1, name)) == NULL)
+            return NULL;
+        Py_DECREF(name);
+    }
+    if (PyType_Ready(&Request_Type) < 0 || PyType_Ready(&Send_Type) < 0)
+        return NULL;
+    m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&Request_Type);
+    if (PyModule_AddObject(m, "Request", (PyObject *)&Request_Type) < 0) {
+        Py_DECREF(&Request_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    g_request_fields = PyObject_GetAttrString(m, "request_fields");
+    if (g_request_fields == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
