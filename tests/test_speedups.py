@@ -541,3 +541,121 @@ def test_the_same_program_writes_the_same_events_with_and_without_the_speedups(t
     assert got["c"][1]["request_id"] == 'a"b\\c' and got["c"][1]["error"] == "builtins.RuntimeError"
     assert got["c"][0]["route"] == "/café/{x}" and got["c"][4]["bytes"] == 0
     assert got["c"][2]["chunks"] == 2 and "upstream_start_wall_ns" in got["c"][2]
+
+
+# ------------------------------------------------------------------------- hardening
+# Found by a review of the C code (valgrind, a differential fuzzer): each crashed the process
+# or diverged from the Python reference before it was fixed.
+
+
+@needs_c
+@pytest.mark.parametrize(
+    "attr",
+    ["fields", "key", "source", "method", "server", "upstream", "status", "route", "handled"],
+)
+def test_deleting_a_c_request_attribute_raises_and_finish_reports(attr, monkeypatch):
+    seen = []
+    monkeypatch.setattr(_http, "report", lambda where, exc: seen.append(where))
+    req = C.asgi_request(1, _scope(), "asgi")
+    with pytest.raises(AttributeError):
+        delattr(req, attr)  # was a NULL left in the struct, then a segfault at finish
+    rec = _Rec()
+    req.finish(rec.record_later, 2, None, None)
+    assert len(rec.events) == 1 and not seen
+
+
+@needs_c
+def test_encode_batch_survives_callbacks_that_change_the_records():
+    class Shrinks:  # orjson's default -> repr empties the batch being encoded
+        def __repr__(self):
+            records.clear()
+            return "<shrinks>"
+
+    records = [("ev", 1, None, 7, {"x": Shrinks()})] + [("ev", 2, None, 7, {"y": 1})] * 50
+    # the Python loop stops where the list ends; so does C (it read freed memory before)
+    blob, n, dropped = jsonl.encode_batch_c(C, records, 1, orjson.dumps)
+    assert (n, dropped) == (1, 0) and b"<shrinks>" in blob
+
+    class Empties:  # a list record emptied while its fields are being encoded
+        def __repr__(self):
+            rec.clear()
+            return "<x>"
+
+    rec = ["ev", 1, None, 7, {"a": Empties(), "b": "z" * 100}]
+    want = jsonl.encode_lines([list(rec)], 1, orjson.dumps)
+    rec = ["ev", 1, None, 7, {"a": Empties(), "b": "z" * 100}]
+    blob, n, dropped = jsonl.encode_batch_c(C, [rec], 1, orjson.dumps)
+    assert blob == want[0][0] + b"\n" and (n, dropped) == (1, 0)
+
+
+@needs_c
+def test_a_broken_id_counter_is_an_error_not_a_crash(monkeypatch):
+    monkeypatch.setattr(_http, "_seq", [1, 2, 3])  # not an iterator: was a call through NULL
+    for new in (C.asgi_request, asgi._py_asgi_request):
+        with pytest.raises(TypeError):
+            new(1, _scope(), "asgi")
+
+
+@needs_c
+def test_extreme_times_and_sizes_are_exact_as_in_python():
+    got = {}
+    for impl, cls in (("py", _http.Request), ("c", C.Request)):
+        req = cls(-(2**63), "asgi", None, "GET", None, None, None)
+        req.chunk(2**63 - 1, 1)
+        rec = _Rec()
+        record = rec.record_later if impl == "c" else rec.record
+        req.finish(record, 2**63 - 1, None, None)
+        name, t, dur, fields = rec.events[0]
+        got[impl] = (name, t, dur, _norm(fields))
+        if impl == "c":
+            kept = ("http.request", -(2**63), 2**64 - 1, 1, C.request_fields, req)
+            blob, n, _ = jsonl.encode_batch_c(C, [kept], 1, orjson.dumps)
+            assert n == 1 and b'"last_chunk_ns":18446744073709551615' in blob
+    assert got["c"] == got["py"] and got["c"][2] == 2**64 - 1
+
+
+class _EqAll:
+    def __eq__(self, other):
+        return True
+
+    def __hash__(self):
+        return 1
+
+
+@needs_c
+def test_a_header_name_that_equals_everything_is_not_an_id_header():
+    scope = _scope([(_EqAll(), b"evil-id")])  # `k in _ID_HEADERS` hashes first: no match
+    assert _serve("c", scope, [START]) == _serve("py", scope, [START])
+    assert _serve("c", scope, [START])[0]["request_id_source"] == "generated"
+
+
+@needs_c
+def test_finish_reports_when_the_server_name_is_an_object(monkeypatch):
+    class Server:
+        def __str__(self):
+            return "srv"
+
+    seen = []
+    monkeypatch.setattr(_http, "report", lambda where, exc: seen.append((where, type(exc))))
+
+    def failing(*args):
+        raise RuntimeError("x")
+
+    C.Request(1, Server(), None, "GET", None, None, None).finish(failing, 2, None, None)
+    _http.Request(1, Server(), None, "GET", None, None, None).finish(failing, 2, None, None)
+    assert seen == [("srv.request", RuntimeError)] * 2  # was a SystemError from C
+
+
+@needs_c
+def test_sender_takes_the_message_by_keyword_too_and_ignores_sends_after_the_end():
+    for new in (C.asgi_request, asgi._py_asgi_request):
+        sent = []
+        req = new(1, _scope(), "asgi")
+        sender = req.sender(sent.append)
+        sender(message=START)
+        assert sent == [START] and req.status == 200
+        with pytest.raises(TypeError):
+            sender(msg=START)
+        req.finish(_Rec().record_later if new is C.asgi_request else _Rec().record, 2, None, None)
+        sender(["not", "a", "message"])  # after the end: handed on, not looked at
+        assert len(sent) == 2

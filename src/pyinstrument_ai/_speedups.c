@@ -41,7 +41,13 @@ static const char H_START[] = "x-request-start";
 static int
 now_ns(long long *out)
 {
-    /* the clock of pyinstrument_ai.clock.now_ns (time.monotonic_ns): CLOCK_MONOTONIC */
+    /* the clock of pyinstrument_ai.clock.now_ns (time.monotonic_ns): CLOCK_MONOTONIC on
+     * Linux; on macOS CPython reads mach_absolute_time, which CLOCK_UPTIME_RAW is (CLOCK_MONOTONIC
+     * there also counts time asleep) */
+#ifdef __APPLE__
+    *out = (long long)clock_gettime_nsec_np(CLOCK_UPTIME_RAW);
+    return 0;
+#else
     struct timespec ts;
     if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
@@ -49,6 +55,7 @@ now_ns(long long *out)
     }
     *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     return 0;
+#endif
 }
 
 static PyObject *
@@ -78,11 +85,12 @@ report_current(PyObject *where)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
-    report = g_http ? PyDict_GetItemWithError(g_http, s_report) : NULL;
+    report = g_http ? Py_XNewRef(PyDict_GetItemWithError(g_http, s_report)) : NULL;
     if (report != NULL && value != NULL) {
         r = PyObject_CallFunctionObjArgs(report, where, value, NULL);
         Py_XDECREF(r);
     }
+    Py_XDECREF(report);
     PyErr_Clear();
     Py_XDECREF(type);
     Py_XDECREF(value);
@@ -236,7 +244,14 @@ generated_id(void)
         Py_DECREF(prefix);
         return NULL;
     }
+    if (!PyIter_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "'%.200s' object is not an iterator", Py_TYPE(seq)->tp_name);
+        Py_DECREF(prefix);
+        return NULL;
+    }
+    Py_INCREF(seq);
     n = PyIter_Next(seq);
+    Py_DECREF(seq);
     if (n == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetNone(PyExc_StopIteration);
@@ -354,6 +369,8 @@ latin1(PyObject *v)
     return PyObject_CallMethodObjArgs(v, s_decode, s_latin1, NULL);
 }
 
+static PyObject *g_id_headers; /* frozenset of the three names, as asgi.py's _ID_HEADERS */
+
 static int
 header_slot(PyObject *k)
 {
@@ -373,8 +390,9 @@ header_slot(PyObject *k)
         /* what ``k in _ID_HEADERS`` then ``k == b"..."`` do for any other object */
         static const char *names[3] = {H_ID, H_TP, H_START};
         int i, r;
-        if (PyObject_Hash(k) == -1)
-            return -2;
+        r = PySet_Contains(g_id_headers, k); /* hash, then == within the bucket */
+        if (r <= 0)
+            return r < 0 ? -2 : -1;
         for (i = 0; i < 3; i++) {
             PyObject *b = PyBytes_FromString(names[i]);
             if (b == NULL)
@@ -480,11 +498,28 @@ done:
 }
 
 static PyObject *
-opt_ns(char has, long long v)
+ns_diff(long long a, long long b)
+{
+    /* a - b as an int, exact even where it does not fit 64 bits */
+    long long d;
+    PyObject *x, *y, *r = NULL;
+    if (!__builtin_sub_overflow(a, b, &d))
+        return PyLong_FromLongLong(d);
+    x = PyLong_FromLongLong(a);
+    y = PyLong_FromLongLong(b);
+    if (x != NULL && y != NULL)
+        r = PyNumber_Subtract(x, y);
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return r;
+}
+
+static PyObject *
+opt_ns(char has, long long v, long long t0)
 {
     if (!has)
         Py_RETURN_NONE;
-    return PyLong_FromLongLong(v);
+    return ns_diff(v, t0);
 }
 
 static PyObject *
@@ -599,24 +634,19 @@ request_fields(PyObject *module, PyObject *arg)
         return NULL;
     }
     t0 = self->t0;
-    rid = PyDict_GetItemWithError(self->fields, s_request_id);
-    if (rid == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, s_request_id);
-        return NULL;
-    }
     fields = PyDict_New();
     if (fields == NULL)
         return NULL;
-    if (PyDict_SetItem(fields, s_request_id, rid) < 0 ||
+    rid = PyObject_GetItem(self->fields, s_request_id); /* self.fields["request_id"] */
+    if (set_item_steal(fields, s_request_id, rid) < 0 ||
         PyDict_SetItem(fields, s_request_id_source, self->source) < 0 ||
         PyDict_SetItem(fields, s_server, self->server) < 0 ||
         PyDict_SetItem(fields, s_method, self->method) < 0 ||
         PyDict_SetItem(fields, s_route, self->fin_route) < 0 ||
         PyDict_SetItem(fields, s_status, self->status) < 0 ||
-        set_item_steal(fields, s_headers_ns, opt_ns(self->has_h, self->headers_t - t0)) < 0 ||
-        set_item_steal(fields, s_first_chunk_ns, opt_ns(self->fin_has_f, self->first_t - t0)) < 0 ||
-        set_item_steal(fields, s_last_chunk_ns, opt_ns(self->has_l, self->last_t - t0)) < 0 ||
+        set_item_steal(fields, s_headers_ns, opt_ns(self->has_h, self->headers_t, t0)) < 0 ||
+        set_item_steal(fields, s_first_chunk_ns, opt_ns(self->fin_has_f, self->first_t, t0)) < 0 ||
+        set_item_steal(fields, s_last_chunk_ns, opt_ns(self->has_l, self->last_t, t0)) < 0 ||
         set_item_steal(fields, s_bytes, PyLong_FromLongLong(self->nbytes)) < 0 ||
         set_item_steal(fields, s_chunks, PyLong_FromLongLong(self->chunks)) < 0 ||
         /* the body never ended: the client never had a whole response */
@@ -654,7 +684,7 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto fail;
     argv[0] = s_http_request;
     argv[1] = PyLong_FromLongLong(self->t0);
-    argv[2] = PyLong_FromLongLong(t1 - self->t0);
+    argv[2] = ns_diff(t1, self->t0);
     argv[3] = g_request_fields;
     argv[4] = (PyObject *)self;
     if (argv[1] == NULL || argv[2] == NULL) {
@@ -671,9 +701,18 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 fail:
     {
-        PyObject *where = PyUnicode_FromFormat("%S.request", self->server);
-        if (where == NULL)
+        PyObject *type, *value, *tb, *where;
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
             return NULL;
+        PyErr_Fetch(&type, &value, &tb);
+        where = PyUnicode_FromFormat("%S.request", self->server);
+        if (where == NULL) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            return NULL;
+        }
+        PyErr_Restore(type, value, tb);
         report_current(where);
         Py_DECREF(where);
         if (PyErr_Occurred())
@@ -723,6 +762,11 @@ watch(RequestObject *req, PyObject *message, long long t)
             }
             n = PyObject_Size(v);
             if (n < 0) {
+                Py_DECREF(v);
+                return -1;
+            }
+            if (n > LLONG_MAX - req->nbytes) {
+                PyErr_SetString(PyExc_OverflowError, "body bytes beyond 64 bits");
                 Py_DECREF(v);
                 return -1;
             }
@@ -779,19 +823,30 @@ watch(RequestObject *req, PyObject *message, long long t)
 static PyObject *
 send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
+    /* send(message) or send(message=...), as asgi.py's watched_send(message) takes it; the
+     * server's send gets the message as its one positional argument, as there */
     long long t;
+    PyObject *message;
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs == 1 && nkw == 0) {
+        message = args[0];
+    }
+    else if (nargs == 0 && nkw == 1 &&
+             PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "message") == 0) {
+        message = args[0];
+    }
+    else {
         PyErr_SetString(PyExc_TypeError, "send() takes exactly one argument (the message)");
         return NULL;
     }
-    if (now_ns(&t) < 0 || watch(self->req, args[0], t) < 0) {
+    if (now_ns(&t) < 0 || watch(self->req, message, t) < 0) {
         /* a malformed message is the server's to reject, not ours */
         report_current(s_where_send);
         if (PyErr_Occurred())
             return NULL;
     }
-    return PyObject_Vectorcall(self->send, args, 1, NULL);
+    return PyObject_Vectorcall(self->send, &message, 1, NULL);
 }
 
 static int
@@ -850,7 +905,7 @@ static PyTypeObject Send_Type = {
 #define NS_GETSET(name, has)                                                                   \
     static PyObject *req_get_##name(RequestObject *self, void *c)                              \
     {                                                                                          \
-        return opt_ns(self->has, self->name);                                                  \
+        return opt_ns(self->has, self->name, 0);                                                \
     }                                                                                          \
     static int req_set_##name(RequestObject *self, PyObject *v, void *c)                       \
     {                                                                                          \
@@ -877,7 +932,35 @@ req_get_request_id(RequestObject *self, void *c)
     return PyObject_GetItem(self->fields, s_request_id);
 }
 
+/* the object attributes: any value, never deleted (the C code reads them without NULL checks) */
+#define OBJ_GETSET(name)                                                                       \
+    static PyObject *req_get_##name(RequestObject *self, void *c)                              \
+    {                                                                                          \
+        return Py_NewRef(self->name ? self->name : Py_None);                                   \
+    }                                                                                          \
+    static int req_set_##name(RequestObject *self, PyObject *v, void *c)                       \
+    {                                                                                          \
+        if (v == NULL) {                                                                       \
+            PyErr_SetString(PyExc_AttributeError, "cannot delete " #name);                     \
+            return -1;                                                                         \
+        }                                                                                      \
+        Py_XSETREF(self->name, Py_NewRef(v));                                                  \
+        return 0;                                                                              \
+    }
+OBJ_GETSET(fields)
+OBJ_GETSET(key)
+OBJ_GETSET(source)
+OBJ_GETSET(method)
+OBJ_GETSET(server)
+OBJ_GETSET(upstream)
+OBJ_GETSET(status)
+OBJ_GETSET(route)
+OBJ_GETSET(handled)
+#define OBJ_ENTRY(name) {#name, (getter)req_get_##name, (setter)req_set_##name, NULL, NULL},
+
 static PyGetSetDef req_getset[] = {
+    OBJ_ENTRY(fields) OBJ_ENTRY(key) OBJ_ENTRY(source) OBJ_ENTRY(method) OBJ_ENTRY(server)
+    OBJ_ENTRY(upstream) OBJ_ENTRY(status) OBJ_ENTRY(route) OBJ_ENTRY(handled)
     {"headers_t", (getter)req_get_headers_t, (setter)req_set_headers_t, NULL, NULL},
     {"first_t", (getter)req_get_first_t, (setter)req_set_first_t, NULL, NULL},
     {"last_t", (getter)req_get_last_t, (setter)req_set_last_t, NULL, NULL},
@@ -885,17 +968,7 @@ static PyGetSetDef req_getset[] = {
     {NULL},
 };
 
-#define OBJ_MEMBER(name) {#name, T_OBJECT, offsetof(RequestObject, name), 0, NULL}
 static PyMemberDef req_members[] = {
-    OBJ_MEMBER(fields),
-    OBJ_MEMBER(key),
-    OBJ_MEMBER(source),
-    OBJ_MEMBER(method),
-    OBJ_MEMBER(server),
-    OBJ_MEMBER(upstream),
-    OBJ_MEMBER(status),
-    OBJ_MEMBER(route),
-    OBJ_MEMBER(handled),
     {"done", T_BOOL, offsetof(RequestObject, done), 0, NULL},
     {"t0", T_LONGLONG, offsetof(RequestObject, t0), 0, NULL},
     {"nbytes", T_LONGLONG, offsetof(RequestObject, nbytes), 0, NULL},
@@ -1058,6 +1131,24 @@ buf_value(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
     return buf_dumps(b, v, dumps, deflt);
 }
 
+static int
+buf_diff(Buf *b, char has, long long v, long long t0)
+{
+    long long d;
+    PyObject *o;
+    int r;
+    if (!has)
+        return buf_put(b, "null", 4);
+    if (!__builtin_sub_overflow(v, t0, &d))
+        return buf_ll(b, d);
+    o = ns_diff(v, t0);
+    if (o == NULL)
+        return -1;
+    r = buf_int(b, o);
+    Py_DECREF(o);
+    return r;
+}
+
 #define PUT_KEY(lit) (buf_put(b, lit, sizeof(lit) - 1) < 0)
 
 static int
@@ -1066,24 +1157,24 @@ buf_request(Buf *b, RequestObject *r, PyObject *dumps, PyObject *deflt)
     /* request_fields(r) as dumps writes it after the core keys, without its "{": the bytes
      * of encode_lines' line for the same record */
     long long t0 = r->t0;
-    PyObject *rid = PyDict_GetItemWithError(r->fields, s_request_id);
-    if (rid == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_SetObject(PyExc_KeyError, s_request_id);
+    int failed;
+    PyObject *rid = PyObject_GetItem(r->fields, s_request_id); /* r.fields["request_id"] */
+    if (rid == NULL)
         return -1;
-    }
-    if (PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0 ||
+    failed = PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0;
+    Py_DECREF(rid);
+    if (failed ||
         PUT_KEY(",\"request_id_source\":") || buf_value(b, r->source, dumps, deflt) < 0 ||
         PUT_KEY(",\"server\":") || buf_value(b, r->server, dumps, deflt) < 0 ||
         PUT_KEY(",\"method\":") || buf_value(b, r->method, dumps, deflt) < 0 ||
         PUT_KEY(",\"route\":") || buf_value(b, r->fin_route, dumps, deflt) < 0 ||
         PUT_KEY(",\"status\":") || buf_value(b, r->status, dumps, deflt) < 0 ||
         PUT_KEY(",\"headers_ns\":") ||
-        (r->has_h ? buf_ll(b, r->headers_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        buf_diff(b, r->has_h, r->headers_t, t0) < 0 ||
         PUT_KEY(",\"first_chunk_ns\":") ||
-        (r->fin_has_f ? buf_ll(b, r->first_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        buf_diff(b, r->fin_has_f, r->first_t, t0) < 0 ||
         PUT_KEY(",\"last_chunk_ns\":") ||
-        (r->has_l ? buf_ll(b, r->last_t - t0) : buf_put(b, "null", 4)) < 0 ||
+        buf_diff(b, r->has_l, r->last_t, t0) < 0 ||
         PUT_KEY(",\"bytes\":") || buf_ll(b, r->nbytes) < 0 || PUT_KEY(",\"chunks\":") ||
         buf_ll(b, r->chunks) < 0)
         return -1;
@@ -1132,7 +1223,7 @@ encode_one(Buf *b, PyObject *rec, long pid, PyObject *dumps, PyObject *deflt,
     PyObject *fast, *name, *t, *dur, *tid, *fields, *head, *tail, *rest;
     int kind, r = -1;
 
-    fast = PySequence_Fast(rec, "a record must be a sequence");
+    fast = PySequence_Tuple(rec); /* the items stay ours while callbacks run */
     if (fast == NULL)
         return -1;
     if (PySequence_Fast_GET_SIZE(fast) == 6) {
@@ -1200,7 +1291,10 @@ encode_one(Buf *b, PyObject *rec, long pid, PyObject *dumps, PyObject *deflt,
         tid_s = PyObject_Str(tid);
         if (tid_s == NULL)
             goto out;
-        tail = PyBytes_FromFormat(",\"pid\":%ld,\"tid\":%s", pid, PyUnicode_AsUTF8(tid_s));
+        {
+            const char *u = PyUnicode_AsUTF8(tid_s);
+            tail = u ? PyBytes_FromFormat(",\"pid\":%ld,\"tid\":%s", pid, u) : NULL;
+        }
         Py_DECREF(tid_s);
         if (tail == NULL || PyDict_SetItem(tails, tid, tail) < 0) {
             Py_XDECREF(tail);
@@ -1243,7 +1337,7 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
      *   -> (b"line\nline\n...", lines, dropped) */
     PyObject *records, *dumps, *deflt, *reserved, *heads, *head_fn, *plain, *seq, *tails;
     PyObject *out = NULL, *blob;
-    Py_ssize_t i, n, lines = 0, dropped = 0;
+    Py_ssize_t i, lines = 0, dropped = 0;
     long pid;
     Buf b = {NULL, 0, 0};
 
@@ -1278,12 +1372,14 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     tails = PyDict_New();
     if (tails == NULL)
         goto done;
-    n = PySequence_Fast_GET_SIZE(seq);
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) { /* a list may change meanwhile */
         Py_ssize_t mark = b.len;
-        if (encode_one(&b, PySequence_Fast_GET_ITEM(seq, i), pid, dumps, deflt, reserved, heads,
-                       head_fn, plain, tails) < 0 ||
-            buf_put(&b, "\n", 1) < 0) {
+        PyObject *rec = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        int failed = encode_one(&b, rec, pid, dumps, deflt, reserved, heads, head_fn, plain,
+                                tails) < 0 ||
+                     buf_put(&b, "\n", 1) < 0;
+        Py_DECREF(rec);
+        if (failed) {
             /* one unencodable record must not cost the batch; a BaseException that is not
              * an Exception (KeyboardInterrupt) stops it, as in the Python loop */
             if (!PyErr_ExceptionMatches(PyExc_Exception))
@@ -1377,6 +1473,12 @@ PyInit__speedups(void)
     INTERN(s_where_send, "asgi.send");
     INTERN(s_decode, "decode");
     INTERN(s_latin1, "latin-1");
+    g_id_headers = Py_BuildValue("(y y y)", H_ID, H_TP, H_START);
+    if (g_id_headers == NULL)
+        return NULL;
+    Py_SETREF(g_id_headers, PyFrozenSet_New(g_id_headers));
+    if (g_id_headers == NULL)
+        return NULL;
     {
         /* interned: orjson tells its keyword arguments by identity */
         PyObject *name = PyUnicode_InternFromString("default");

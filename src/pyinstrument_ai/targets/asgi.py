@@ -225,7 +225,8 @@ class _PyRequest(Request):
             __tracebackhide__ = True
             t = now_ns()
             try:
-                kind = message["type"]
+                # a send after the request ended (its event is made) is not looked at
+                kind = None if req.done else message["type"]
                 if kind == "http.response.body":  # the commonest message first
                     body = message.get("body")
                     if body:
