@@ -1,7 +1,7 @@
 """Per-request cost of the asgi target on a live uvicorn server, beside
 opentelemetry-instrumentation-fastapi (what a user would otherwise reach for).
 
-    python benchmarks/web_overhead.py [--rounds 9] [--duration 3] [--connections 8]
+    python benchmarks/web_overhead.py [--starts 4] [--rounds 5] [--duration 3] [--connections 8]
     python benchmarks/web_overhead.py --in-process [--requests 2000] [--rounds 7]
 
 **Live (default).** Three uvicorn servers (`--workers 1`, no access log) serve the same trivial
@@ -20,11 +20,16 @@ FastAPI endpoint (`benchmarks/_web_app.py`, `GET /items/{item_id}` -> `"ok"`):
 
 A load generator in another process (``wrk``, else a keep-alive asyncio client of ours) keeps
 ``--connections`` requests in flight for ``--duration`` seconds per server per round; the order
-of the servers rotates every round. A round gives each server's requests/s and the server
-process's CPU time (user + sys, all threads, from /proc/PID/stat) per request. Printed: medians
-with spread (min..max over rounds) and, paired within each round, the requests/s ratio against
-``bare`` and the added µs per request, both as wall time (1/throughput: the single-threaded
-server is saturated, so that is its time per request) and as server CPU time. On a shared or
+of the servers rotates every round. The servers are started afresh ``--starts`` times, each
+time for ``--rounds`` rounds: a process's speed depends on its memory layout and hash seed
+(ASLR, PYTHONHASHSEED), and on this project's 2-vCPU VM one start's median ratio moved from
+0.86 to 1.08 between starts of the same build, so one start's rounds measure that process's
+luck as much as the instrumentation; the per-start medians are printed. A round gives each
+server's requests/s and the server process's CPU time (user + sys, all threads, from
+/proc/PID/stat) per request. Printed: medians with spread (min..max over rounds) and, paired
+within each round, the requests/s ratio against ``bare`` and the added µs per request, both
+as wall time (1/throughput: the single-threaded server is saturated, so that is its time per
+request) and as server CPU time. On a shared or
 noisy machine trust the CPU figures first: other processes' load moves wall time much more.
 
 **In-process (``--in-process``).** The application is called directly, as a server would call
@@ -66,7 +71,9 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYINSTRUMENT_AI", "OTEL_"))}
 
 
-def _configs(out_dir: str, also: list[str]) -> dict[str, tuple[list[str], dict[str, str]]]:
+def _configs(
+    out_dir: str, also: list[str], no_otel: bool = False
+) -> dict[str, tuple[list[str], dict[str, str]]]:
     py = sys.executable
     uvicorn = ["-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1", "--workers", "1"]
     uvicorn += ["--no-access-log", "--log-level", "warning"]
@@ -88,7 +95,7 @@ def _configs(out_dir: str, also: list[str]) -> dict[str, tuple[list[str], dict[s
         have_otel = True
     except ImportError:
         have_otel = False
-    if have_otel:
+    if have_otel and not no_otel:
         env = _clean_env()
         env.update(
             OTEL_TRACES_EXPORTER="none",
@@ -97,7 +104,7 @@ def _configs(out_dir: str, also: list[str]) -> dict[str, tuple[list[str], dict[s
             OTEL_SERVICE_NAME="web-overhead",
         )
         configs["otel"] = ([*otel, py, *uvicorn], env)
-    else:
+    elif not no_otel:
         print(
             "otel: skipped (pip install opentelemetry-distro opentelemetry-instrumentation-fastapi)"
         )
@@ -222,56 +229,92 @@ def _spread(v: list[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}..{fmt.format(max(v))})"
 
 
+def _rounds(
+    a: argparse.Namespace,
+    start: int,
+    servers: list[Server],
+    rps: dict[str, list[float]],
+    cpu_us: dict[str, list[float]],
+    load_cpu: int | None,
+    use_wrk: bool,
+    per_start: list[dict[str, float]],
+) -> None:
+    """One start: wait for the servers, one warm-up round, then ``a.rounds`` rounds, the
+    servers' order rotating every round; appends each round's figures."""
+    for s in servers:
+        probe = s.wait_up()
+        print(f"  start {start + 1}: {s.name:6s} pid {s.proc.pid}: {probe}")
+        want_ours, want_otel = s.name not in ("bare", "otel"), s.name == "otel"
+        if probe["ours"] != want_ours or (probe["otel_provider"] == "TracerProvider") != (
+            want_otel
+        ):
+            raise SystemExit(f"{s.name}: not the configuration it should be: {probe}")
+    first = len(rps["bare"])
+    for r in range(a.rounds + 1):
+        k = r % len(servers)
+        for s in servers[k:] + servers[:k]:  # the order rotates: no server always goes first
+            c0 = s.cpu_s()
+            if use_wrk:
+                n, secs = _run_wrk(s.url, a.connections, a.duration, load_cpu)
+            else:
+                n, secs = _run_python_client(s.port, a.connections, a.duration, load_cpu)
+            c1 = s.cpu_s()
+            if r:  # round 0 warms up every server (imports, caches, JIT-less but lazy)
+                rps[s.name].append(n / secs)
+                cpu_us[s.name].append((c1 - c0) / n * 1e6)
+        if r:
+            print(
+                f"  round {r}: "
+                + "  ".join(
+                    f"{name} {rps[name][-1]:7.0f} req/s {cpu_us[name][-1]:6.1f} µs CPU"
+                    for name in rps
+                ),
+                flush=True,
+            )
+    per_start.append(
+        {
+            name: statistics.median(
+                o / b for o, b in zip(rps[name][first:], rps["bare"][first:], strict=True)
+            )
+            for name in rps
+        }
+    )
+
+
 def live(a: argparse.Namespace) -> None:
     use_wrk = shutil.which("wrk") is not None and a.load != "python"
     print(
         f"live uvicorn --workers 1, FastAPI GET {PATH}; load: "
         f"{'wrk -t1' if use_wrk else 'asyncio keep-alive client'}, {a.connections} connections, "
-        f"{a.duration} s per server per round, {a.rounds} rounds (+1 warm-up), "
-        f"{os.cpu_count()} CPUs"
+        f"{a.duration} s per server per round, {a.rounds} rounds (+1 warm-up) in each of "
+        f"{a.starts} starts, {os.cpu_count()} CPUs"
     )
     server_cpu, load_cpu = (int(c) for c in a.cpus.split(",")) if a.cpus else (None, None)
     out_dir = tempfile.mkdtemp(prefix="web-overhead-")
-    configs = _configs(out_dir, a.also)
-    servers = [Server(n, argv, env, server_cpu) for n, (argv, env) in configs.items()]
+    configs = _configs(out_dir, a.also, a.no_otel)
+    rps: dict[str, list[float]] = {name: [] for name in configs}
+    cpu_us: dict[str, list[float]] = {name: [] for name in configs}
+    per_start: list[dict[str, float]] = []  # each start's median requests/s ratio to bare
     try:
-        for s in servers:
-            probe = s.wait_up()
-            print(f"  {s.name:6s} pid {s.proc.pid}: {probe}")
-            want_ours, want_otel = s.name not in ("bare", "otel"), s.name == "otel"
-            if probe["ours"] != want_ours or (probe["otel_provider"] == "TracerProvider") != (
-                want_otel
-            ):
-                raise SystemExit(f"{s.name}: not the configuration it should be: {probe}")
-        rps: dict[str, list[float]] = {s.name: [] for s in servers}
-        cpu_us: dict[str, list[float]] = {s.name: [] for s in servers}
-        for r in range(a.rounds + 1):
-            k = r % len(servers)
-            for s in servers[k:] + servers[:k]:  # the order rotates: no server always goes first
-                c0 = s.cpu_s()
-                if use_wrk:
-                    n, secs = _run_wrk(s.url, a.connections, a.duration, load_cpu)
-                else:
-                    n, secs = _run_python_client(s.port, a.connections, a.duration, load_cpu)
-                c1 = s.cpu_s()
-                if r:  # round 0 warms up every server (imports, caches, JIT-less but lazy)
-                    rps[s.name].append(n / secs)
-                    cpu_us[s.name].append((c1 - c0) / n * 1e6)
-            if r:
-                print(
-                    f"  round {r}: "
-                    + "  ".join(
-                        f"{name} {rps[name][-1]:7.0f} req/s {cpu_us[name][-1]:6.1f} µs CPU"
-                        for name in rps
-                    ),
-                    flush=True,
-                )
+        # Each start is a fresh set of processes: a process's speed depends on its memory
+        # layout and hash seed (ASLR, PYTHONHASHSEED), by several per cent from one start of
+        # the same server to the next, so one start's rounds share that process's luck.
+        for start in range(a.starts):
+            servers = [Server(n, argv, env, server_cpu) for n, (argv, env) in configs.items()]
+            try:
+                _rounds(a, start, servers, rps, cpu_us, load_cpu, use_wrk, per_start)
+            finally:
+                for s in servers:
+                    s.stop()
         # every file: a header line, then one line per event
         events = sum(sum(1 for _ in p.open()) - 1 for p in Path(out_dir).glob("*.jsonl"))
     finally:
-        for s in servers:
-            s.stop()
         shutil.rmtree(out_dir, ignore_errors=True)
+    if a.starts > 1:
+        print("median requests/s ratio to bare, per start (processes started afresh)")
+        for name in rps:
+            if name != "bare":
+                print(f"  {name:6s} " + " ".join(f"{d[name]:.3f}" for d in per_start))
     print(f"(ours wrote {events} events)")
     print("\nmedian (min..max) over rounds")
     for name in rps:
@@ -396,10 +439,16 @@ def main() -> None:
         return
     p = argparse.ArgumentParser()
     p.add_argument("--in-process", action="store_true", help="the microbenchmark, no server")
-    p.add_argument("--rounds", type=int, default=None, help="live: 9, in-process: 7")
+    p.add_argument("--rounds", type=int, default=None, help="live: 5 per start, in-process: 7")
     p.add_argument("--duration", type=int, default=3, help="live: seconds per server/round")
     p.add_argument("--connections", type=int, default=8, help="live: requests in flight")
+    p.add_argument(
+        "--starts", type=int, default=4, help="live: fresh server processes, each for --rounds"
+    )
     p.add_argument("--load", choices=("wrk", "python"), default="wrk", help="live: generator")
+    p.add_argument(
+        "--no-otel", action="store_true", help="live: bare and ours only (more starts per hour)"
+    )
     p.add_argument(
         "--cpus", help="live: SERVER,LOAD: pin the servers to one CPU, the load to another"
     )
@@ -416,7 +465,7 @@ def main() -> None:
         a.rounds = a.rounds or 7
         in_process(a)
     else:
-        a.rounds = a.rounds or 9
+        a.rounds = a.rounds or 5
         live(a)
 
 

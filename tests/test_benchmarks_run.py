@@ -54,7 +54,11 @@ RUNS = [
     ("instructions.py", ["--worker", "tokens-streamer-ab", "1", "2,4"], "[[0, 2], [0, 4], [1, 2]"),
 ]
 SLOW_RUNS = [  # real servers
-    ("web_overhead.py", ["--rounds", "1", "--duration", "1", "--load", "python"], "vs bare"),
+    (
+        "web_overhead.py",
+        ["--starts", "2", "--rounds", "1", "--duration", "1", "--load", "python"],
+        "per start",
+    ),
     (
         "torchserve_throughput.py",
         ["--rounds", "1", "--seconds", "1", "--warmup", "0.5", "--clients", "2", "--workers", "1"],

@@ -661,6 +661,25 @@ request_fields(PyObject *module, PyObject *arg)
 
 static PyObject *g_request_fields; /* the module's request_fields function */
 
+static int
+untrack_if_atomic(RequestObject *self)
+{
+    /* After finish the request holds strs, ints, None and its fields dict: unless one of them
+     * is a tracked container (a user's object set as an attribute), it cannot be in a cycle,
+     * and the collector need not traverse it while it waits in the recorder's buffer for the
+     * flush (thousands of them at a busy server's rate; each collection of their generation
+     * traversed them all). A setter that stores a tracked object tracks it again. */
+    PyObject *refs[] = {self->fields, self->key,     self->source,    self->method,
+                        self->server, self->upstream, self->status,   self->route,
+                        self->handled, self->fin_route, self->fin_error};
+    size_t i;
+    for (i = 0; i < sizeof refs / sizeof refs[0]; i++)
+        if (refs[i] != NULL && PyObject_GC_IsTracked(refs[i]))
+            return 0;
+    PyObject_GC_UnTrack(self);
+    return 1;
+}
+
 static PyObject *
 req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -682,6 +701,7 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_SETREF(self->key, Py_NewRef(Py_None));
     if (as_ll(args[1], &t1) < 0 || req_settle(self, t1, args[2], args[3]) < 0)
         goto fail;
+    untrack_if_atomic(self);
     argv[0] = s_http_request;
     argv[1] = PyLong_FromLongLong(self->t0);
     argv[2] = ns_diff(t1, self->t0);
@@ -944,6 +964,8 @@ req_get_request_id(RequestObject *self, void *c)
             PyErr_SetString(PyExc_AttributeError, "cannot delete " #name);                     \
             return -1;                                                                         \
         }                                                                                      \
+        if (!PyObject_GC_IsTracked((PyObject *)self) && PyObject_GC_IsTracked(v))             \
+            PyObject_GC_Track(self); /* see untrack_if_atomic */                                \
         Py_XSETREF(self->name, Py_NewRef(v));                                                  \
         return 0;                                                                              \
     }
