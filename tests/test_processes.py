@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import FIXTURES, run_py
@@ -289,3 +290,60 @@ def test_autoload_names_an_empty_or_contradictory_target_list(tmp_path, env, say
     assert (res.returncode, res.stdout) == (0, "3\n")
     assert res.stderr.count("\n") == 1 and says in res.stderr, res.stderr
     assert not (tmp_path / "instrument-out").exists()
+
+
+SIGTERM_AT_LINE = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    method, k, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    from pyinstrument_ai import runtime
+    from pyinstrument_ai.session import Session
+    runtime.instrument(out_dir=out, flush_interval=30)
+    import toylib
+    for i in range(5):
+        toylib.add(i, i)
+    code = getattr(Session, method).__code__
+    n = 0
+    def local(frame, event, arg):
+        global n
+        if event == "line":
+            n += 1
+            if n == k:  # SIGTERM at the k-th line the method runs
+                sys.settrace(None)
+                frame.f_trace = None
+                os.write(1, b"killed\\n")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return None
+        return local
+    sys.settrace(lambda frame, event, arg: local if frame.f_code is code else None)
+    if method == "close":
+        sys.exit(0)  # atexit: close(timeout=5), as multiprocessing's exit finalizer runs it
+    runtime.active().flush(timeout=5)  # a flush in the main thread (the launcher's summary)
+    sys.settrace(None)
+    os.write(1, b"past\\n")
+    """
+)
+
+
+@pytest.mark.parametrize("method", ["close", "flush"])
+def test_sigterm_at_any_line_of_our_own_close_or_flush_loses_nothing(tmp_path, method):
+    # Pool.terminate() sends SIGTERM to workers that are already running their exit close. The
+    # handler used to see "not inside our close" between the lock's acquire and the marker
+    # (and between the marker and the release), wait 2 s on the lock its own frame held, give
+    # up and die: every buffered event lost (the spawn-terminate pool test failed ~1% of runs
+    # under load). Every line of the method, one process each.
+    (tmp_path / "prog.py").write_text(SIGTERM_AT_LINE)
+    k = 1
+    while True:
+        out = tmp_path / f"o{k}"
+        t0 = time.monotonic()
+        res = run_py(["prog.py", method, str(k), str(out)], cwd=tmp_path)
+        took = time.monotonic() - t0
+        if "killed" not in res.stdout:  # past the method's last line
+            break
+        assert res.returncode == -15, (k, res.returncode, res.stderr[-2000:])
+        adds = [e for e in pyinstrument_ai.load(out) if e["name"] == "toy.add"]
+        assert len(adds) == 5, (k, len(adds), res.stderr[-2000:])
+        assert took < 1.8, (k, took)  # no wait on our own lock (the handler's was 2 s)
+        k += 1
+    assert k > 5  # the method's lines were all reached

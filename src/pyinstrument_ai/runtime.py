@@ -216,6 +216,7 @@ def _after_fork_in_parent() -> None:
         sampler.release_after_fork()
     if s is not None:
         s._lock.release()
+        s._run_deferred()  # a SIGTERM that came while the fork held the lock
 
 
 def _after_fork_in_child() -> None:

@@ -53,7 +53,12 @@ class Session:
         #: name -> library version, for the targets that were patched
         self.patched: dict[str, str] = {}
         self.closed = False
-        self._lock = _thread.allocate_lock()
+        # RLocks for their owner, set in the same step as the acquisition: a SIGTERM handler
+        # that interrupts this thread right after acquire() (before flushing_in/closing_in are
+        # set) or right before release() still sees that its own thread is inside (busy_in),
+        # and defers instead of waiting on a lock its own interrupted frame holds. Never
+        # re-entered: busy_in makes the handler defer.
+        self._lock = _thread.RLock()
         self._wake: Any = None  # threading.Event, once the flusher runs
         self._soon_delay = 0.0
         self._thread: Any = None
@@ -66,7 +71,7 @@ class Session:
         self.flushing_in: int | None = None
         #: thread id of a close in progress
         self.closing_in: int | None = None
-        self._close_lock = _thread.allocate_lock()
+        self._close_lock = _thread.RLock()
         #: set by a signal handler that interrupted our flush/close: runs once it is done
         self.deferred: Any = None
         #: whether a ``generate`` record was flushed, seen by the flush (off the hot path): the
@@ -194,7 +199,7 @@ class Session:
             return
         try:
             if self.closed:
-                return
+                return  # (the finally below still runs a SIGTERM deferred meanwhile)
             self.closed = True
             self.closing_in = _thread.get_ident()
             if self._wake is not None:
@@ -209,12 +214,17 @@ class Session:
         finally:
             self.closing_in = None
             self._close_lock.release()
-        self._run_deferred()
+            self._run_deferred()
 
     def busy_in(self, tid: int) -> bool:
         """Whether thread ``tid`` is inside our flush or close (a signal handler interrupting
         it must defer its work instead of re-entering)."""
-        return self.flushing_in == tid or self.closing_in == tid
+        if self.flushing_in == tid or self.closing_in == tid:
+            return True
+        # between acquire() and the markers, or between the markers and release()
+        return tid == _thread.get_ident() and (
+            self._lock._is_owned() or self._close_lock._is_owned()
+        )
 
     def _run_deferred(self) -> None:
         deferred, self.deferred = self.deferred, None
@@ -232,9 +242,10 @@ class Session:
         self._resume_sampler = self._sampler is not None
         self._sampler = None
         self.forked_mono_ns = clock.now_ns()
-        self._lock = _thread.allocate_lock()
-        self._close_lock = _thread.allocate_lock()
+        self._lock = _thread.RLock()
+        self._close_lock = _thread.RLock()
         self.flushing_in = self.closing_in = None
+        self.deferred = None  # a SIGTERM deferred in the parent is the parent's
         self._wake = None
         self._thread = None
         self.recorder.discard()
