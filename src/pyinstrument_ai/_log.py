@@ -6,7 +6,6 @@ our lines inside its own log stream, and a host that silences it would hide our 
 
 from __future__ import annotations
 
-import os
 import sys
 
 PREFIX = "pyinstrument-ai"
@@ -16,12 +15,7 @@ _said: set[str] = set()
 def _debug_on() -> bool:
     from pyinstrument_ai import config as cfg  # read like every boolean setting
 
-    try:
-        return cfg.parse_bool(cfg.ENV_DEBUG, os.environ.get(cfg.ENV_DEBUG, ""))
-    except cfg.ConfigError as exc:
-        # a typo must not turn on pages of debug lines, nor pass unnoticed
-        warn(f"{exc}; debug lines stay off", key="debug-value")
-        return False
+    return cfg.off_unless_set(cfg.ENV_DEBUG, "debug lines stay off")
 
 
 def _once(line: str, key: str) -> None:

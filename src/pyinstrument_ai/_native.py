@@ -13,9 +13,6 @@ extension (tests run both; a bad value is warned about and ignored).
 
 from __future__ import annotations
 
-import os
-
-from pyinstrument_ai import _log
 from pyinstrument_ai import config as cfg
 
 __all__ = ["speedups", "pure_python"]
@@ -23,11 +20,7 @@ __all__ = ["speedups", "pure_python"]
 
 def pure_python() -> bool:
     """Whether ``PYINSTRUMENT_AI_PURE_PYTHON`` asks for the Python references."""
-    try:
-        return cfg.parse_bool(cfg.ENV_PURE_PYTHON, os.environ.get(cfg.ENV_PURE_PYTHON, ""))
-    except cfg.ConfigError as exc:
-        _log.warn(f"{exc}; the C speedups stay on", key="pure-python-value")
-        return False
+    return cfg.off_unless_set(cfg.ENV_PURE_PYTHON, "the C speedups stay on")
 
 
 def _load() -> object | None:

@@ -141,6 +141,19 @@ def parse_bool(source: str, value: str) -> bool:
     raise ConfigError(source, value, "expected 1/0, true/false, yes/no or on/off")
 
 
+def off_unless_set(name: str, otherwise: str) -> bool:
+    """An on/off environment variable read where no error can be raised (off by default): a
+    value :func:`parse_bool` refuses is named in one warning, ending with ``otherwise`` (what
+    happens instead), and counts as off. A typo must neither pass unnoticed nor switch it on."""
+    try:
+        return parse_bool(name, os.environ.get(name, ""))
+    except ConfigError as exc:
+        from pyinstrument_ai import _log
+
+        _log.warn(f"{exc}; {otherwise}", key=f"value:{name}")
+        return False
+
+
 def parse_names(source: str, value: str) -> "tuple[str, ...]":
     """``"a,b"`` -> ``("a", "b")``; an empty or blank value -> ``()`` (the default). An empty
     entry (``","``, ``"a,"``, ``"a,,b"``) is an error: a typo'd list, as for the sink."""
