@@ -661,7 +661,7 @@ request_fields(PyObject *module, PyObject *arg)
 
 static PyObject *g_request_fields; /* the module's request_fields function */
 
-static int
+static void
 untrack_if_atomic(RequestObject *self)
 {
     /* After finish the request holds strs, ints, None and its fields dict: unless one of them
@@ -675,9 +675,8 @@ untrack_if_atomic(RequestObject *self)
     size_t i;
     for (i = 0; i < sizeof refs / sizeof refs[0]; i++)
         if (refs[i] != NULL && PyObject_GC_IsTracked(refs[i]))
-            return 0;
+            return;
     PyObject_GC_UnTrack(self);
-    return 1;
 }
 
 static PyObject *
@@ -752,6 +751,23 @@ typedef struct {
 
 static PyTypeObject Send_Type;
 
+enum { MSG_BODY, MSG_START, MSG_PATHSEND, MSG_OTHER, MSG_ERROR };
+
+static int
+message_kind(PyObject *kind)
+{
+    /* which of the three messages we note ``kind`` (message["type"]) names, compared in
+     * watched_send's order (the commonest first); MSG_ERROR with an exception */
+    PyObject *names[] = {s_resp_body, s_resp_start, s_pathsend};
+    int i, r;
+    for (i = MSG_BODY; i < MSG_OTHER; i++) {
+        r = str_eq(kind, names[i]);
+        if (r != 0)
+            return r < 0 ? MSG_ERROR : i;
+    }
+    return MSG_OTHER;
+}
+
 static int
 watch(RequestObject *req, PyObject *message, long long t)
 {
@@ -767,9 +783,10 @@ watch(RequestObject *req, PyObject *message, long long t)
             PyErr_SetObject(PyExc_KeyError, s_type);
         return -1;
     }
-    r = str_eq(kind, s_resp_body); /* the commonest message first */
-    if (r == 1) {
-        Py_DECREF(kind);
+    r = message_kind(kind);
+    Py_DECREF(kind);
+    switch (r) {
+    case MSG_BODY:
         v = mapping_get(message, s_body);
         if (v == NULL)
             return -1;
@@ -809,15 +826,7 @@ watch(RequestObject *req, PyObject *message, long long t)
             req->has_l = 1;
         }
         return 0;
-    }
-    if (r == 0)
-        r = str_eq(kind, s_resp_start);
-    else {
-        Py_DECREF(kind);
-        return -1;
-    }
-    if (r == 1) {
-        Py_DECREF(kind);
+    case MSG_START:
         v = mapping_get(message, s_status);
         if (v == NULL)
             return -1;
@@ -827,17 +836,15 @@ watch(RequestObject *req, PyObject *message, long long t)
             req->has_h = 1;
         }
         return 0;
-    }
-    if (r == 0)
-        r = str_eq(kind, s_pathsend);
-    Py_DECREF(kind);
-    if (r < 0)
-        return -1;
-    if (r == 1) { /* a whole file in one message (granian) */
+    case MSG_PATHSEND: /* a whole file in one message (granian) */
         req->last_t = t;
         req->has_l = 1;
+        return 0;
+    case MSG_OTHER:
+        return 0;
+    default:
+        return -1;
     }
-    return 0;
 }
 
 static PyObject *
