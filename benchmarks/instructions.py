@@ -241,11 +241,8 @@ def _tokens_ab(
             f"{scenario}: {len(counts)} counted generations for {len(order)} run: did callgrind "
             "find os_getppid in this Python (a build without symbols)?"
         )
-    if cache_sim:  # cachegrind's cycle estimate: an L1 miss ~10 cycles, a last-level miss ~100
-        for c in counts:
-            c["L1 misses"] = sum(c[k] for k in ("I1mr", "D1mr", "D1mw"))
-            c["LL misses"] = sum(c[k] for k in ("ILmr", "DLmr", "DLmw"))
-            c["cycles"] = c["Ir"] + 10 * c["L1 misses"] + 100 * c["LL misses"]
+    if cache_sim:
+        counts = [_with_cycles(c) for c in counts]
     runs: dict[tuple[int, int], list[dict[str, int]]] = {}
     for (mode, k), c in zip(order, counts, strict=True):
         runs.setdefault((mode, k), []).append(c)
@@ -319,9 +316,14 @@ def _worker(scenario: str, mode: str, n: int) -> None:
             drain()  # records do not pile up
 
 
-def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> float:
-    """Instructions per request of all threads of a uvicorn server under callgrind, counted
-    while it answers ``n`` sequential requests on one keep-alive connection.
+def _live_server_instructions(
+    mode: str, n: int, tmp: str, seed: int = 0, cache_sim: bool = False, connections: int = 1
+) -> dict[str, float]:
+    """Events per request of all threads of a uvicorn server under callgrind, counted while it
+    answers ``n`` requests on ``connections`` keep-alive connections (with more than one, a
+    request is sent on each before the answers are read: that many in flight, as a load
+    generator keeps them). ``Ir`` (instructions); with ``cache_sim`` also the simulated cache
+    misses and cachegrind's cycle estimate (``_with_cycles``).
 
     Counting is switched on (``callgrind_control -i on``) only after 30 warm-up requests and a
     pause in which our flusher has written its first events (file header, system context, its
@@ -341,6 +343,7 @@ def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> flo
     env = {**env, "PYTHONHASHSEED": str(seed)}
     port = web_overhead._free_port()
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    valgrind += ["--cache-sim=yes"] if cache_sim else []
     proc = subprocess.Popen(
         [*valgrind, f"--callgrind-out-file={out}", *argv, "--port", str(port)],
         cwd=HERE,
@@ -357,41 +360,55 @@ def _live_server_instructions(mode: str, n: int, tmp: str, seed: int = 0) -> flo
             stdout=subprocess.DEVNULL,
         )
 
+    def answer(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"web-live {mode}: {head[:100]!r}")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += conn.recv(65536)
+
+    conns: list[socket.socket] = []
     try:
         deadline = time.monotonic() + 300  # python + FastAPI start slowly under valgrind
-        while True:
+        while len(conns) < connections:
             try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=60)
-                break
+                conns.append(socket.create_connection(("127.0.0.1", port), timeout=60))
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"web-live {mode}: the server did not come up") from None
                 time.sleep(0.5)
-        with conn:
-            for i in range(30 + n):
-                if i == 30:
-                    time.sleep(3)  # our first flush happens here, uncounted
-                    collect(True)
+        warm = -(-30 // connections)  # rounds of one request per connection
+        for i in range(warm + -(-n // connections)):
+            if i == warm:
+                time.sleep(3)  # our first flush happens here, uncounted
+                collect(True)
+            for conn in conns:
                 conn.sendall(request)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    data += conn.recv(65536)
-                head, _, body = data.partition(b"\r\n\r\n")
-                if not head.startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"web-live {mode}: {head[:100]!r}")
-                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                while len(body) < length:
-                    body += conn.recv(65536)
-            time.sleep(3)  # the counted requests' events are flushed here, counted
-            collect(False)
+            for conn in conns:
+                answer(conn)
+        time.sleep(3)  # the counted requests' events are flushed here, counted
+        collect(False)
     finally:
+        for conn in conns:
+            conn.close()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=300)
-    with open(out) as f:  # "summary:" at the top reads 0 when counting started switched off
-        for line in f:
-            if line.startswith("totals:"):
-                return int(line.split()[1]) / n
-    raise RuntimeError(f"no totals in {out}")
+    counted = -(-n // connections) * connections
+    totals = _with_cycles(_events(out)) if cache_sim else _events(out)
+    return {event: count / counted for event, count in totals.items()}
+
+
+def _with_cycles(c: dict[str, int]) -> dict[str, int]:
+    """``c`` with the L1 and last-level misses summed and cachegrind's cycle estimate: an L1
+    miss ~10 cycles, a last-level miss ~100."""
+    c["L1 misses"] = sum(c[k] for k in ("I1mr", "D1mr", "D1mw"))
+    c["LL misses"] = sum(c[k] for k in ("ILmr", "DLmr", "DLmw"))
+    c["cycles"] = c["Ir"] + 10 * c["L1 misses"] + 100 * c["LL misses"]
+    return c
 
 
 def _instructions(scenario: str, mode: str, n: int, tmp: str, seed: int = 0) -> tuple[int, int]:
@@ -428,16 +445,20 @@ def _totals(path: str) -> int:
 
 def _events(path: str) -> dict[str, int]:
     """A callgrind output's totals by event (``Ir``; with ``--cache-sim=yes`` also the
-    simulated misses: ``I1mr``, ``D1mr``, ``D1mw``, ``ILmr``, ``DLmr``, ``DLmw``)."""
-    names = ["Ir"]
+    simulated misses: ``I1mr``, ``D1mr``, ``D1mw``, ``ILmr``, ``DLmr``, ``DLmw``). The
+    ``totals:`` line, not ``summary:``, which reads 0 when counting started switched off."""
+    names, found = ["Ir"], {}
     with open(path) as f:
         for line in f:
             if line.startswith("events:"):
                 names = line.split()[1:]
             elif line.startswith(("summary:", "totals:")):
-                values = [int(v) for v in line.split()[1:]]  # trailing zeros may be left out
-                return {n: values[i] if i < len(values) else 0 for i, n in enumerate(names)}
-    raise RuntimeError(f"no totals in {path}")
+                found[line.split(":")[0]] = [int(v) for v in line.split()[1:]]
+    values = found.get("totals", found.get("summary"))
+    if values is None:
+        raise RuntimeError(f"no totals in {path}")
+    # trailing zeros may be left out
+    return {n: values[i] if i < len(values) else 0 for i, n in enumerate(names)}
 
 
 def _ab_line(event: str, a: list[float], b: list[float]) -> str:
@@ -475,8 +496,14 @@ def main() -> None:
     ap.add_argument(
         "--cache-sim",
         action="store_true",
-        help="*-ab scenarios: also simulate the caches (valgrind --cache-sim=yes; ~4x slower) "
-        "and print the misses and cachegrind's cycle estimate per token",
+        help="*-ab and web-live: also simulate the caches (valgrind --cache-sim=yes; ~4x "
+        "slower) and print the misses and cachegrind's cycle estimate per token or request",
+    )
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="web-live: requests in flight, one per keep-alive connection (default 1)",
     )
     args = ap.parse_args()
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -505,8 +532,24 @@ def main() -> None:
                         print("    " + _ab_line(event, *slopes[event]), flush=True)
                 continue
             if scenario == "web-live":  # all threads of a real server, one counted window
+                live = {}
                 for mode, seed in (("plain", 0), ("instrumented", 0), ("plain", 1)):
-                    per[(mode, seed)] = _live_server_instructions(mode, min(n2, 300), tmp, seed)
+                    live[(mode, seed)] = _live_server_instructions(
+                        mode, min(n2, 300), tmp, seed, args.cache_sim, args.connections
+                    )
+                    per[(mode, seed)] = live[(mode, seed)]["Ir"]
+                if args.cache_sim:
+                    print(
+                        f"  web-live, {args.connections} connection(s), per request "
+                        "(plain, instrumented, plain again with another hash seed):"
+                    )
+                    for event in ("L1 misses", "I1mr", "D1mr", "D1mw", "LL misses", "cycles"):
+                        p, i, p2 = (live[k][event] for k in live)
+                        print(
+                            f"    {_EVENT_NAMES.get(event, event):34s} plain {p:12,.0f}  "
+                            f"instrumented {i:12,.0f}  added {i - p:+9,.0f} "
+                            f"({(i - p) / p * 100:+.1f}%)   [A/A {p2 - p:+,.0f}]"
+                        )
             else:
                 every = {}
                 modes = [("plain", 0), ("instrumented", 0), ("plain", 1)]

@@ -2,6 +2,7 @@
 opentelemetry-instrumentation-fastapi (what a user would otherwise reach for).
 
     python benchmarks/web_overhead.py [--starts 4] [--rounds 5] [--duration 3] [--connections 8]
+    python benchmarks/web_overhead.py --together [--starts 2] [--rounds 6] [--duration 5]
     python benchmarks/web_overhead.py --in-process [--requests 2000] [--rounds 7]
 
 **Live (default).** Three uvicorn servers (`--workers 1`, no access log) serve the same trivial
@@ -31,6 +32,22 @@ within each round, the requests/s ratio against ``bare`` and the added µs per r
 as wall time (1/throughput: the single-threaded server is saturated, so that is its time per
 request) and as server CPU time. On a shared or
 noisy machine trust the CPU figures first: other processes' load moves wall time much more.
+
+**Together (``--together``).** The same servers, loaded at once for the same seconds, all
+pinned to one CPU that they share (``--cpus SERVER,LOAD``, default ``0,1``: the load
+generators run on the other). On a shared VM the CPU's speed changes from one second to the
+next (here one server's requests/s moved by +-15% between rounds), and servers measured one
+after the other meet different seconds; loaded at once they meet the same ones, and the
+spread of the paired ratio fell from ~0.1 to ~0.02 per round. The kernel gives each busy
+process an equal share of the CPU, so each server's requests/s is its share over its cost per
+request: the ratio is the ratio of costs. Caches: each server's time slices begin with the
+other's data in them, alike for every server. Our flusher is a thread of its own with its own
+share while it runs (a few ms per second); the server CPU figure counts it. "wall µs/request"
+is then the time per request with the CPU shared, about twice the server's own.
+
+``--variant NAME:PYINSTRUMENT_AI_VAR=VALUE,...`` adds a server of ours with those settings,
+labelled NAME (e.g. ``f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1``); ``--also NAME=DIR`` one
+with ours imported from another checkout's ``src``.
 
 **In-process (``--in-process``).** The application is called directly, as a server would call
 it (scope, receive, send): the instrumentation's own cost with no server and no network. The
@@ -72,7 +89,7 @@ def _clean_env() -> dict[str, str]:
 
 
 def _configs(
-    out_dir: str, also: list[str], no_otel: bool = False
+    out_dir: str, also: list[str], no_otel: bool = False, variants: list[str] = ()
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     py = sys.executable
     uvicorn = ["-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1", "--workers", "1"]
@@ -85,6 +102,15 @@ def _configs(
         name, _, src = spec.partition("=")
         env = _clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        configs[name] = ([py, "-m", "instrument", "--out", out_dir, *uvicorn], env)
+    for spec in variants:  # NAME:VAR=VALUE,...: ours with a non-default setting, labelled
+        name, _, settings = spec.partition(":")
+        env = _clean_env()
+        for setting in filter(None, settings.split(",")):
+            var, eq, value = setting.partition("=")
+            if not eq or not var.startswith("PYINSTRUMENT_AI_"):
+                raise SystemExit(f"--variant {spec!r}: expected NAME:PYINSTRUMENT_AI_VAR=VALUE,...")
+            env[var] = value
         configs[name] = ([py, "-m", "instrument", "--out", out_dir, *uvicorn], env)
     # `opentelemetry-instrument` is this entry point; called so, it need not be on PATH
     otel = [py, "-c", "from opentelemetry.instrumentation.auto_instrumentation import run; run()"]
@@ -170,20 +196,33 @@ class Server:
                 self.proc.wait()
 
 
-def _run_wrk(url: str, connections: int, duration: int, cpu: int | None) -> tuple[int, float]:
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", url + PATH],
-        capture_output=True,
-        text=True,
-        check=True,
-        preexec_fn=_pinned(cpu),
-    ).stdout
+def _start_load(
+    s: Server, connections: int, duration: int, cpu: int | None, use_wrk: bool
+) -> subprocess.Popen:
+    """The load generator for server ``s``, started (``_load_result`` waits for it)."""
+    if use_wrk:
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", s.url + PATH]
+    else:  # in a process of its own, so the client never shares the server's interpreter
+        argv = [sys.executable, __file__, "--client", str(s.port), str(connections)]
+        argv.append(str(duration))
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(cpu)
+    )
+
+
+def _load_result(p: subprocess.Popen, use_wrk: bool) -> tuple[int, float]:
+    """(requests answered, seconds) of a load generator started by ``_start_load``."""
+    out, err = p.communicate()
+    if p.returncode:
+        raise SystemExit(f"{p.args[0]}: exit status {p.returncode}: {err[-2000:]}")
+    if not use_wrk:
+        n, secs = out.split()
+        return int(n), float(secs)
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     if m is None or "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk: unexpected output:\n{out}")
     n, t, unit = int(m.group(1)), float(m.group(2)), m.group(3)
-    seconds = t * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-    return n, seconds
+    return n, t * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
 
 
 async def _client(port: int, connections: int, duration: float) -> tuple[int, float]:
@@ -209,20 +248,6 @@ async def _client(port: int, connections: int, duration: float) -> tuple[int, fl
     stop_at = t0 + duration
     await asyncio.gather(*(conn() for _ in range(connections)))
     return count, time.monotonic() - t0
-
-
-def _run_python_client(
-    port: int, connections: int, duration: float, cpu: int | None
-) -> tuple[int, float]:
-    # in a process of its own, so the client never shares the server's interpreter
-    out = subprocess.run(
-        [sys.executable, __file__, "--client", str(port), str(connections), str(duration)],
-        capture_output=True,
-        text=True,
-        check=True,
-        preexec_fn=_pinned(cpu),
-    ).stdout.split()
-    return int(out[0]), float(out[1])
 
 
 def _spread(v: list[float], fmt: str = "{:.1f}") -> str:
@@ -251,14 +276,22 @@ def _rounds(
             raise SystemExit(f"{s.name}: not the configuration it should be: {probe}")
     first = len(rps["bare"])
     for r in range(a.rounds + 1):
-        k = r % len(servers)
-        for s in servers[k:] + servers[:k]:  # the order rotates: no server always goes first
-            c0 = s.cpu_s()
-            if use_wrk:
-                n, secs = _run_wrk(s.url, a.connections, a.duration, load_cpu)
-            else:
-                n, secs = _run_python_client(s.port, a.connections, a.duration, load_cpu)
-            c1 = s.cpu_s()
+        if a.together:  # every server loaded at once, for the same seconds
+            c0 = [s.cpu_s() for s in servers]
+            loads = [_start_load(s, a.connections, a.duration, load_cpu, use_wrk) for s in servers]
+            results = [_load_result(p, use_wrk) for p in loads]
+            c1 = [s.cpu_s() for s in servers]
+            measured = list(zip(servers, results, c0, c1, strict=True))
+        else:
+            measured = []
+            k = r % len(servers)
+            for s in servers[k:] + servers[:k]:  # the order rotates: no server always goes first
+                c0 = s.cpu_s()
+                result = _load_result(
+                    _start_load(s, a.connections, a.duration, load_cpu, use_wrk), use_wrk
+                )
+                measured.append((s, result, c0, s.cpu_s()))
+        for s, (n, secs), c0, c1 in measured:
             if r:  # round 0 warms up every server (imports, caches, JIT-less but lazy)
                 rps[s.name].append(n / secs)
                 cpu_us[s.name].append((c1 - c0) / n * 1e6)
@@ -289,9 +322,15 @@ def live(a: argparse.Namespace) -> None:
         f"{a.duration} s per server per round, {a.rounds} rounds (+1 warm-up) in each of "
         f"{a.starts} starts, {os.cpu_count()} CPUs"
     )
-    server_cpu, load_cpu = (int(c) for c in a.cpus.split(",")) if a.cpus else (None, None)
+    cpus = a.cpus or ("0,1" if a.together else None)
+    server_cpu, load_cpu = (int(c) for c in cpus.split(",")) if cpus else (None, None)
+    if a.together:
+        print(
+            f"together: every server pinned to CPU {server_cpu}, sharing it, the load "
+            f"generators to CPU {load_cpu}; each round loads all servers for the same seconds"
+        )
     out_dir = tempfile.mkdtemp(prefix="web-overhead-")
-    configs = _configs(out_dir, a.also, a.no_otel)
+    configs = _configs(out_dir, a.also, a.no_otel, a.variant)
     rps: dict[str, list[float]] = {name: [] for name in configs}
     cpu_us: dict[str, list[float]] = {name: [] for name in configs}
     per_start: list[dict[str, float]] = []  # each start's median requests/s ratio to bare
@@ -453,11 +492,23 @@ def main() -> None:
         "--cpus", help="live: SERVER,LOAD: pin the servers to one CPU, the load to another"
     )
     p.add_argument(
+        "--together",
+        action="store_true",
+        help="live: load every server at once, all pinned to one CPU (--cpus, default 0,1)",
+    )
+    p.add_argument(
         "--also",
         action="append",
         default=[],
         metavar="NAME=DIR",
         help="live: one more server, ours imported from DIR (another checkout's src)",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="live: one more server, ours with these PYINSTRUMENT_AI_* settings",
     )
     p.add_argument("--requests", type=int, default=2000, help="in-process: per round")
     a = p.parse_args()

@@ -74,3 +74,47 @@ def test_a_failure_in_the_flusher_loop_is_one_warning_and_exit_still_flushes(
     assert err.count("\n") == 1 and "pyinstrument-ai: warning: internal error in the " in err
     assert "OverflowError: timestamp out of range" in err
     assert [e["name"] for e in pyinstrument_ai.load(tmp_path)] == ["x"]
+
+
+def test_a_busy_process_is_flushed_sooner_than_its_interval_a_quiet_one_at_it(
+    tmp_path, monkeypatch
+):
+    # Records waiting for the flush are memory the program does not use; a busy process gets
+    # about BATCH[0] of them between flushes (here 10), never a wait over its interval.
+    from pyinstrument_ai import session as session_mod
+
+    monkeypatch.setattr(session_mod, "BATCH", (10, 0.01))
+    calls: list[tuple[float, int]] = []  # (monotonic time, records written)
+    session = runtime.instrument(Config(out_dir=str(tmp_path), targets=(), flush_interval=2.0))
+    write = session.sink.write
+    session.sink.write = lambda records: (
+        calls.append((time.monotonic(), len(records))),
+        write(records),
+    )
+    t0 = time.monotonic()
+    try:
+        _busy_then_quiet(session, calls, t0)
+    finally:
+        runtime.uninstrument()
+    assert [e["name"] for e in pyinstrument_ai.load(tmp_path)].count("x") == 1000
+
+
+def _busy_then_quiet(session, calls: list[tuple[float, int]], t0: float) -> None:
+    session.start()
+    for _ in range(1000):
+        session.recorder.record("x", now_ns())
+
+    def wait_for(n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(calls) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(calls) >= n
+
+    wait_for(1)
+    first = calls[0][0]
+    assert calls[0][1] == 1000 and first - t0 > 1.5  # nothing seen before: the interval
+    session.recorder.record("y", now_ns())
+    wait_for(2)  # 1000 records in one interval: 10 come in ~0.02 s; far sooner than 2 s
+    assert calls[1][1] == 1 and calls[1][0] - first < 1.0
+    time.sleep(0.6)  # quiet again: the waits grow back to the interval, no spinning
+    assert len(calls) <= 4

@@ -33,6 +33,7 @@ static PyObject *s_first_chunk_ns, *s_last_chunk_ns, *s_bytes, *s_chunks, *s_inc
 static PyObject *s_upstream, *s_error, *s_generated, *s_http_request, *s_module, *s_qualname;
 static PyObject *s_prefix, *s_seq, *s_new_prefix, *s_choose_id, *s_parse_start, *s_report;
 static PyObject *s_where_send, *s_default_kw, *s_decode, *s_latin1;
+static PyObject *s_http, *s_asgi, *s_path, *s_where_request, *s_where_route;
 
 static const char H_ID[] = "x-request-id";
 static const char H_TP[] = "traceparent";
@@ -114,6 +115,13 @@ as_ll(PyObject *v, long long *out)
     return 0;
 }
 
+/* getattr(o, name, None)'s lookup: 1 found, 0 not (no exception), -1 failed */
+#if PY_VERSION_HEX >= 0x030D0000
+#define get_optional_attr PyObject_GetOptionalAttr
+#else
+#define get_optional_attr _PyObject_LookupAttr
+#endif
+
 static PyObject *
 mapping_get(PyObject *m, PyObject *key)
 {
@@ -147,8 +155,11 @@ str_eq(PyObject *a, PyObject *interned)
 
 typedef struct {
     PyObject_HEAD
-    /* Tag's attributes (request_context reads ``fields`` and ``done``) */
+    /* Tag's attributes (request_context reads ``fields`` and ``done``). ``fields`` is
+     * {"request_id": rid}, made when first read (a generation's tag): until then NULL, and
+     * the id is ``rid`` (a dict less to allocate, keep until the flush and free per request) */
     PyObject *fields;
+    PyObject *rid;
     char done;
     PyObject *key;
     PyObject *source;
@@ -166,6 +177,10 @@ typedef struct {
     char fin_has_f;
     PyObject *fin_route; /* str or None */
     PyObject *fin_error; /* "module.qualname" or NULL */
+    /* set by asgi_begin(), taken by end(): the tag's context token, and the recorder's
+     * record_later the event goes to (the one recording when the request arrived) */
+    PyObject *token;
+    PyObject *record;
     PyObject *weakreflist;
 } RequestObject;
 
@@ -175,6 +190,7 @@ static int
 req_traverse(RequestObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fields);
+    Py_VISIT(self->rid);
     Py_VISIT(self->key);
     Py_VISIT(self->source);
     Py_VISIT(self->method);
@@ -185,6 +201,8 @@ req_traverse(RequestObject *self, visitproc visit, void *arg)
     Py_VISIT(self->handled);
     Py_VISIT(self->fin_route);
     Py_VISIT(self->fin_error);
+    Py_VISIT(self->token);
+    Py_VISIT(self->record);
     return 0;
 }
 
@@ -192,6 +210,7 @@ static int
 req_clear(RequestObject *self)
 {
     Py_CLEAR(self->fields);
+    Py_CLEAR(self->rid);
     Py_CLEAR(self->key);
     Py_CLEAR(self->source);
     Py_CLEAR(self->method);
@@ -202,6 +221,8 @@ req_clear(RequestObject *self)
     Py_CLEAR(self->handled);
     Py_CLEAR(self->fin_route);
     Py_CLEAR(self->fin_error);
+    Py_CLEAR(self->token);
+    Py_CLEAR(self->record);
     return 0;
 }
 
@@ -213,6 +234,15 @@ req_dealloc(RequestObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     req_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+req_request_id(RequestObject *self)
+{
+    /* self.fields["request_id"]: from the dict once it was made (and perhaps changed) */
+    if (self->fields != NULL)
+        return PyObject_GetItem(self->fields, s_request_id);
+    return Py_NewRef(self->rid ? self->rid : Py_None);
 }
 
 static PyObject *
@@ -276,7 +306,7 @@ req_make(PyTypeObject *type, long long t0, PyObject *server, PyObject *key, PyOb
 {
     /* _http.Request.__init__ */
     RequestObject *self;
-    PyObject *id, *source, *fields;
+    PyObject *id, *source;
     int truth;
 
     if (rid == Py_None && tp == Py_None) { /* the common case: no id sent */
@@ -301,22 +331,14 @@ req_make(PyTypeObject *type, long long t0, PyObject *server, PyObject *key, PyOb
         source = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
         Py_DECREF(pair);
     }
-    fields = PyDict_New();
-    if (fields == NULL || PyDict_SetItem(fields, s_request_id, id) < 0) {
-        Py_XDECREF(fields);
+    self = (RequestObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
         Py_DECREF(id);
         Py_DECREF(source);
         return NULL;
     }
-    Py_DECREF(id);
-
-    self = (RequestObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        Py_DECREF(fields);
-        Py_DECREF(source);
-        return NULL;
-    }
-    self->fields = fields;
+    self->fields = NULL; /* made from rid when first read */
+    self->rid = id;
     self->source = source;
     self->done = 0;
     self->t0 = t0;
@@ -408,24 +430,15 @@ header_slot(PyObject *k)
     }
 }
 
-static PyObject *
-asgi_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static RequestObject *
+scope_request(long long t0, PyObject *scope, PyObject *server)
 {
-    /* asgi_request(t0, scope, server="asgi"): asgi.py's _serve, reading the scope's headers */
-    long long t0;
-    PyObject *scope, *server, *method = NULL, *headers = NULL, *it = NULL, *item;
+    /* asgi.py's _py_asgi_request: the request ``scope`` starts, its id headers read */
+    PyObject *method = NULL, *headers = NULL, *it = NULL, *item;
     PyObject *found[3] = {NULL, NULL, NULL};
     RequestObject *req = NULL;
     int i, truth;
 
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "asgi_request(t0, scope, server)");
-        return NULL;
-    }
-    if (as_ll(args[0], &t0) < 0)
-        return NULL;
-    scope = args[1];
-    server = args[2];
     headers = mapping_get(scope, s_headers);
     if (headers == NULL)
         return NULL;
@@ -494,6 +507,73 @@ done:
     Py_XDECREF(method);
     for (i = 0; i < 3; i++)
         Py_XDECREF(found[i]);
+    return req;
+}
+
+static PyObject *
+asgi_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* asgi_request(t0, scope, server): scope_request, for the tests that hold it to
+     * _py_asgi_request */
+    long long t0;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "asgi_request(t0, scope, server)");
+        return NULL;
+    }
+    if (as_ll(args[0], &t0) < 0)
+        return NULL;
+    return (PyObject *)scope_request(t0, args[1], args[2]);
+}
+
+static PyObject *g_tag_var; /* request_context._current (use_tag()) */
+
+static PyObject *
+asgi_begin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* asgi_begin(record_later, scope): asgi.py's _py_begin. The arrival time is read first;
+     * None when nothing is to be recorded (not recording, not an HTTP scope, or a wrapper of
+     * ours already serves this scope), else the request, its tag current. */
+    long long t0;
+    PyObject *record, *scope, *kind, *cur = NULL;
+    RequestObject *req;
+    int http;
+    if (now_ns(&t0) < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "asgi_begin(record_later, scope)");
+        return NULL;
+    }
+    record = args[0];
+    scope = args[1];
+    if (record == Py_None)
+        Py_RETURN_NONE;
+    if (g_tag_var == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pyinstrument_ai._speedups: use_tag() not called");
+        return NULL;
+    }
+    kind = PyObject_GetItem(scope, s_type); /* scope["type"] */
+    if (kind == NULL)
+        return NULL;
+    http = str_eq(kind, s_http);
+    Py_DECREF(kind);
+    if (http <= 0)
+        return http < 0 ? NULL : Py_NewRef(Py_None);
+    if (PyContextVar_Get(g_tag_var, Py_None, &cur) < 0)
+        return NULL;
+    if (Py_IS_TYPE(cur, &Request_Type) && ((RequestObject *)cur)->key == scope) {
+        Py_DECREF(cur); /* nested in our wrapper of the same request: it records */
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(cur);
+    req = scope_request(t0, scope, s_asgi);
+    if (req == NULL)
+        return NULL;
+    req->token = PyContextVar_Set(g_tag_var, (PyObject *)req);
+    if (req->token == NULL) {
+        Py_DECREF(req);
+        return NULL;
+    }
+    req->record = Py_NewRef(record);
     return (PyObject *)req;
 }
 
@@ -637,7 +717,7 @@ request_fields(PyObject *module, PyObject *arg)
     fields = PyDict_New();
     if (fields == NULL)
         return NULL;
-    rid = PyObject_GetItem(self->fields, s_request_id); /* self.fields["request_id"] */
+    rid = req_request_id(self); /* self.fields["request_id"] */
     if (set_item_steal(fields, s_request_id, rid) < 0 ||
         PyDict_SetItem(fields, s_request_id_source, self->source) < 0 ||
         PyDict_SetItem(fields, s_server, self->server) < 0 ||
@@ -669,9 +749,9 @@ untrack_if_atomic(RequestObject *self)
      * and the collector need not traverse it while it waits in the recorder's buffer for the
      * flush (thousands of them at a busy server's rate; each collection of their generation
      * traversed them all). A setter that stores a tracked object tracks it again. */
-    PyObject *refs[] = {self->fields, self->key,     self->source,    self->method,
-                        self->server, self->upstream, self->status,   self->route,
-                        self->handled, self->fin_route, self->fin_error};
+    PyObject *refs[] = {self->fields, self->rid,      self->key,    self->source,
+                        self->method, self->server,   self->upstream, self->status,
+                        self->route,  self->handled,  self->fin_route, self->fin_error};
     size_t i;
     for (i = 0; i < sizeof refs / sizeof refs[0]; i++)
         if (refs[i] != NULL && PyObject_GC_IsTracked(refs[i]))
@@ -738,6 +818,74 @@ fail:
             return NULL;
     }
     Py_RETURN_NONE;
+}
+
+static PyObject *
+req_end(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* Request.end(scope, error): asgi.py's _PyRequest.end, when the application has returned
+     * or raised: the end time, the tag reset, the route template read (Starlette's matched
+     * route, ``scope["route"].path``), and finish() with the record_later asgi_begin kept.
+     * Our own failures are reported, never raised. */
+    long long t1;
+    PyObject *token, *record, *route = NULL, *fargs[4], *res;
+    if (now_ns(&t1) < 0)
+        return NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "end(scope, error)");
+        return NULL;
+    }
+    token = self->token;
+    record = self->record;
+    self->token = self->record = NULL;
+    if (token != NULL) { /* (asgi_begin made it: g_tag_var is set) */
+        int reset = PyContextVar_Reset(g_tag_var, token);
+        Py_DECREF(token);
+        if (reset < 0) {
+            if (PyErr_ExceptionMatches(PyExc_ValueError))
+                PyErr_Clear(); /* made in another context: cannot happen for one await chain */
+            else
+                report_current(s_where_request);
+            if (PyErr_Occurred())
+                goto fail;
+        }
+    }
+    if (record == NULL) /* not begun by asgi_begin, or ended already */
+        Py_RETURN_NONE;
+    route = mapping_get(args[0], s_route); /* scope.get("route") */
+    if (route != NULL && route != Py_None) {
+        PyObject *path;
+        if (get_optional_attr(route, s_path, &path) < 0)
+            path = NULL;
+        else if (path == NULL)
+            path = Py_NewRef(Py_None);
+        Py_SETREF(route, path);
+    }
+    if (route == NULL) {
+        report_current(s_where_route);
+        if (PyErr_Occurred())
+            goto fail;
+        route = Py_NewRef(Py_None);
+    }
+    fargs[0] = record;
+    fargs[1] = PyLong_FromLongLong(t1);
+    fargs[2] = route;
+    fargs[3] = args[1];
+    if (fargs[1] == NULL) {
+        report_current(s_where_request);
+        res = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    else {
+        res = req_finish(self, fargs, 4);
+        Py_DECREF(fargs[1]);
+    }
+    Py_DECREF(route);
+    Py_DECREF(record);
+    return res;
+fail:
+    Py_XDECREF(route);
+    Py_XDECREF(record);
+    return NULL;
 }
 
 /* ------------------------------------------------------------------------ the send watcher */
@@ -956,15 +1104,31 @@ NS_GETSET(last_t, has_l)
 static PyObject *
 req_get_request_id(RequestObject *self, void *c)
 {
-    return PyObject_GetItem(self->fields, s_request_id);
+    return req_request_id(self);
+}
+
+static PyObject *
+req_get_fields(RequestObject *self, void *c)
+{
+    if (self->fields == NULL) {
+        PyObject *fields = PyDict_New();
+        if (fields == NULL ||
+            PyDict_SetItem(fields, s_request_id, self->rid ? self->rid : Py_None) < 0) {
+            Py_XDECREF(fields);
+            return NULL;
+        }
+        self->fields = fields;
+    }
+    return Py_NewRef(self->fields);
 }
 
 /* the object attributes: any value, never deleted (the C code reads them without NULL checks) */
-#define OBJ_GETSET(name)                                                                       \
+#define OBJ_GET(name)                                                                          \
     static PyObject *req_get_##name(RequestObject *self, void *c)                              \
     {                                                                                          \
         return Py_NewRef(self->name ? self->name : Py_None);                                   \
-    }                                                                                          \
+    }
+#define OBJ_SET(name)                                                                          \
     static int req_set_##name(RequestObject *self, PyObject *v, void *c)                       \
     {                                                                                          \
         if (v == NULL) {                                                                       \
@@ -976,7 +1140,8 @@ req_get_request_id(RequestObject *self, void *c)
         Py_XSETREF(self->name, Py_NewRef(v));                                                  \
         return 0;                                                                              \
     }
-OBJ_GETSET(fields)
+#define OBJ_GETSET(name) OBJ_GET(name) OBJ_SET(name)
+OBJ_SET(fields)
 OBJ_GETSET(key)
 OBJ_GETSET(source)
 OBJ_GETSET(method)
@@ -1008,6 +1173,7 @@ static PyMemberDef req_members[] = {
 static PyMethodDef req_methods[] = {
     {"chunk", (PyCFunction)(void (*)(void))req_chunk, METH_FASTCALL, NULL},
     {"finish", (PyCFunction)(void (*)(void))req_finish, METH_FASTCALL, NULL},
+    {"end", (PyCFunction)(void (*)(void))req_end, METH_FASTCALL, NULL},
     {"sender", (PyCFunction)req_sender, METH_O, NULL},
     {NULL},
 };
@@ -1187,7 +1353,7 @@ buf_request(Buf *b, RequestObject *r, PyObject *dumps, PyObject *deflt)
      * of encode_lines' line for the same record */
     long long t0 = r->t0;
     int failed;
-    PyObject *rid = PyObject_GetItem(r->fields, s_request_id); /* r.fields["request_id"] */
+    PyObject *rid = req_request_id(r); /* r.fields["request_id"] */
     if (rid == NULL)
         return -1;
     failed = PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0;
@@ -1431,6 +1597,175 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------------ the recorder */
+
+/* recorder.py's record_later closure (the reference): ``record_later(name, t_ns, dur_ns, build,
+ * state)`` appends ``(name, t_ns, dur_ns, thread id, build, state)`` to the recorder's buffer,
+ * after noting in ``used`` that something was left for later. Five positional arguments is
+ * how every caller of ours calls it; anything else (keywords, a wrong count) is handed to the
+ * reference closure, so its errors are Python's own. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *buf;      /* the recorder's list */
+    PyObject *used;     /* a list: empty until something is first left for later */
+    PyObject *fallback; /* the Python closure */
+    vectorcallfunc vectorcall;
+} RecordLaterObject;
+
+static PyObject *
+record_later_call(RecordLaterObject *self, PyObject *const *args, size_t nargsf,
+                  PyObject *kwnames)
+{
+    PyObject *tid, *rec;
+    int r;
+    if (kwnames != NULL || PyVectorcall_NARGS(nargsf) != 5)
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    if (PyList_GET_SIZE(self->used) == 0 && PyList_Append(self->used, Py_True) < 0)
+        return NULL;
+    tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident()); /* _thread.get_ident() */
+    if (tid == NULL)
+        return NULL;
+    rec = PyTuple_New(6);
+    if (rec == NULL) {
+        Py_DECREF(tid);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, Py_NewRef(args[0]));
+    PyTuple_SET_ITEM(rec, 1, Py_NewRef(args[1]));
+    PyTuple_SET_ITEM(rec, 2, Py_NewRef(args[2]));
+    PyTuple_SET_ITEM(rec, 3, tid);
+    PyTuple_SET_ITEM(rec, 4, Py_NewRef(args[3]));
+    PyTuple_SET_ITEM(rec, 5, Py_NewRef(args[4]));
+    /* A C request's record (the ASGI target's, one per HTTP request) is untracked by the
+     * cycle collector: its items are strs, ints, this module's request_fields and a finished
+     * request that is untracked itself (untrack_if_atomic), none of which can lead back to the
+     * tuple, so it is in no cycle. Tracked, the thousands a busy server leaves per flush
+     * interval would be traversed and promoted by every collection meanwhile, up to the oldest
+     * generation, whose full collections a server that frees what it allocates never runs.
+     * Any other record stays tracked: its state may lead back to the buffer. */
+    if (args[3] == g_request_fields && !PyObject_GC_IsTracked(args[4]) &&
+        !PyObject_GC_IsTracked(args[0]) && !PyObject_GC_IsTracked(args[1]) &&
+        !PyObject_GC_IsTracked(args[2]))
+        PyObject_GC_UnTrack(rec);
+    r = PyList_Append(self->buf, rec);
+    Py_DECREF(rec);
+    if (r < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int
+record_later_traverse(RecordLaterObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->buf);
+    Py_VISIT(self->used);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+record_later_clear(RecordLaterObject *self)
+{
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->used);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+record_later_dealloc(RecordLaterObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    record_later_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+record_later_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    /* RecordLater(buf, used, fallback) */
+    PyObject *buf, *used, *fallback;
+    RecordLaterObject *self;
+    if (!PyArg_ParseTuple(args, "O!O!O:RecordLater", &PyList_Type, &buf, &PyList_Type, &used,
+                          &fallback))
+        return NULL;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "RecordLater() takes no keyword arguments");
+        return NULL;
+    }
+    self = (RecordLaterObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->buf = Py_NewRef(buf);
+    self->used = Py_NewRef(used);
+    self->fallback = Py_NewRef(fallback);
+    self->vectorcall = (vectorcallfunc)record_later_call;
+    return (PyObject *)self;
+}
+
+static PyTypeObject RecordLater_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pyinstrument_ai._speedups.RecordLater",
+    .tp_doc = "record_later(name, t_ns, dur_ns, build, state): recorder.py's closure in C.",
+    .tp_basicsize = sizeof(RecordLaterObject),
+    .tp_dealloc = (destructor)record_later_dealloc,
+    .tp_vectorcall_offset = offsetof(RecordLaterObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_traverse = (traverseproc)record_later_traverse,
+    .tp_clear = (inquiry)record_later_clear,
+    .tp_new = record_later_new,
+};
+
+static PyObject *
+with_built(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* with_built(chunk, keep, expand): recorder.py's _with_built (the reference) for a drained
+     * list: an exact tuple that is not left for later (not 6 items) or whose build is ``keep``
+     * stays as it is; every other entry becomes the list ``expand(entry, keep)`` returns
+     * (recorder._expand: the one definition of what a deferred entry becomes). */
+    PyObject *chunk, *keep, *expand, *out;
+    Py_ssize_t i;
+    if (nargs != 3 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "with_built(chunk: list, keep, expand)");
+        return NULL;
+    }
+    chunk = args[0];
+    keep = args[1];
+    expand = args[2];
+    out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (i = 0; i < PyList_GET_SIZE(chunk); i++) {
+        PyObject *rec = PyList_GET_ITEM(chunk, i), *made;
+        int r;
+        if (PyTuple_CheckExact(rec) &&
+            (PyTuple_GET_SIZE(rec) != 6 || (keep != Py_None && PyTuple_GET_ITEM(rec, 4) == keep))) {
+            if (PyList_Append(out, rec) < 0)
+                goto fail;
+            continue;
+        }
+        Py_INCREF(rec); /* expand runs Python code: the chunk is ours, but be safe */
+        made = PyObject_CallFunctionObjArgs(expand, rec, keep, NULL);
+        Py_DECREF(rec);
+        if (made == NULL)
+            goto fail;
+        r = PyList_CheckExact(made) ? PyList_SetSlice(out, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, made)
+                                    : -2;
+        Py_DECREF(made);
+        if (r == -2) {
+            PyErr_SetString(PyExc_TypeError, "expand() must return a list");
+            goto fail;
+        }
+        if (r < 0)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -1445,9 +1780,25 @@ bind(PyObject *module, PyObject *ns)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+use_tag(PyObject *module, PyObject *var)
+{
+    /* use_tag(var): the ContextVar that holds the current request's tag
+     * (request_context._current), for asgi_begin and Request.end */
+    if (!PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "use_tag() takes a ContextVar");
+        return NULL;
+    }
+    Py_XSETREF(g_tag_var, Py_NewRef(var));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"bind", (PyCFunction)bind, METH_O, NULL},
     {"asgi_request", (PyCFunction)(void (*)(void))asgi_request, METH_FASTCALL, NULL},
+    {"asgi_begin", (PyCFunction)(void (*)(void))asgi_begin, METH_FASTCALL, NULL},
+    {"use_tag", (PyCFunction)use_tag, METH_O, NULL},
+    {"with_built", (PyCFunction)(void (*)(void))with_built, METH_FASTCALL, NULL},
     {"encode_batch", (PyCFunction)(void (*)(void))encode_batch, METH_FASTCALL, NULL},
     {"request_fields", (PyCFunction)request_fields, METH_O, NULL},
     {NULL},
@@ -1502,6 +1853,11 @@ PyInit__speedups(void)
     INTERN(s_where_send, "asgi.send");
     INTERN(s_decode, "decode");
     INTERN(s_latin1, "latin-1");
+    INTERN(s_http, "http");
+    INTERN(s_asgi, "asgi");
+    INTERN(s_path, "path");
+    INTERN(s_where_request, "asgi.request");
+    INTERN(s_where_route, "asgi.route");
     g_id_headers = Py_BuildValue("(y y y)", H_ID, H_TP, H_START);
     if (g_id_headers == NULL)
         return NULL;
@@ -1515,7 +1871,8 @@ PyInit__speedups(void)
             return NULL;
         Py_DECREF(name);
     }
-    if (PyType_Ready(&Request_Type) < 0 || PyType_Ready(&Send_Type) < 0)
+    if (PyType_Ready(&Request_Type) < 0 || PyType_Ready(&Send_Type) < 0 ||
+        PyType_Ready(&RecordLater_Type) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -1523,6 +1880,12 @@ PyInit__speedups(void)
     Py_INCREF(&Request_Type);
     if (PyModule_AddObject(m, "Request", (PyObject *)&Request_Type) < 0) {
         Py_DECREF(&Request_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RecordLater_Type);
+    if (PyModule_AddObject(m, "RecordLater", (PyObject *)&RecordLater_Type) < 0) {
+        Py_DECREF(&RecordLater_Type);
         Py_DECREF(m);
         return NULL;
     }

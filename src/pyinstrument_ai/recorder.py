@@ -64,6 +64,13 @@ def _make_record_later(
         # no thread id: the records build(state) makes carry their own
         append((None, None, None, None, build, state))
 
+    from pyinstrument_ai import _native  # (here: a recorder exists only once a session does)
+
+    buf = getattr(append, "__self__", None)
+    if _native.speedups is not None and type(buf) is list:
+        # the same closure in C: the ASGI target calls it for every HTTP request (its C
+        # request's finish), and a Python call from C is a frame to set up and tear down
+        return _native.speedups.RecordLater(buf, used, record_later), records_later
     return record_later, records_later
 
 
@@ -125,20 +132,35 @@ class Recorder:
 
 def _with_built(chunk: list, keep: Any = None) -> list[Record]:
     """``chunk`` with each deferred entry replaced by what its ``build`` makes, in its place
-    (but those whose ``build`` is ``keep``, which stay as they are)."""
+    (but those whose ``build`` is ``keep``, which stay as they are). In C when built: the
+    flusher walks every record a drain takes, at a busy server's rate."""
+    from pyinstrument_ai import _native
+
+    if _native.speedups is not None:
+        return _native.speedups.with_built(chunk, keep, _expand)
+    return _py_with_built(chunk, keep)
+
+
+def _expand(rec: tuple, keep: Any) -> list[Record]:
+    """What one entry of a drained chunk becomes: itself unless it was left for later (and
+    its ``build`` is not ``keep``). ``_speedups.with_built`` keeps the common entries as they
+    are by the same test in C, and calls this for the others."""
+    if len(rec) != 6 or (keep is not None and rec[4] is keep):
+        return [rec]
+    if rec[0] is not None:
+        return [_built(rec)]
+    build, state = rec[4], rec[5]
+    try:
+        return list(build(state))
+    except Exception as e:  # a target's bug: those records are lost, and it is said
+        report(f"building records ({getattr(build, '__name__', build)})", e)
+        return []
+
+
+def _py_with_built(chunk: list, keep: Any = None) -> list[Record]:
     out: list[Record] = []
-    append = out.append
     for rec in chunk:
-        if len(rec) != 6 or (keep is not None and rec[4] is keep):
-            append(rec)
-        elif rec[0] is not None:
-            append(_built(rec))
-        else:
-            build, state = rec[4], rec[5]
-            try:
-                out.extend(build(state))
-            except Exception as e:  # a target's bug: those records are lost, and it is said
-                report(f"building records ({getattr(build, '__name__', build)})", e)
+        out.extend(_expand(rec, keep))
     return out
 
 

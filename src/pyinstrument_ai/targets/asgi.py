@@ -47,6 +47,9 @@ SUPPORTED = (">=0.27", "<2")
 
 _lock = threading.RLock()
 _recorder: Any = None
+#: what a request's event is recorded with: the recorder's ``record_later`` (C requests) or
+#: ``record`` (Python ones); None when not recording
+_record: Any = None
 _patches = Patches()
 # The request's tag (our Request) is the one context variable we set per request; a wrapper
 # that finds the same scope in it is nested in ours and passes through.
@@ -57,20 +60,21 @@ _reset_tag = request_context._current.reset
 
 def patch(recorder: Any) -> None:
     """Wrap uvicorn's app loading and Starlette's ``__call__`` as each is imported."""
-    global _recorder
+    global _recorder, _record
     with _lock:
         if _recorder is not None:
             return
         _recorder = recorder
+        _record = _recording(recorder)
         _patches.start(MODULES, _on_import)
 
 
 def unpatch() -> None:
-    global _recorder
+    global _recorder, _record
     with _lock:
         if _recorder is None:
             return
-        _recorder = None
+        _recorder = _record = None
         _patches.stop()
 
 
@@ -152,18 +156,15 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
     """Call the application exactly once, with the same scope and receive, and a ``send`` that
     only watches: ``unbound(app, ...)`` for Starlette's wrapped method, else ``app.app(...)``
     (``app`` is then our :class:`_App`, whose ``__call__`` this is: uvicorn awaits this
-    coroutine directly, one frame of ours per request, none resumed on every await)."""
+    coroutine directly, one frame of ours per request, none resumed on every await). What
+    happens at the start and at the end is one call each (``_begin``, ``req.end``): this frame
+    runs as few bytecodes as it can, the request's work is done in C when built."""
     __tracebackhide__ = True
-    t0 = now_ns()  # arrival: before anything of ours
-    req = rec = None
     try:
-        rec = _recorder
-        if rec is not None and scope["type"] == "http":
-            cur = _get_tag()
-            if cur.__class__ is not _Request or cur.key is not scope:
-                req = _new_request(t0, scope, "asgi")
+        req = _begin(_record, scope)  # the arrival time is read first thing in there
     except Exception as ours:
         report("asgi.request", ours)
+        req = None
     if req is None:
         try:
             if unbound is not None:
@@ -173,7 +174,6 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
             hide(e)
             raise
 
-    tag_token = _set_tag(req)  # the request's tag, and what tells a nested wrapper it is nested
     error = None
     try:
         if unbound is not None:
@@ -184,19 +184,7 @@ async def _serve(app: Any, scope: Any, receive: Any, send: Any, unbound: Any = N
         hide(exc)
         raise
     finally:
-        t1 = now_ns()
-        try:
-            _reset_tag(tag_token)
-        except ValueError:  # finished in another context (cannot happen for one await chain)
-            pass
-        route = None
-        try:
-            route = scope.get("route")
-            if route is not None:
-                route = getattr(route, "path", None)
-        except Exception as ours:
-            report("asgi.route", ours)
-        req.finish(_recording(rec), t1, route, error)
+        req.end(scope, error)  # never raises (our failures are reported)
         error = None  # no reference cycle through the traceback
 
 
@@ -210,7 +198,33 @@ class _PyRequest(Request):
     """A request served over ASGI: the Python reference of ``_speedups.Request`` (the C
     version, used when the install built it)."""
 
-    __slots__ = ()
+    __slots__ = ("token", "record")
+
+    def end(self, scope: Any, error: BaseException | None) -> None:
+        """When the application has returned or raised: the end time, the tag reset, the
+        route template read (Starlette's matched route, ``scope["route"].path``) and the event
+        recorded with the ``record`` that :func:`_py_begin` kept. Never raises."""
+        t1 = now_ns()
+        token, self.token = self.token, None
+        record, self.record = self.record, None
+        if token is not None:
+            try:
+                _reset_tag(token)
+            except ValueError:  # made in another context: cannot happen for one await chain
+                pass
+            except Exception as ours:
+                report("asgi.request", ours)
+        if record is None:  # not begun by _py_begin, or ended already
+            return
+        route = None
+        try:
+            route = scope.get("route")
+            if route is not None:
+                route = getattr(route, "path", None)
+        except Exception as ours:
+            route = None
+            report("asgi.route", ours)
+        self.finish(record, t1, route, error)
 
     def sender(self, send: Any) -> Any:
         """The ``send`` the application gets: a closure over the request and ``send``, not a
@@ -269,7 +283,25 @@ def _py_asgi_request(t0: int, scope: Any, server: str) -> _PyRequest:
                 tp = v.decode("latin-1")
             else:
                 start = v.decode("latin-1")
-    return _PyRequest(t0, server, scope, scope.get("method"), rid, tp, start)
+    req = _PyRequest(t0, server, scope, scope.get("method"), rid, tp, start)
+    req.token = req.record = None
+    return req
+
+
+def _py_begin(record: Any, scope: Any) -> _PyRequest | None:
+    """The Python reference of ``_speedups.asgi_begin``: the arrival time read first; None when
+    nothing is to be recorded (not recording, not an HTTP scope, or a wrapper of ours already
+    serves this scope: the outermost one records), else the request, its tag made current."""
+    t0 = now_ns()  # arrival: before anything of ours
+    if record is None or scope["type"] != "http":
+        return None
+    cur = _get_tag()
+    if cur.__class__ is _PyRequest and cur.key is scope:
+        return None
+    req = _py_asgi_request(t0, scope, "asgi")
+    req.token = _set_tag(req)  # the request's tag, and what tells a nested wrapper it is nested
+    req.record = record
+    return req
 
 
 # One implementation per process: the C one when built (its class tells a nested wrapper's
@@ -277,10 +309,13 @@ def _py_asgi_request(t0: int, scope: Any, server: str) -> _PyRequest:
 # The C request's finish leaves its fields to the flusher (``record_later``: the JSONL sink
 # writes the line from the request itself); the Python one builds them (``record``).
 if _native.speedups is not None:
+    _native.speedups.use_tag(request_context._current)
     _Request: Any = _native.speedups.Request
     _new_request: Any = _native.speedups.asgi_request
+    _begin: Any = _native.speedups.asgi_begin
     _recording = operator.attrgetter("record_later")
 else:
     _Request = _PyRequest
     _new_request = _py_asgi_request
+    _begin = _py_begin
     _recording = operator.attrgetter("record")
