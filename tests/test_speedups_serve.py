@@ -20,11 +20,13 @@ import threading
 import weakref
 
 import httpx
+import orjson
 import pytest
 from test_speedups import CASES, RAISING, START, _body, _norm, _Rec, _scope
 
 from pyinstrument_ai import _native, recorder, request_context
 from pyinstrument_ai.recorder import Recorder
+from pyinstrument_ai.sinks import jsonl
 from pyinstrument_ai.targets import _http, asgi
 
 try:
@@ -641,3 +643,40 @@ def test_only_a_c_requests_record_waits_untracked_by_the_cycle_collector():
     del state, rec, req, tracked_req
     gc.collect()
     assert gone() is None
+
+
+def _finished_c_request(method="GET"):
+    rec = Recorder()
+    req = C.asgi_request(1_000, _scope(method=method), "asgi")
+    req.sender(lambda m: None)(START)
+    req.finish(rec.record_later, 2_000, "/r", None)
+    return req, rec.drain(jsonl.JsonlSink.keep)
+
+
+@needs_c
+@pytest.mark.parametrize("prefix", [None, 'a"b\\-', "é-"])
+def test_a_made_up_id_is_written_before_it_is_ever_read_and_read_the_same(monkeypatch, prefix):
+    # The C request makes its made-up id's str only when it is read; the flusher writes it
+    # from the prefix and the number. A prefix that JSON must escape takes the general path.
+    if prefix is not None:
+        monkeypatch.setattr(_http, "_prefix", prefix)
+    req, records = _finished_c_request()
+    blob, lines, dropped = jsonl.encode_batch(records, 7, orjson.dumps)  # before any read
+    written = orjson.loads(blob)["request_id"]
+    assert (lines, dropped) == (1, 0)
+    assert written == req.request_id == req.fields["request_id"]
+    assert written.startswith(_http._prefix) and written[len(_http._prefix) :].isdigit()
+    again, _, _ = jsonl.encode_batch(records, 7, orjson.dumps)  # after: the same bytes
+    assert again == blob
+
+
+@needs_c
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "get", "PROPFIND", "GETX", "ÉTÉ"])
+def test_a_common_method_is_kept_as_the_interned_str_any_other_as_given(method):
+    fresh = "".join(list(method))  # a str made at run time, as a server makes it per request
+    req, records = _finished_c_request(fresh)
+    assert req.method == method
+    common = method in ("GET", "POST", "DELETE")
+    assert (req.method is sys.intern(method)) == common and (req.method is fresh) != common
+    blob, _, _ = jsonl.encode_batch(records, 7, orjson.dumps)
+    assert orjson.loads(blob)["method"] == method

@@ -146,8 +146,13 @@ str_eq(PyObject *a, PyObject *interned)
     /* a == interned (a str): 1, 0, or -1 with an exception */
     if (a == interned)
         return 1;
-    if (PyUnicode_CheckExact(a))
+    if (PyUnicode_CheckExact(a)) {
+        /* two interned strs are equal only if they are one object (most messages' types and
+         * scopes' are literals of the framework's code, interned) */
+        if (PyUnicode_CHECK_INTERNED(a))
+            return 0;
         return PyUnicode_Compare(a, interned) == 0 ? 1 : (PyErr_Occurred() ? -1 : 0);
+    }
     return PyObject_RichCompareBool(a, interned, Py_EQ);
 }
 
@@ -160,6 +165,11 @@ typedef struct {
      * the id is ``rid`` (a dict less to allocate, keep until the flush and free per request) */
     PyObject *fields;
     PyObject *rid;
+    /* a made-up id is made when first read (most are read only by the flusher, which writes
+     * them without making them): until then ``rid`` is NULL, and the id is
+     * id_prefix + str(id_seq) (_http.generated_id) */
+    PyObject *id_prefix;
+    long long id_seq;
     char done;
     PyObject *key;
     PyObject *source;
@@ -191,6 +201,7 @@ req_traverse(RequestObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fields);
     Py_VISIT(self->rid);
+    Py_VISIT(self->id_prefix);
     Py_VISIT(self->key);
     Py_VISIT(self->source);
     Py_VISIT(self->method);
@@ -211,6 +222,7 @@ req_clear(RequestObject *self)
 {
     Py_CLEAR(self->fields);
     Py_CLEAR(self->rid);
+    Py_CLEAR(self->id_prefix);
     Py_CLEAR(self->key);
     Py_CLEAR(self->source);
     Py_CLEAR(self->method);
@@ -237,47 +249,69 @@ req_dealloc(RequestObject *self)
 }
 
 static PyObject *
-req_request_id(RequestObject *self)
+req_id_str(RequestObject *self)
 {
-    /* self.fields["request_id"]: from the dict once it was made (and perhaps changed) */
-    if (self->fields != NULL)
-        return PyObject_GetItem(self->fields, s_request_id);
-    return Py_NewRef(self->rid ? self->rid : Py_None);
+    /* the request id given at creation (a borrowed reference), made now if it was left to
+     * be made when read; NULL with an exception */
+    if (self->rid == NULL) {
+        if (self->id_prefix == NULL)
+            return Py_None;
+        self->rid = PyUnicode_FromFormat("%U%lld", self->id_prefix, self->id_seq);
+        if (self->rid == NULL)
+            return NULL;
+        Py_CLEAR(self->id_prefix);
+    }
+    return self->rid;
 }
 
 static PyObject *
-generated_id(void)
+req_request_id(RequestObject *self)
 {
-    /* _http.generated_id(), on its globals: (_prefix or _new_prefix()) + str(next(_seq)) */
-    PyObject *prefix, *seq, *n, *s, *out;
-    int truth;
+    /* self.fields["request_id"]: from the dict once it was made (and perhaps changed) */
+    PyObject *id;
+    if (self->fields != NULL)
+        return PyObject_GetItem(self->fields, s_request_id);
+    id = req_id_str(self);
+    return Py_XNewRef(id);
+}
+
+static int
+generated_id(PyObject **prefix_out, PyObject **id_out, long long *seq_out)
+{
+    /* _http.generated_id(), on its globals: (_prefix or _new_prefix()) + str(next(_seq)).
+     * Sets *id_out to that str, or (the usual case: a str prefix and an int that fits) leaves
+     * it NULL and sets *prefix_out and *seq_out for the id to be made when read (req_id_str).
+     * 0, or -1 with an exception. */
+    PyObject *prefix, *seq, *n, *s;
+    int truth, overflow;
+    *prefix_out = *id_out = NULL;
     prefix = http_global(s_prefix);
     if (prefix == NULL)
-        return NULL;
+        return -1;
     Py_INCREF(prefix);
     truth = prefix == Py_None ? 0 : PyObject_IsTrue(prefix);
     if (truth < 0) {
         Py_DECREF(prefix);
-        return NULL;
+        return -1;
     }
     if (!truth) {
         PyObject *make = http_global(s_new_prefix);
         Py_DECREF(prefix);
         if (make == NULL)
-            return NULL;
+            return -1;
         prefix = PyObject_CallNoArgs(make);
         if (prefix == NULL)
-            return NULL;
+            return -1;
     }
     seq = http_global(s_seq);
     if (seq == NULL) {
         Py_DECREF(prefix);
-        return NULL;
+        return -1;
     }
     if (!PyIter_Check(seq)) {
         PyErr_Format(PyExc_TypeError, "'%.200s' object is not an iterator", Py_TYPE(seq)->tp_name);
         Py_DECREF(prefix);
-        return NULL;
+        return -1;
     }
     Py_INCREF(seq);
     n = PyIter_Next(seq);
@@ -286,18 +320,28 @@ generated_id(void)
         if (!PyErr_Occurred())
             PyErr_SetNone(PyExc_StopIteration);
         Py_DECREF(prefix);
-        return NULL;
+        return -1;
+    }
+    if (PyUnicode_CheckExact(prefix) && PyLong_CheckExact(n)) {
+        long long v = PyLong_AsLongLongAndOverflow(n, &overflow);
+        if (!overflow && !(v == -1 && PyErr_Occurred())) {
+            Py_DECREF(n);
+            *prefix_out = prefix;
+            *seq_out = v;
+            return 0;
+        }
+        PyErr_Clear();
     }
     s = PyObject_Str(n);
     Py_DECREF(n);
     if (s == NULL) {
         Py_DECREF(prefix);
-        return NULL;
+        return -1;
     }
-    out = PyNumber_Add(prefix, s);
+    *id_out = PyNumber_Add(prefix, s);
     Py_DECREF(prefix);
     Py_DECREF(s);
-    return out;
+    return *id_out == NULL ? -1 : 0;
 }
 
 static RequestObject *
@@ -306,12 +350,12 @@ req_make(PyTypeObject *type, long long t0, PyObject *server, PyObject *key, PyOb
 {
     /* _http.Request.__init__ */
     RequestObject *self;
-    PyObject *id, *source;
+    PyObject *id, *source, *id_prefix = NULL;
+    long long id_seq = 0;
     int truth;
 
     if (rid == Py_None && tp == Py_None) { /* the common case: no id sent */
-        id = generated_id();
-        if (id == NULL)
+        if (generated_id(&id_prefix, &id, &id_seq) < 0)
             return NULL;
         source = Py_NewRef(s_generated);
     }
@@ -333,12 +377,15 @@ req_make(PyTypeObject *type, long long t0, PyObject *server, PyObject *key, PyOb
     }
     self = (RequestObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
-        Py_DECREF(id);
+        Py_XDECREF(id);
+        Py_XDECREF(id_prefix);
         Py_DECREF(source);
         return NULL;
     }
-    self->fields = NULL; /* made from rid when first read */
-    self->rid = id;
+    self->fields = NULL; /* made from the id when first read */
+    self->rid = id;      /* or NULL, and made from these when first read: */
+    self->id_prefix = id_prefix;
+    self->id_seq = id_seq;
     self->source = source;
     self->done = 0;
     self->t0 = t0;
@@ -430,6 +477,29 @@ header_slot(PyObject *k)
     }
 }
 
+static PyObject *g_methods[9]; /* the common methods, interned */
+
+static void
+common_method(PyObject **method)
+{
+    /* A server makes the method's str per request; the request keeps it until the flush.
+     * An equal interned one is kept instead: one object fewer per request waiting in memory. */
+    PyObject *m = *method;
+    int i;
+    if (!PyUnicode_CheckExact(m) || !PyUnicode_IS_ASCII(m) || PyUnicode_GET_LENGTH(m) > 7)
+        return;
+    for (i = 0; i < 9; i++) {
+        PyObject *c = g_methods[i];
+        if (c == m)
+            return;
+        if (PyUnicode_GET_LENGTH(c) == PyUnicode_GET_LENGTH(m) &&
+            memcmp(PyUnicode_1BYTE_DATA(c), PyUnicode_1BYTE_DATA(m), PyUnicode_GET_LENGTH(m)) == 0) {
+            Py_SETREF(*method, Py_NewRef(c));
+            return;
+        }
+    }
+}
+
 static RequestObject *
 scope_request(long long t0, PyObject *scope, PyObject *server)
 {
@@ -499,6 +569,7 @@ scope_request(long long t0, PyObject *scope, PyObject *server)
     method = mapping_get(scope, s_method);
     if (method == NULL)
         goto done;
+    common_method(&method);
     req = req_make(&Request_Type, t0, server, scope, method, found[0] ? found[0] : Py_None,
                    found[1] ? found[1] : Py_None, found[2] ? found[2] : Py_None);
 done:
@@ -749,9 +820,10 @@ untrack_if_atomic(RequestObject *self)
      * and the collector need not traverse it while it waits in the recorder's buffer for the
      * flush (thousands of them at a busy server's rate; each collection of their generation
      * traversed them all). A setter that stores a tracked object tracks it again. */
-    PyObject *refs[] = {self->fields, self->rid,      self->key,    self->source,
-                        self->method, self->server,   self->upstream, self->status,
-                        self->route,  self->handled,  self->fin_route, self->fin_error};
+    PyObject *refs[] = {self->fields, self->rid,      self->id_prefix, self->key,
+                        self->source, self->method,   self->server,    self->upstream,
+                        self->status, self->route,    self->handled,   self->fin_route,
+                        self->fin_error};
     size_t i;
     for (i = 0; i < sizeof refs / sizeof refs[0]; i++)
         if (refs[i] != NULL && PyObject_GC_IsTracked(refs[i]))
@@ -1111,9 +1183,8 @@ static PyObject *
 req_get_fields(RequestObject *self, void *c)
 {
     if (self->fields == NULL) {
-        PyObject *fields = PyDict_New();
-        if (fields == NULL ||
-            PyDict_SetItem(fields, s_request_id, self->rid ? self->rid : Py_None) < 0) {
+        PyObject *id = req_id_str(self), *fields = id ? PyDict_New() : NULL;
+        if (fields == NULL || PyDict_SetItem(fields, s_request_id, id) < 0) {
             Py_XDECREF(fields);
             return NULL;
         }
@@ -1247,12 +1318,25 @@ static int
 buf_ll(Buf *b, long long x)
 {
     /* b"%d" % x (snprintf costs ten times as much) */
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                "31323334353637383940414243444546474849505152535455565758596061"
+                                "62636465666768697071727374757677787980818283848586878889909192"
+                                "93949596979899";
     char tmp[24], *end = tmp + sizeof tmp, *p = end;
     unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) { /* two digits per division: a nanosecond time has 13 or more */
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = pairs[d + 1];
+        *--p = pairs[d];
+    }
+    if (u >= 10) {
+        *--p = pairs[u * 2 + 1];
+        *--p = pairs[u * 2];
+    }
+    else {
+        *--p = (char)('0' + u);
+    }
     if (x < 0)
         *--p = '-';
     return buf_put(b, p, end - p);
@@ -1298,6 +1382,23 @@ buf_dumps(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
 }
 
 static int
+plain_ascii(PyObject *v)
+{
+    /* an exact str of printable ASCII without a quote or backslash: orjson writes it as it
+     * is, between quotes */
+    const unsigned char *p;
+    Py_ssize_t i, n;
+    if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v))
+        return 0;
+    p = PyUnicode_1BYTE_DATA(v);
+    n = PyUnicode_GET_LENGTH(v);
+    for (i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] > 0x7e || p[i] == '"' || p[i] == '\\')
+            return 0;
+    return 1;
+}
+
+static int
 buf_value(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
 {
     /* v as orjson writes it: the common values here, the rest by dumps itself */
@@ -1310,18 +1411,12 @@ buf_value(Buf *b, PyObject *v, PyObject *dumps, PyObject *deflt)
             return buf_ll(b, x);
         PyErr_Clear();
     }
-    else if (PyUnicode_CheckExact(v) && PyUnicode_IS_ASCII(v)) {
-        /* printable ASCII without a quote or backslash: orjson writes it as it is */
-        const unsigned char *p = PyUnicode_1BYTE_DATA(v);
-        Py_ssize_t i, n = PyUnicode_GET_LENGTH(v);
-        for (i = 0; i < n; i++)
-            if (p[i] < 0x20 || p[i] > 0x7e || p[i] == '"' || p[i] == '\\')
-                break;
-        if (i == n)
-            return buf_put(b, "\"", 1) < 0 || buf_put(b, (const char *)p, n) < 0 ||
-                           buf_put(b, "\"", 1) < 0
-                       ? -1
-                       : 0;
+    else if (plain_ascii(v)) {
+        const char *p = (const char *)PyUnicode_1BYTE_DATA(v);
+        return buf_put(b, "\"", 1) < 0 || buf_put(b, p, PyUnicode_GET_LENGTH(v)) < 0 ||
+                       buf_put(b, "\"", 1) < 0
+                   ? -1
+                   : 0;
     }
     return buf_dumps(b, v, dumps, deflt);
 }
@@ -1353,11 +1448,22 @@ buf_request(Buf *b, RequestObject *r, PyObject *dumps, PyObject *deflt)
      * of encode_lines' line for the same record */
     long long t0 = r->t0;
     int failed;
-    PyObject *rid = req_request_id(r); /* r.fields["request_id"] */
-    if (rid == NULL)
-        return -1;
-    failed = PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0;
-    Py_DECREF(rid);
+    PyObject *rid;
+    if (r->fields == NULL && r->rid == NULL && r->id_prefix != NULL &&
+        plain_ascii(r->id_prefix)) {
+        /* a made-up id, written without making its str: "prefix" + digits */
+        failed = PUT_KEY(",\"request_id\":\"") ||
+                 buf_put(b, (const char *)PyUnicode_1BYTE_DATA(r->id_prefix),
+                         PyUnicode_GET_LENGTH(r->id_prefix)) < 0 ||
+                 buf_ll(b, r->id_seq) < 0 || buf_put(b, "\"", 1) < 0;
+    }
+    else {
+        rid = req_request_id(r); /* r.fields["request_id"] */
+        if (rid == NULL)
+            return -1;
+        failed = PUT_KEY(",\"request_id\":") || buf_value(b, rid, dumps, deflt) < 0;
+        Py_DECREF(rid);
+    }
     if (failed ||
         PUT_KEY(",\"request_id_source\":") || buf_value(b, r->source, dumps, deflt) < 0 ||
         PUT_KEY(",\"server\":") || buf_value(b, r->server, dumps, deflt) < 0 ||
@@ -1854,6 +1960,13 @@ PyInit__speedups(void)
     INTERN(s_decode, "decode");
     INTERN(s_latin1, "latin-1");
     INTERN(s_http, "http");
+    {
+        static const char *names[9] = {"GET",     "POST",  "PUT",     "DELETE", "HEAD",
+                                       "OPTIONS", "PATCH", "CONNECT", "TRACE"};
+        int i;
+        for (i = 0; i < 9; i++)
+            INTERN(g_methods[i], names[i]);
+    }
     INTERN(s_asgi, "asgi");
     INTERN(s_path, "path");
     INTERN(s_where_request, "asgi.request");
