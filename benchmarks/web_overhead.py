@@ -34,16 +34,17 @@ request) and as server CPU time. On a shared or
 noisy machine trust the CPU figures first: other processes' load moves wall time much more.
 
 **Together (``--together``).** The same servers, loaded at once for the same seconds, all
-pinned to one CPU that they share (``--cpus SERVER,LOAD``, default ``0,1``: the load
-generators run on the other). On a shared VM the CPU's speed changes from one second to the
-next (here one server's requests/s moved by +-15% between rounds), and servers measured one
-after the other meet different seconds; loaded at once they meet the same ones, and the
-spread of the paired ratio fell from ~0.1 to ~0.02 per round. The kernel gives each busy
-process an equal share of the CPU, so each server's requests/s is its share over its cost per
-request: the ratio is the ratio of costs. Caches: each server's time slices begin with the
-other's data in them, alike for every server. Our flusher is a thread of its own with its own
-share while it runs (a few ms per second); the server CPU figure counts it. "wall µs/request"
-is then the time per request with the CPU shared, about twice the server's own.
+pinned to one CPU that they share (``--cpus SERVER,LOAD``, default the first two CPUs this
+process may use: the load generators run on the other). On a shared VM the CPU's speed
+changes from one second to the next (here one server's requests/s moved by +-15% between
+rounds), and servers measured one after the other meet different seconds; loaded at once
+they meet the same ones, and the spread of the paired ratio fell from ~0.1 to ~0.02 per
+round. The kernel gives each busy process an equal share of the CPU, so each server's
+requests/s is its share over its cost per request: the ratio is the ratio of costs. Caches:
+each server's time slices begin with the other's data in them, alike for every server. Our
+flusher is a thread of its own with its own share while it runs (a few ms per second); the
+server CPU figure counts it. "wall µs/request" is then the time per request with the CPU
+shared, about twice the server's own.
 
 ``--variant NAME:PYINSTRUMENT_AI_VAR=VALUE,...`` adds a server of ours with those settings,
 labelled NAME (e.g. ``f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1``); ``--also NAME=DIR`` one
@@ -322,7 +323,12 @@ def live(a: argparse.Namespace) -> None:
         f"{a.duration} s per server per round, {a.rounds} rounds (+1 warm-up) in each of "
         f"{a.starts} starts, {os.cpu_count()} CPUs"
     )
-    cpus = a.cpus or ("0,1" if a.together else None)
+    cpus = a.cpus
+    if a.together and not cpus:  # the first two CPUs this process may use
+        mine = sorted(os.sched_getaffinity(0))
+        if len(mine) < 2:
+            raise SystemExit("--together needs two CPUs (one the servers share, one for the load)")
+        cpus = f"{mine[0]},{mine[1]}"
     server_cpu, load_cpu = (int(c) for c in cpus.split(",")) if cpus else (None, None)
     if a.together:
         print(
@@ -494,7 +500,8 @@ def main() -> None:
     p.add_argument(
         "--together",
         action="store_true",
-        help="live: load every server at once, all pinned to one CPU (--cpus, default 0,1)",
+        help="live: load every server at once, all pinned to one CPU (--cpus; default: the first "
+        "two CPUs this process may use)",
     )
     p.add_argument(
         "--also",

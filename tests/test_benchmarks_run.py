@@ -65,6 +65,12 @@ SLOW_RUNS = [  # real servers
         "ratio",
     ),
     ("startup.py", ["-n", "2", "--no-instructions"], "python -m instrument empty.py"),
+    (  # the servers loaded at once on one CPU, and a server of ours with a setting changed
+        "web_overhead.py",
+        ["--together", "--no-otel", "--starts", "1", "--rounds", "1", "--duration", "1"]
+        + ["--load", "python", "--variant", "f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1"],
+        "f100ms vs bare",
+    ),
 ]
 
 

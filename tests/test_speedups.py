@@ -54,7 +54,7 @@ def test_the_install_built_the_speedups_and_uses_them():
     if not _native.pure_python():
         assert _native.speedups is C
         assert asgi._Request is C.Request
-        assert jsonl.JsonlSink.keep is C.request_fields
+        assert jsonl.JsonlSink.keep is C.request_records
 
 
 def test_pure_python_setting_is_read_and_a_bad_value_is_said(monkeypatch, capsys):

@@ -25,6 +25,7 @@ import pytest
 from test_speedups import CASES, RAISING, START, _body, _norm, _Rec, _scope
 
 from pyinstrument_ai import _native, recorder, request_context
+from pyinstrument_ai.clock import now_ns
 from pyinstrument_ai.recorder import Recorder
 from pyinstrument_ai.sinks import jsonl
 from pyinstrument_ai.targets import _http, asgi
@@ -680,3 +681,58 @@ def test_a_common_method_is_kept_as_the_interned_str_any_other_as_given(method):
     assert (req.method is sys.intern(method)) == common and (req.method is fresh) != common
     blob, _, _ = jsonl.encode_batch(records, 7, orjson.dumps)
     assert orjson.loads(blob)["method"] == method
+
+
+@needs_c
+def test_record_later_gives_each_record_its_own_threads_id_as_threads_alternate():
+    # the C closure keeps the last thread's id as an int (one object fewer per record)
+    rec = Recorder()
+    expected = []
+
+    def one() -> None:
+        rec.record_later("x", 1, None, dict, {})
+        expected.append(threading.get_ident())
+
+    for _ in range(3):
+        one()
+        t = threading.Thread(target=one)
+        t.start()
+        t.join()
+    assert [r[3] for r in rec._buf] == expected and len(set(expected)) >= 2
+
+
+@needs_c
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_c_request_left_by_the_c_recorder_drains_as_by_the_python_one(
+    monkeypatch, reports, broken
+):
+    # The C recorder takes a C request's record as records_later leaves them, times and thread
+    # in the request (no ints per request waiting for the flush); the Python closure as
+    # record_later does. Built, both are the same record; when the fields cannot be made (a
+    # fields dict without the id), both keep the event with fields_error and report it once.
+    c, py = _two_recorders(monkeypatch)
+    outs, lines = [], []
+    t0 = now_ns() - 10**9  # (the watched send reads the clock: a time after t0)
+    for r in (c, py):
+        req = C.asgi_request(t0, _scope(), "asgi")
+        req.sender(lambda m: None)(START)
+        req.finish(r.record_later, t0 + 12_345, "/r", None)
+        assert (r._buf[-1][0] is None) == (r is c)  # (None, None, None, None, build, req)
+        if broken:
+            req.fields = {}
+        monkeypatch.setattr(_native, "speedups", C)
+        kept = r.drain(jsonl.JsonlSink.keep)
+        if not broken:  # the line written from the request, the line of the built record
+            lines.append(jsonl.encode_batch(kept, 7, orjson.dumps)[0])
+        for rec in kept:
+            r._buf.append(rec)
+        built = r.drain()
+        if not broken:
+            assert jsonl.encode_batch(built, 7, orjson.dumps)[0] == lines[-1]
+        outs.append([(*x[:3], x[3] == threading.get_ident(), _norm(x[4])) for x in built])
+    assert outs[0] == outs[1] and outs[0][0][:4] == ("http.request", t0, 12_345, True)
+    if broken:
+        assert outs[0][0][4] == {"fields_error": "KeyError"}
+        assert reports == [("building the fields of http.request", "KeyError")] * 2
+    else:
+        assert reports == [] and len(lines) == 2

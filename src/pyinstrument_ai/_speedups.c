@@ -33,7 +33,7 @@ static PyObject *s_first_chunk_ns, *s_last_chunk_ns, *s_bytes, *s_chunks, *s_inc
 static PyObject *s_upstream, *s_error, *s_generated, *s_http_request, *s_module, *s_qualname;
 static PyObject *s_prefix, *s_seq, *s_new_prefix, *s_choose_id, *s_parse_start, *s_report;
 static PyObject *s_where_send, *s_default_kw, *s_decode, *s_latin1;
-static PyObject *s_http, *s_asgi, *s_path, *s_where_request, *s_where_route;
+static PyObject *s_http, *s_asgi, *s_path, *s_where_request, *s_where_route, *s_where_fields;
 
 static const char H_ID[] = "x-request-id";
 static const char H_TP[] = "traceparent";
@@ -187,6 +187,7 @@ typedef struct {
     char fin_has_f;
     PyObject *fin_route; /* str or None */
     PyObject *fin_error; /* "module.qualname" or NULL */
+    unsigned long tid;   /* the thread that finished it (_thread.get_ident()) */
     /* set by asgi_begin(), taken by end(): the tag's context token, and the recorder's
      * record_later the event goes to (the one recording when the request arrived) */
     PyObject *token;
@@ -811,6 +812,54 @@ request_fields(PyObject *module, PyObject *arg)
 }
 
 static PyObject *g_request_fields; /* the module's request_fields function */
+static PyObject *g_request_records; /* the module's request_records function */
+static PyTypeObject RecordLater_Type;
+static int record_request(PyObject *record_later, RequestObject *req);
+
+static PyObject *
+request_records(PyObject *module, PyObject *arg)
+{
+    /* request_records(req): [("http.request", t0, dur, tid, request_fields(req))], the records
+     * of a finished request whose finish left them for later (records_later's form) */
+    RequestObject *self;
+    PyObject *fields, *rec, *out;
+    if (!PyObject_TypeCheck(arg, &Request_Type) || !((RequestObject *)arg)->done ||
+        ((RequestObject *)arg)->fin_route == NULL) {
+        PyErr_SetString(PyExc_TypeError, "request_records() takes a finished Request");
+        return NULL;
+    }
+    self = (RequestObject *)arg;
+    fields = request_fields(module, arg);
+    if (fields == NULL) {
+        /* as recorder._built does for a record whose fields fail: the event keeps its name
+         * and times, its fields say what failed, and it is reported */
+        PyObject *type, *value, *tb, *name;
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Fetch(&type, &value, &tb);
+        name = PyObject_GetAttrString(type, "__name__");
+        PyErr_Restore(type, value, tb);
+        report_current(s_where_fields);
+        if (name == NULL || PyErr_Occurred()) {
+            Py_XDECREF(name);
+            return NULL;
+        }
+        fields = Py_BuildValue("{sN}", "fields_error", name);
+        if (fields == NULL)
+            return NULL;
+    }
+    rec = Py_BuildValue("(ONNkN)", s_http_request, PyLong_FromLongLong(self->t0),
+                        ns_diff(self->t1, self->t0), self->tid, fields);
+    if (rec == NULL)
+        return NULL;
+    out = PyList_New(1);
+    if (out == NULL) {
+        Py_DECREF(rec);
+        return NULL;
+    }
+    PyList_SET_ITEM(out, 0, rec);
+    return out;
+}
 
 static void
 untrack_if_atomic(RequestObject *self)
@@ -853,6 +902,14 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (as_ll(args[1], &t1) < 0 || req_settle(self, t1, args[2], args[3]) < 0)
         goto fail;
     untrack_if_atomic(self);
+    self->tid = PyThread_get_thread_ident();
+    if (Py_IS_TYPE(args[0], &RecordLater_Type)) {
+        /* the recorder's own: its records left for later as records_later leaves them, the
+         * times and thread in this request (no ints made per request to wait for the flush) */
+        if (record_request(args[0], self) < 0)
+            goto fail;
+        Py_RETURN_NONE;
+    }
     argv[0] = s_http_request;
     argv[1] = PyLong_FromLongLong(self->t0);
     argv[2] = ns_diff(t1, self->t0);
@@ -1527,6 +1584,18 @@ encode_one(Buf *b, PyObject *rec, long pid, PyObject *dumps, PyObject *deflt,
     fast = PySequence_Tuple(rec); /* the items stay ours while callbacks run */
     if (fast == NULL)
         return -1;
+    if (PySequence_Fast_GET_SIZE(fast) == 6 && PyTuple_GET_ITEM(fast, 4) == g_request_records &&
+        Py_IS_TYPE(PyTuple_GET_ITEM(fast, 5), &Request_Type) &&
+        ((RequestObject *)PyTuple_GET_ITEM(fast, 5))->fin_route != NULL) {
+        /* left as records_later leaves them (record_request): the same record with its
+         * name, times and thread taken from the request */
+        RequestObject *q = (RequestObject *)PyTuple_GET_ITEM(fast, 5);
+        PyObject *made = Py_BuildValue("(ONNkOO)", s_http_request, PyLong_FromLongLong(q->t0),
+                                       ns_diff(q->t1, q->t0), q->tid, g_request_fields, q);
+        Py_SETREF(fast, made);
+        if (fast == NULL)
+            return -1;
+    }
     if (PySequence_Fast_GET_SIZE(fast) == 6) {
         /* left for later by a C Request's finish: written from the request itself */
         PyObject *state = PySequence_Fast_GET_ITEM(fast, 5);
@@ -1716,6 +1785,10 @@ typedef struct {
     PyObject *used;     /* a list: empty until something is first left for later */
     PyObject *fallback; /* the Python closure */
     vectorcallfunc vectorcall;
+    /* the last caller's thread id as an int: most records of a process come from one thread,
+     * and an int made per record is one more object per record waiting for the flush */
+    unsigned long ident;
+    PyObject *ident_int;
 } RecordLaterObject;
 
 static PyObject *
@@ -1728,9 +1801,17 @@ record_later_call(RecordLaterObject *self, PyObject *const *args, size_t nargsf,
         return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
     if (PyList_GET_SIZE(self->used) == 0 && PyList_Append(self->used, Py_True) < 0)
         return NULL;
-    tid = PyLong_FromUnsignedLong(PyThread_get_thread_ident()); /* _thread.get_ident() */
-    if (tid == NULL)
-        return NULL;
+    {
+        unsigned long ident = PyThread_get_thread_ident(); /* _thread.get_ident() */
+        if (self->ident_int == NULL || self->ident != ident) {
+            tid = PyLong_FromUnsignedLong(ident);
+            if (tid == NULL)
+                return NULL;
+            Py_XSETREF(self->ident_int, tid);
+            self->ident = ident;
+        }
+        tid = Py_NewRef(self->ident_int);
+    }
     rec = PyTuple_New(6);
     if (rec == NULL) {
         Py_DECREF(tid);
@@ -1761,6 +1842,27 @@ record_later_call(RecordLaterObject *self, PyObject *const *args, size_t nargsf,
 }
 
 static int
+record_request(PyObject *record_later, RequestObject *req)
+{
+    /* records_later(request_records, req) on the recorder of ``record_later``: appends
+     * (None, None, None, None, request_records, req), untracked like a C request's record
+     * (see record_later_call) when the request is */
+    RecordLaterObject *self = (RecordLaterObject *)record_later;
+    PyObject *rec;
+    int r;
+    if (PyList_GET_SIZE(self->used) == 0 && PyList_Append(self->used, Py_True) < 0)
+        return -1;
+    rec = PyTuple_Pack(6, Py_None, Py_None, Py_None, Py_None, g_request_records, (PyObject *)req);
+    if (rec == NULL)
+        return -1;
+    if (!PyObject_GC_IsTracked((PyObject *)req))
+        PyObject_GC_UnTrack(rec);
+    r = PyList_Append(self->buf, rec);
+    Py_DECREF(rec);
+    return r;
+}
+
+static int
 record_later_traverse(RecordLaterObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->buf);
@@ -1775,6 +1877,7 @@ record_later_clear(RecordLaterObject *self)
     Py_CLEAR(self->buf);
     Py_CLEAR(self->used);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->ident_int);
     return 0;
 }
 
@@ -1805,6 +1908,8 @@ record_later_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->buf = Py_NewRef(buf);
     self->used = Py_NewRef(used);
     self->fallback = Py_NewRef(fallback);
+    self->ident_int = NULL;
+    self->ident = 0;
     self->vectorcall = (vectorcallfunc)record_later_call;
     return (PyObject *)self;
 }
@@ -1907,6 +2012,7 @@ static PyMethodDef module_methods[] = {
     {"with_built", (PyCFunction)(void (*)(void))with_built, METH_FASTCALL, NULL},
     {"encode_batch", (PyCFunction)(void (*)(void))encode_batch, METH_FASTCALL, NULL},
     {"request_fields", (PyCFunction)request_fields, METH_O, NULL},
+    {"request_records", (PyCFunction)request_records, METH_O, NULL},
     {NULL},
 };
 
@@ -1971,6 +2077,7 @@ PyInit__speedups(void)
     INTERN(s_path, "path");
     INTERN(s_where_request, "asgi.request");
     INTERN(s_where_route, "asgi.route");
+    INTERN(s_where_fields, "building the fields of http.request");
     g_id_headers = Py_BuildValue("(y y y)", H_ID, H_TP, H_START);
     if (g_id_headers == NULL)
         return NULL;
@@ -2003,7 +2110,8 @@ PyInit__speedups(void)
         return NULL;
     }
     g_request_fields = PyObject_GetAttrString(m, "request_fields");
-    if (g_request_fields == NULL) {
+    g_request_records = PyObject_GetAttrString(m, "request_records");
+    if (g_request_fields == NULL || g_request_records == NULL) {
         Py_DECREF(m);
         return NULL;
     }

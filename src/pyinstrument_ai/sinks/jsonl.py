@@ -160,7 +160,7 @@ def _high_fd(fd: int) -> int:
 class JsonlSink:
     #: the ``build`` of records left for later that this sink writes itself, unbuilt
     #: (``Recorder.drain(keep)``): a C request's event, written from the request
-    keep = getattr(_native.speedups, "request_fields", None)
+    keep = getattr(_native.speedups, "request_records", None)
 
     def __init__(self, out_dir: str, header: Callable[[], dict[str, Any]]) -> None:
         self.out_dir = os.path.abspath(out_dir)
