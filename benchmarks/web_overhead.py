@@ -46,7 +46,11 @@ flusher is a thread of its own with its own share while it runs (a few ms per se
 server CPU figure counts it. "wall µs/request" is then the time per request with the CPU
 shared, about twice the server's own.
 
-``--variant NAME:PYINSTRUMENT_AI_VAR=VALUE,...`` adds a server of ours with those settings,
+``--floor`` adds a server that is no instrumentation of ours: bare uvicorn serving
+``_web_app.floor``, the least any Python-level ASGI wrapper that times the response does
+(one coroutine, ``send`` wrapped, four clock reads, one tuple kept): the part of our cost that
+any such wrapper pays. ``--variant NAME:PYINSTRUMENT_AI_VAR=VALUE,...`` adds a server of ours
+with those settings,
 labelled NAME (e.g. ``f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1``); ``--also NAME=DIR`` one
 with ours imported from another checkout's ``src``.
 
@@ -90,7 +94,11 @@ def _clean_env() -> dict[str, str]:
 
 
 def _configs(
-    out_dir: str, also: list[str], no_otel: bool = False, variants: list[str] = ()
+    out_dir: str,
+    also: list[str],
+    no_otel: bool = False,
+    variants: list[str] = (),
+    floor: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     py = sys.executable
     uvicorn = ["-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1", "--workers", "1"]
@@ -99,6 +107,8 @@ def _configs(
         "bare": ([py, *uvicorn], _clean_env()),
         "ours": ([py, "-m", "instrument", "--out", out_dir, *uvicorn], _clean_env()),
     }
+    if floor:  # bare uvicorn serving _web_app.floor: a minimal Python wrapper around the app
+        configs["floor"] = ([py, *uvicorn[:2], "_web_app:floor", *uvicorn[3:]], _clean_env())
     for spec in also:  # NAME=DIR: ours, imported from another checkout's src (before/after)
         name, _, src = spec.partition("=")
         env = _clean_env()
@@ -270,7 +280,7 @@ def _rounds(
     for s in servers:
         probe = s.wait_up()
         print(f"  start {start + 1}: {s.name:6s} pid {s.proc.pid}: {probe}")
-        want_ours, want_otel = s.name not in ("bare", "otel"), s.name == "otel"
+        want_ours, want_otel = s.name not in ("bare", "otel", "floor"), s.name == "otel"
         if probe["ours"] != want_ours or (probe["otel_provider"] == "TracerProvider") != (
             want_otel
         ):
@@ -336,7 +346,7 @@ def live(a: argparse.Namespace) -> None:
             f"generators to CPU {load_cpu}; each round loads all servers for the same seconds"
         )
     out_dir = tempfile.mkdtemp(prefix="web-overhead-")
-    configs = _configs(out_dir, a.also, a.no_otel, a.variant)
+    configs = _configs(out_dir, a.also, a.no_otel, a.variant, a.floor)
     rps: dict[str, list[float]] = {name: [] for name in configs}
     cpu_us: dict[str, list[float]] = {name: [] for name in configs}
     per_start: list[dict[str, float]] = []  # each start's median requests/s ratio to bare
@@ -509,6 +519,12 @@ def main() -> None:
         default=[],
         metavar="NAME=DIR",
         help="live: one more server, ours imported from DIR (another checkout's src)",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="live: one more server, bare uvicorn serving _web_app.floor (the least any "
+        "Python-level wrapper does)",
     )
     p.add_argument(
         "--variant",
