@@ -1,4 +1,4 @@
-/* pyinstrument_ai._speedups: the two per-event paths that Python cannot make cheap enough.
+/* pyinstrument_ai._speedups: the per-event paths that Python cannot make cheap enough.
  *
  * 1. ``Request`` and its ``send`` watcher: what the ASGI target does for every HTTP request
  *    (issue 9 allows about 3% of a trivial endpoint's cost for all of it). A C port of
@@ -7,13 +7,19 @@
  *    scope) and ``Request.sender(send)`` (asgi.py's ``watched_send``). Uncommon cases (an id
  *    header was sent, a proxy's arrival time, a request id to be made up) call the Python
  *    functions of ``_http`` bound with ``bind()``, so each rule has one definition.
+ *    ``asgi_begin(record_later, scope)`` and ``Request.end(scope, error)`` are what asgi.py's
+ *    ``_serve`` does at a request's start and end (references: ``_py_begin``,
+ *    ``_PyRequest.end``): one call each.
  * 2. ``encode_batch``: ``pyinstrument_ai.sinks.jsonl.encode_lines`` (the reference) for a
  *    whole batch, joined, as the flusher writes it: the same bytes, without a Python-level
  *    loop, ``%`` formatting and join per event.
+ * 3. ``RecordLater`` and ``with_built``: recorder.py's record_later closure and _with_built
+ *    (the references), the first also keeping a C request's record in records_later's form
+ *    (``request_records`` builds it).
  *
- * Both are optional: without a C compiler at install time the package runs the Python
- * references (``pyinstrument_ai._accel`` picks). tests/test_speedups.py holds both to the same
- * results. No frame of ours appears in a traceback from here: C functions make none.
+ * All are optional: without a C compiler at install time the package runs the Python
+ * references (``pyinstrument_ai._native`` picks). tests/test_speedups.py and
+ * tests/test_speedups_serve.py hold both to the same results. No frame of ours appears in a traceback from here: C functions make none.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -15,6 +15,13 @@ it into the record with ``fields = build(state)``. The thread that recorded the 
 an append; the flusher pays for the fields, while that thread is inside the library's own code.
 ``recorder.records_later(build, state)`` does the same for several records at once: ``build``
 returns the list of records, thread ids included (a generation's events, made when it ends).
+
+Where the C module is built (``pyinstrument_ai._native``), ``record_later`` is its
+``RecordLater`` (the same closure in C; keywords and wrong calls go to the Python one), which
+also keeps a C request's record (the ASGI target's, one per HTTP request) in records_later's
+form, ``(None, None, None, None, request_records, request)``, untracked by the cycle collector;
+and ``drain`` walks the chunk in C (``with_built``), calling :func:`_expand` for what it must
+build.
 """
 
 from __future__ import annotations
