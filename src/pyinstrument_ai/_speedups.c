@@ -823,6 +823,34 @@ static PyTypeObject RecordLater_Type;
 static int record_request(PyObject *record_later, RequestObject *req);
 
 static PyObject *
+request_record(RequestObject *q, PyObject *fifth, PyObject *sixth)
+{
+    /* ("http.request", t0, t1 - t0, tid, fifth[, sixth]): the record of a finished request
+     * (``fifth`` stolen), or NULL with an exception */
+    PyObject *rec = PyTuple_New(sixth ? 6 : 5), *t0, *dur, *tid;
+    if (rec == NULL) {
+        Py_DECREF(fifth);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(rec, 0, Py_NewRef(s_http_request));
+    PyTuple_SET_ITEM(rec, 4, fifth);
+    if (sixth)
+        PyTuple_SET_ITEM(rec, 5, Py_NewRef(sixth));
+    t0 = PyLong_FromLongLong(q->t0);
+    dur = t0 ? ns_diff(q->t1, q->t0) : NULL;
+    tid = dur ? PyLong_FromUnsignedLong(q->tid) : NULL;
+    /* (a tuple's unset items are NULL, which its dealloc skips) */
+    PyTuple_SET_ITEM(rec, 1, t0);
+    PyTuple_SET_ITEM(rec, 2, dur);
+    PyTuple_SET_ITEM(rec, 3, tid);
+    if (tid == NULL) {
+        Py_DECREF(rec);
+        return NULL;
+    }
+    return rec;
+}
+
+static PyObject *
 request_records(PyObject *module, PyObject *arg)
 {
     /* request_records(req): [("http.request", t0, dur, tid, request_fields(req))], the records
@@ -854,8 +882,7 @@ request_records(PyObject *module, PyObject *arg)
         if (fields == NULL)
             return NULL;
     }
-    rec = Py_BuildValue("(ONNkN)", s_http_request, PyLong_FromLongLong(self->t0),
-                        ns_diff(self->t1, self->t0), self->tid, fields);
+    rec = request_record(self, fields, NULL);
     if (rec == NULL)
         return NULL;
     out = PyList_New(1);
@@ -1333,6 +1360,8 @@ static PyTypeObject Request_Type = {
 typedef struct {
     char *p;
     Py_ssize_t len, cap;
+    PyObject *bytes; /* the bytes object p is the data of (encode_batch: the batch's blob,
+                      * written in place, no copy at the end), or NULL: p is PyMem memory */
 } Buf;
 
 static int
@@ -1342,10 +1371,20 @@ buf_grow(Buf *b, Py_ssize_t n)
     char *p;
     while (cap < b->len + n)
         cap *= 2;
-    p = PyMem_Realloc(b->p, cap);
-    if (p == NULL) {
-        PyErr_NoMemory();
-        return -1;
+    if (b->bytes != NULL) {
+        if (_PyBytes_Resize(&b->bytes, cap) < 0) { /* (it freed the bytes, set NULL) */
+            b->p = NULL; /* the batch is lost: encode_batch stops (its bytes are NULL) */
+            b->len = b->cap = 0;
+            return -1;
+        }
+        p = PyBytes_AS_STRING(b->bytes);
+    }
+    else {
+        p = PyMem_Realloc(b->p, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
     b->p = p;
     b->cap = cap;
@@ -1596,8 +1635,7 @@ encode_one(Buf *b, PyObject *rec, long pid, PyObject *dumps, PyObject *deflt,
         /* left as records_later leaves them (record_request): the same record with its
          * name, times and thread taken from the request */
         RequestObject *q = (RequestObject *)PyTuple_GET_ITEM(fast, 5);
-        PyObject *made = Py_BuildValue("(ONNkOO)", s_http_request, PyLong_FromLongLong(q->t0),
-                                       ns_diff(q->t1, q->t0), q->tid, g_request_fields, q);
+        PyObject *made = request_record(q, Py_NewRef(g_request_fields), (PyObject *)q);
         Py_SETREF(fast, made);
         if (fast == NULL)
             return -1;
@@ -1706,6 +1744,8 @@ out:
     return r;
 }
 
+static Py_ssize_t g_line_guess = 400; /* bytes per line, as the last batch wrote them */
+
 static PyObject *
 encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1715,7 +1755,7 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *out = NULL, *blob;
     Py_ssize_t i, lines = 0, dropped = 0;
     long pid;
-    Buf b = {NULL, 0, 0};
+    Buf b = {NULL, 0, 0, NULL};
 
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError,
@@ -1748,6 +1788,12 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     tails = PyDict_New();
     if (tails == NULL)
         goto done;
+    /* the blob is written in place, sized by the last batch's lines (grown if need be) */
+    b.cap = PySequence_Fast_GET_SIZE(seq) * g_line_guess + 64;
+    b.bytes = PyBytes_FromStringAndSize(NULL, b.cap);
+    if (b.bytes == NULL)
+        goto done;
+    b.p = PyBytes_AS_STRING(b.bytes);
     for (i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) { /* a list may change meanwhile */
         Py_ssize_t mark = b.len;
         PyObject *rec = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
@@ -1757,8 +1803,9 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(rec);
         if (failed) {
             /* one unencodable record must not cost the batch; a BaseException that is not
-             * an Exception (KeyboardInterrupt) stops it, as in the Python loop */
-            if (!PyErr_ExceptionMatches(PyExc_Exception))
+             * an Exception (KeyboardInterrupt) stops it, as in the Python loop, and so does
+             * the loss of the blob itself (no memory to grow it) */
+            if (b.bytes == NULL || !PyErr_ExceptionMatches(PyExc_Exception))
                 goto done;
             PyErr_Clear();
             b.len = mark;
@@ -1767,11 +1814,14 @@ encode_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         lines++;
     }
-    blob = PyBytes_FromStringAndSize(b.p ? b.p : "", b.len);
-    if (blob != NULL)
+    if (lines)
+        g_line_guess = b.len / lines + 16;
+    blob = b.bytes;
+    b.bytes = NULL;
+    if (_PyBytes_Resize(&blob, b.len) == 0)
         out = Py_BuildValue("(Nnn)", blob, lines, dropped);
 done:
-    PyMem_Free(b.p);
+    Py_XDECREF(b.bytes);
     Py_XDECREF(tails);
     Py_DECREF(reserved);
     Py_DECREF(seq);
