@@ -389,6 +389,10 @@ def live(a: argparse.Namespace) -> None:
             f"  {name:6s} vs bare: requests/s ratio {_spread(ratio, '{:.3f}')}; added "
             f"{_spread(wall, '{:+.1f}')} µs/request wall, {_spread(cpu, '{:+.1f}')} µs CPU"
         )
+    if a.together:
+        # every round's servers met the same seconds: the paired figures are the comparison
+        # (a server's fastest round is only its luck with the scheduler's time slices)
+        return
     # Other processes' load only ever slows a round down, so each server's best round is the
     # least disturbed estimate of its own cost (timeit's reasoning); on a shared machine
     # these are the figures to compare, the paired ones show how much the noise moves them.
