@@ -304,18 +304,16 @@ def _py_begin(record: Any, scope: Any) -> _PyRequest | None:
     return req
 
 
-# One implementation per process: the C one when built (its class tells a nested wrapper's
-# check that the request in the context is ours).
-# The C request's finish leaves its fields to the flusher (``record_later``: the JSONL sink
-# writes the line from the request itself); the Python one builds them (``record``).
+# One implementation per process: the C one when built (``_Request``: the class of what
+# ``_begin`` makes, the request in the context). The C request's finish leaves its fields to
+# the flusher (``record_later``: the JSONL sink writes the line from the request itself); the
+# Python one builds them (``record``).
 if _native.speedups is not None:
     _native.speedups.use_tag(request_context._current)
     _Request: Any = _native.speedups.Request
-    _new_request: Any = _native.speedups.asgi_request
     _begin: Any = _native.speedups.asgi_begin
     _recording = operator.attrgetter("record_later")
 else:
     _Request = _PyRequest
-    _new_request = _py_asgi_request
     _begin = _py_begin
     _recording = operator.attrgetter("record")
