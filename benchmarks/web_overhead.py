@@ -97,18 +97,22 @@ def _configs(
     out_dir: str,
     also: list[str],
     no_otel: bool = False,
-    variants: list[str] = (),
+    variants: tuple[str, ...] | list[str] = (),
     floor: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     py = sys.executable
-    uvicorn = ["-m", "uvicorn", "_web_app:app", "--host", "127.0.0.1", "--workers", "1"]
-    uvicorn += ["--no-access-log", "--log-level", "warning"]
+
+    def serving(app: str) -> list[str]:
+        argv = ["-m", "uvicorn", app, "--host", "127.0.0.1", "--workers", "1"]
+        return argv + ["--no-access-log", "--log-level", "warning"]
+
+    uvicorn = serving("_web_app:app")
     configs = {
         "bare": ([py, *uvicorn], _clean_env()),
         "ours": ([py, "-m", "instrument", "--out", out_dir, *uvicorn], _clean_env()),
     }
     if floor:  # bare uvicorn serving _web_app.floor: a minimal Python wrapper around the app
-        configs["floor"] = ([py, *uvicorn[:2], "_web_app:floor", *uvicorn[3:]], _clean_env())
+        configs["floor"] = ([py, *serving("_web_app:floor")], _clean_env())
     for spec in also:  # NAME=DIR: ours, imported from another checkout's src (before/after)
         name, _, src = spec.partition("=")
         env = _clean_env()

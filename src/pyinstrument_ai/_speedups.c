@@ -774,23 +774,31 @@ req_settle(RequestObject *self, long long t1, PyObject *route, PyObject *error)
     return 0;
 }
 
+static RequestObject *
+finished(PyObject *arg, const char *func, PyObject *unfinished)
+{
+    /* arg as a finished request, or NULL with TypeError (not a request) or ``unfinished`` */
+    if (!PyObject_TypeCheck(arg, &Request_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes a finished Request", func);
+        return NULL;
+    }
+    if (!((RequestObject *)arg)->done || ((RequestObject *)arg)->fin_route == NULL) {
+        PyErr_Format(unfinished, "%s() takes a finished Request", func);
+        return NULL;
+    }
+    return (RequestObject *)arg;
+}
+
 static PyObject *
 request_fields(PyObject *module, PyObject *arg)
 {
     /* request_fields(req): the http.request event's fields of a finished request, as
      * _http.Request.finish makes them (the recorder calls this when a sink wants a dict) */
-    RequestObject *self;
+    RequestObject *self = finished(arg, "request_fields", PyExc_ValueError);
     long long t0;
     PyObject *fields, *rid;
-    if (!PyObject_TypeCheck(arg, &Request_Type)) {
-        PyErr_SetString(PyExc_TypeError, "request_fields() takes a finished Request");
+    if (self == NULL)
         return NULL;
-    }
-    self = (RequestObject *)arg;
-    if (!self->done || self->fin_route == NULL) {
-        PyErr_SetString(PyExc_ValueError, "request_fields() takes a finished Request");
-        return NULL;
-    }
     t0 = self->t0;
     fields = PyDict_New();
     if (fields == NULL)
@@ -855,14 +863,10 @@ request_records(PyObject *module, PyObject *arg)
 {
     /* request_records(req): [("http.request", t0, dur, tid, request_fields(req))], the records
      * of a finished request whose finish left them for later (records_later's form) */
-    RequestObject *self;
+    RequestObject *self = finished(arg, "request_records", PyExc_TypeError);
     PyObject *fields, *rec, *out;
-    if (!PyObject_TypeCheck(arg, &Request_Type) || !((RequestObject *)arg)->done ||
-        ((RequestObject *)arg)->fin_route == NULL) {
-        PyErr_SetString(PyExc_TypeError, "request_records() takes a finished Request");
+    if (self == NULL)
         return NULL;
-    }
-    self = (RequestObject *)arg;
     fields = request_fields(module, arg);
     if (fields == NULL) {
         /* as recorder._built does for a record whose fields fail: the event keeps its name
@@ -913,6 +917,10 @@ untrack_if_atomic(RequestObject *self)
     PyObject_GC_UnTrack(self);
 }
 
+static PyObject *finish_at(RequestObject *self, PyObject *record, long long t1,
+                           PyObject *route, PyObject *error);
+static PyObject *finish_failed(RequestObject *self);
+
 static PyObject *
 req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -921,26 +929,41 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
      * self). The JSONL sink writes its line straight from here (encode_batch); other sinks
      * get request_fields(self). (The Python Request takes ``record`` and builds the dict.) */
     long long t1;
-    PyObject *res, *argv[5];
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "finish(record_later, t1, route, error)");
         return NULL;
     }
     if (self->done)
         Py_RETURN_NONE;
+    if (as_ll(args[1], &t1) < 0) {
+        self->done = 1; /* (as a failed finish below: recorded never, reported once) */
+        Py_SETREF(self->key, Py_NewRef(Py_None));
+        return finish_failed(self);
+    }
+    return finish_at(self, args[0], t1, args[2], args[3]);
+}
+
+static PyObject *
+finish_at(RequestObject *self, PyObject *record, long long t1, PyObject *route,
+          PyObject *error)
+{
+    /* finish() with the end time as a C integer (Request.end has it so) */
+    PyObject *res, *argv[5];
+    if (self->done)
+        Py_RETURN_NONE;
     self->done = 1;
     /* a thread started during the request may keep this object (its tag) for long: not the
      * scope with it */
     Py_SETREF(self->key, Py_NewRef(Py_None));
-    if (as_ll(args[1], &t1) < 0 || req_settle(self, t1, args[2], args[3]) < 0)
-        goto fail;
+    if (req_settle(self, t1, route, error) < 0)
+        return finish_failed(self);
     untrack_if_atomic(self);
     self->tid = PyThread_get_thread_ident();
-    if (Py_IS_TYPE(args[0], &RecordLater_Type)) {
+    if (Py_IS_TYPE(record, &RecordLater_Type)) {
         /* the recorder's own: its records left for later as records_later leaves them, the
          * times and thread in this request (no ints made per request to wait for the flush) */
-        if (record_request(args[0], self) < 0)
-            goto fail;
+        if (record_request(record, self) < 0)
+            return finish_failed(self);
         Py_RETURN_NONE;
     }
     argv[0] = s_http_request;
@@ -951,34 +974,38 @@ req_finish(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (argv[1] == NULL || argv[2] == NULL) {
         Py_XDECREF(argv[1]);
         Py_XDECREF(argv[2]);
-        goto fail;
+        return finish_failed(self);
     }
-    res = PyObject_Vectorcall(args[0], argv, 5, NULL);
+    res = PyObject_Vectorcall(record, argv, 5, NULL);
     Py_DECREF(argv[1]);
     Py_DECREF(argv[2]);
     if (res == NULL)
-        goto fail;
+        return finish_failed(self);
     Py_DECREF(res);
     Py_RETURN_NONE;
-fail:
-    {
-        PyObject *type, *value, *tb, *where;
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return NULL;
-        PyErr_Fetch(&type, &value, &tb);
-        where = PyUnicode_FromFormat("%S.request", self->server);
-        if (where == NULL) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-            return NULL;
-        }
-        PyErr_Restore(type, value, tb);
-        report_current(where);
-        Py_DECREF(where);
-        if (PyErr_Occurred())
-            return NULL;
+}
+
+static PyObject *
+finish_failed(RequestObject *self)
+{
+    /* a finish that raised: reported as "<server>.request", None returned (an exception that
+     * is not an Exception stays raised) */
+    PyObject *type, *value, *tb, *where;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Fetch(&type, &value, &tb);
+    where = PyUnicode_FromFormat("%S.request", self->server);
+    if (where == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
     }
+    PyErr_Restore(type, value, tb);
+    report_current(where);
+    Py_DECREF(where);
+    if (PyErr_Occurred())
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -990,7 +1017,7 @@ req_end(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
      * route, ``scope["route"].path``), and finish() with the record_later asgi_begin kept.
      * Our own failures are reported, never raised. */
     long long t1;
-    PyObject *token, *record, *route = NULL, *fargs[4], *res;
+    PyObject *token, *record, *route = NULL, *res;
     if (now_ns(&t1) < 0)
         return NULL;
     if (nargs != 2) {
@@ -1029,18 +1056,7 @@ req_end(RequestObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto fail;
         route = Py_NewRef(Py_None);
     }
-    fargs[0] = record;
-    fargs[1] = PyLong_FromLongLong(t1);
-    fargs[2] = route;
-    fargs[3] = args[1];
-    if (fargs[1] == NULL) {
-        report_current(s_where_request);
-        res = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    }
-    else {
-        res = req_finish(self, fargs, 4);
-        Py_DECREF(fargs[1]);
-    }
+    res = finish_at(self, record, t1, route, args[1]);
     Py_DECREF(route);
     Py_DECREF(record);
     return res;
