@@ -26,6 +26,23 @@ the target is patched/unpatched (a setattr). The event count per mode is checked
 the end. Prints numbers from this one run; asserts nothing else.
 
     python benchmarks/onnxruntime_session_create.py [--rounds 21] [--calls 200] [--big-mb 100]
+    python benchmarks/onnxruntime_session_create.py --together [--starts 4] [--rounds 6]
+
+**Together (``--together``).** On a shared VM the CPU's speed changes from one second to the
+next, and rounds run one after the other meet different seconds: there the paired per-round
+differences spread by +-20-40 µs on a ~300 µs creation, too wide to decide a 5% target. With
+``--together`` four processes create sessions at once, for the same seconds, all pinned to one
+CPU they share (the first this process may use; the parent waits on another): ``plain`` and
+``plain-b`` (bare ORT: their ratio is the A/A line, the resolution of the method), ``bare
+closure`` (the floor above: ``instrument()`` with the ORT target replaced by two clock reads and
+one record) and ``instrumented`` (``pyinstrument_ai.instrument()``, the README's default
+configuration, with its flusher writing JSONL). The kernel gives each busy thread an equal
+share of the CPU, so each process's creations per second are its share over its cost: the
+ratio of counts is the ratio of costs. Each process also reports its CPU time (every thread:
+ORT's pool threads and our flusher included) per creation; "added" is the difference to
+``plain`` in the same round. Each start is a fresh set of processes (memory layout and hash seed
+move one process's speed), each round runs every workload in turn (rotating order) for
+``--seconds``. The instrumented process's event count is checked against its creations.
 
 Targets from issue 14: one-node model added cost <= 5% (<= 20 µs); big models bounded.
 """
@@ -35,8 +52,10 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -270,13 +289,236 @@ def traceback_cost(rounds: int, calls: int, session: Any) -> None:
         )
 
 
+# ------------------------------------------------------------------------------- together
+
+TOGETHER_MODES = ["plain", "plain-b", "bare closure", "instrumented"]
+WORKLOADS = {  # name -> what the options argument of each creation is
+    "default options": lambda: None,
+    "explicit options, made per session": lambda: _explicit_options,
+    "explicit options, one reused": _Reused,
+}
+
+
+def child(mode: str, cpu: int) -> None:
+    """One process of ``--together``: reads ``run WORKLOAD SECONDS`` lines on stdin, creates
+    sessions for that long and answers with a JSON line of its count and CPU time; ``quit``
+    answers with the instrumented process's event count."""
+    os.sched_setaffinity(0, {cpu})  # before ORT makes any thread: they inherit it
+    model = _onnx_models.identity()
+    out_dir = tempfile.mkdtemp(prefix="ort-create-together-")
+    session = None
+    if mode != "plain" and mode != "plain-b":
+        session = pyinstrument_ai.instrument(out_dir=out_dir)  # the README's default
+        if mode == "bare closure":
+            target.unpatch()
+            original, record = oic.InferenceSession.__init__, session.recorder.record
+
+            def __init__(self, path_or_bytes, *args, **kwargs):
+                t0 = now_ns()
+                try:
+                    return original(self, path_or_bytes, *args, **kwargs)
+                finally:
+                    t1 = now_ns()
+                    record("bare closure", t0, t1 - t0, {})
+
+            oic.InferenceSession.__init__ = __init__
+    made = 0
+    options: dict[str, Any] = {}
+    for line in sys.stdin:
+        cmd = line.split("\t")
+        if cmd[0] == "quit\n":
+            events = -1
+            if mode == "instrumented":
+                events = sum(e["name"] == target.SESSION for e in _events(session))
+            print(json.dumps({"made": made, "events": events}), flush=True)
+            break
+        workload, seconds = cmd[1], float(cmd[2])
+        if workload not in options:
+            options[workload] = WORKLOADS[workload]()
+        so = options[workload]
+        if isinstance(so, _Reused):
+            so.new_round()
+        m0, c0, t0 = time.thread_time_ns(), time.process_time_ns(), time.perf_counter_ns()
+        n = 0
+        deadline = t0 + int(seconds * 1e9)
+        while True:
+            ort.InferenceSession(model, so() if so else None, providers=PROVIDERS)
+            n += 1
+            if time.perf_counter_ns() >= deadline:
+                break
+        wall, cpu = time.perf_counter_ns() - t0, time.process_time_ns() - c0
+        main = time.thread_time_ns() - m0
+        made += n
+        print(json.dumps({"n": n, "wall_ns": wall, "cpu_ns": cpu, "main_ns": main}), flush=True)
+    if session is not None:
+        pyinstrument_ai.uninstrument()
+
+
+class _Child:
+    def __init__(self, mode: str, cpu: int, src: str | None = None) -> None:
+        """``src``: run ours from that checkout's ``src`` (``--also``), as ``instrumented``."""
+        self.mode = mode
+        env = dict(os.environ)
+        if src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+        argv = [sys.executable, os.path.abspath(__file__), "--cpu", str(cpu)]
+        self.proc = subprocess.Popen(
+            [*argv, "--child", "instrumented" if src else mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+
+    def answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.mode}: the process ended (exit {self.proc.wait()})")
+        return json.loads(line)
+
+
+def _spread(v: list[float], fmt: str) -> str:
+    return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}..{fmt.format(max(v))})"
+
+
+def together(a: argparse.Namespace) -> None:
+    mine = sorted(os.sched_getaffinity(0))
+    cpu = mine[0]
+    if len(mine) > 1:
+        os.sched_setaffinity(0, set(mine[1:]))  # the parent waits elsewhere
+    also = dict(x.split("=", 1) for x in a.also)
+    for name, root in also.items():
+        also[name] = os.path.join(os.path.abspath(root), "src")
+        if not os.path.isdir(also[name]):
+            raise SystemExit(f"--also {name}={root}: no src folder in {root}")
+    modes = TOGETHER_MODES + list(also)
+    print(
+        f"together: {', '.join(modes)} pinned to CPU {cpu}, creating sessions at once; "
+        f"{a.starts} starts x {a.rounds} rounds (+1 warm-up) x {a.seconds} s per workload"
+    )
+    # per workload and mode: each round's creations/s and CPU µs per creation
+    rate: dict[str, dict[str, list[float]]] = {w: {m: [] for m in modes} for w in WORKLOADS}
+    cpu_us: dict[str, dict[str, list[float]]] = {w: {m: [] for m in modes} for w in WORKLOADS}
+    main_us: dict[str, dict[str, list[float]]] = {w: {m: [] for m in modes} for w in WORKLOADS}
+    per_start: list[dict[str, float]] = []
+    names = list(WORKLOADS)
+    for start in range(a.starts):
+        kids = [_Child(m, cpu, also.get(m)) for m in modes]
+        first = {w: len(rate[w]["plain"]) for w in names}
+        try:
+            for r in range(a.rounds + 1):
+                k = r % len(names)
+                for w in names[k:] + names[:k]:
+                    # the order the processes are told to start rotates too
+                    j = (r + start) % len(kids)
+                    for kid in kids[j:] + kids[:j]:
+                        kid.send(f"run\t{w}\t{a.seconds}\n")
+                    got = [kid.answer() for kid in kids]
+                    if not r:
+                        continue  # round 0 warms every process and workload up
+                    for m, g in zip(modes, got, strict=True):
+                        rate[w][m].append(g["n"] / g["wall_ns"] * 1e9)
+                        cpu_us[w][m].append(g["cpu_ns"] / g["n"] / 1000)
+                        main_us[w][m].append(g["main_ns"] / g["n"] / 1000)
+                if r:
+                    print(
+                        f"  start {start + 1} round {r}: "
+                        + "; ".join(
+                            f"{w.split(',')[0].split()[0]} "
+                            + " ".join(f"{rate[w][m][-1]:.0f}" for m in modes)
+                            for w in names
+                        )
+                        + " creations/s",
+                        flush=True,
+                    )
+            for kid in kids:
+                kid.send("quit\n")
+            for kid in kids:
+                end = kid.answer()
+                if end["events"] >= 0 and end["events"] != end["made"]:
+                    raise SystemExit(f"{kid.mode}: {end['events']} events for {end['made']}")
+        finally:
+            for kid in kids:  # ended after "quit"; on an error, stopped here
+                try:
+                    kid.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    kid.proc.kill()
+                    kid.proc.wait()
+        per_start.append(
+            {
+                w: statistics.median(
+                    b / i
+                    for b, i in zip(
+                        rate[w]["plain"][first[w] :],
+                        rate[w]["instrumented"][first[w] :],
+                        strict=True,
+                    )
+                )
+                for w in names
+            }
+        )
+    print("cost ratio instrumented/plain (plain's creations/s over ours), median per start")
+    for w in names:
+        print(f"  {w:36s} " + " ".join(f"{d[w]:.3f}" for d in per_start))
+    print("over all rounds, paired within each round: median (min..max)")
+    for w in names:
+        print(w)
+        p_rate, p_cpu, p_main = rate[w]["plain"], cpu_us[w]["plain"], main_us[w]["plain"]
+        print(
+            f"  plain        {_spread(p_rate, '{:.0f}')} creations/s, "
+            f"{_spread(p_cpu, '{:.1f}')} µs CPU per creation "
+            f"({_spread(p_main, '{:.1f}')} on the creating thread)"
+        )
+        for m in modes[1:]:
+            ratio = [p / x for p, x in zip(p_rate, rate[w][m], strict=True)]
+            added = [x - p for p, x in zip(p_cpu, cpu_us[w][m], strict=True)]
+            added_main = [x - p for p, x in zip(p_main, main_us[w][m], strict=True)]
+            print(
+                f"  {m[:12]:12s} cost ratio {_spread(ratio, '{:.3f}')}; added "
+                f"{_spread(added, '{:+.1f}')} µs CPU per creation, "
+                f"{_spread(added_main, '{:+.1f}')} of it on the creating thread"
+            )
+        for m in also:  # this checkout against the other, paired in the same rounds
+            ratio = [o / x for o, x in zip(rate[w][m], rate[w]["instrumented"], strict=True)]
+            diff = [x - o for o, x in zip(cpu_us[w][m], cpu_us[w]["instrumented"], strict=True)]
+            print(
+                f"  instrumented vs {m}: cost ratio {_spread(ratio, '{:.3f}')}; "
+                f"{_spread(diff, '{:+.1f}')} µs CPU per creation"
+            )
+
+
 def main() -> None:
+    if "--child" in sys.argv:
+        i = sys.argv.index("--child")
+        child(sys.argv[i + 1], int(sys.argv[sys.argv.index("--cpu") + 1]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--big-mb", type=int, default=100)
     ap.add_argument("--big-rounds", type=int, default=6)
+    ap.add_argument("--together", action="store_true", help="see the module docstring")
+    ap.add_argument("--starts", type=int, default=4, help="--together: fresh process sets")
+    ap.add_argument("--seconds", type=float, default=3.0, help="--together: per workload")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="--together: one more process, instrumented by the checkout at DIR (its src)",
+    )
     args = ap.parse_args()
+    if args.together:
+        if "--rounds" not in sys.argv:
+            args.rounds = 6
+        together(args)
+        return
     print(
         f"onnxruntime {ort.__version__}, python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
         f"{args.rounds} rounds of {args.calls} sessions"

@@ -1,5 +1,7 @@
 """onnxruntime.session events stay exact now that creation is cheap: options read once for
-sessions with ORT's defaults, big models identified from a bounded sample of their bytes."""
+sessions with ORT's defaults, big models identified from a bounded sample of their bytes.
+Every test runs with the C wrapper of ``__init__`` (``_speedups.SessionInit``) and with its
+Python reference (``_py_init``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import pytest
 
 import pyinstrument_ai
 import pyinstrument_ai.analysis
+from pyinstrument_ai import _native
 from pyinstrument_ai.analysis.build import Filters
 from pyinstrument_ai.targets import onnxruntime as target
 
@@ -65,6 +68,15 @@ def counted_hashes(monkeypatch) -> list[int]:
     monkeypatch.setattr(target, "_SHA256", Counting())
     monkeypatch.setattr(target, "_identities", {})
     return hashed
+
+
+@pytest.fixture(autouse=True, params=["c", "py"])
+def impl(request, monkeypatch) -> str:
+    if request.param == "c" and _native.speedups is None:
+        pytest.skip("installed without the C speedups")
+    if request.param == "py":
+        monkeypatch.setattr(_native, "speedups", None)
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -286,21 +298,27 @@ def test_watched_setter_raises_as_without_us():
 
 
 def test_watched_options_are_forgotten_when_the_program_drops_them():
-    """The watch holds the options weakly: no entry outlives its options."""
+    """The watch holds the options weakly, and drops the entries of dead ones in sweeps
+    (references without a callback: no Python call when options die): however many options a
+    program makes and drops, the watch stays within about twice the live ones, and the live
+    ones keep their fields."""
     model = models.identity()
-    with pyinstrument_ai.recording(targets=["onnxruntime"]):
-        before = len(target._watched)
+    with pyinstrument_ai.recording(targets=["onnxruntime"]) as rec:
         kept = []
-        for i in range(50):
+        for i in range(1000):
             so = ort.SessionOptions()
-            so.intra_op_num_threads = 1 + i % 2
-            sess = ort.InferenceSession(model, so, providers=CPU)
+            so.intra_op_num_threads = 1 + (i // 10) % 2
             if i % 10 == 0:
-                kept.append((so, sess))
-        del so, sess
-        assert len(target._watched) == before + len(kept)
-        kept.clear()
-        assert len(target._watched) == before
+                kept.append(so)
+        del so
+        watched = target._watched
+        live = [r for r in watched if r() is not None]
+        assert len(live) == len(kept)
+        # without the sweep all 1000 would still be there
+        assert len(watched) < 2 * len(kept) + target._SWEEP_MIN
+        for so in kept[:3]:
+            ort.InferenceSession(model, so, providers=CPU)
+    assert [e["intra_op_num_threads"] for e in _created(rec)] == [1, 2, 1]
 
 
 def test_creation_leaves_the_fields_to_the_flusher(counted_hashes):

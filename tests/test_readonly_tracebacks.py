@@ -458,7 +458,7 @@ def test_every_wrapper_is_marked_for_pytest():
         ort_target._make_run_with_ort_values(_Rec(), None, on).__code__,
         ort_target._make_run_with_iobinding(_Rec(), None, on).__code__,
         ort_target._make_run_async(_Rec(), None, on).__code__,
-        ort_target._make_init(_Rec(), None, on).__code__,
+        ort_target._py_init(_Rec(), None, on).__code__,  # (the C SessionInit makes no frame)
         tf_target._make_generate_wrapper(_Rec()).__code__,
         tf_target._make_step_method(len).__code__,  # the generic forms
         tf_target._make_put_method(len, object).__code__,

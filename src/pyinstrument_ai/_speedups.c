@@ -2049,6 +2049,676 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ ORT sessions */
+
+/* ``SessionInit(wrapped, on, record_later, ns)``: the onnxruntime target's wrapper of
+ * ``InferenceSession.__init__`` (the reference: targets/onnxruntime.py's ``_make_init``, with
+ * the same event). Right after ORT built a session the caches are cold, and there a Python
+ * frame and a few dozen bytecodes cost several µs (issue 14 allows ~12-18 µs for all of our
+ * work per creation); this does the usual cases in C: the session's state set, the model
+ * (bytes up to ``_DEFER_MAX`` or a str path), options watched since they were made or ORT's
+ * defaults seen before (``_watched``, ``_default_options``), and the record. Any other case
+ * calls ``_capture`` of ``ns`` (the target module's globals, where the names below are read:
+ * the constants once, what patch/unpatch or tests rebind on every call). A method descriptor
+ * (``self`` passed first, no bound method made) with a ``__dict__`` for functools'
+ * ``__wrapped__`` & co. */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *wrapped, *on, *record_later, *ns, *dict;
+    PyObject *ids, *capture, *build, *report, *name, *state;
+} SessionInitObject;
+
+static PyObject *s_watched, *s_defer_max, *s_default_options, *s_providers_attr;
+static PyObject *s_from_model, *s_sess_options, *s_providers_kw, *s_provider_options;
+static PyObject *s_where_session, *s_name_attr;
+
+static void
+report_with(PyObject *report, PyObject *where)
+{
+    /* report(where, exc) for the exception being raised, then clear it (see report_current) */
+    PyObject *type, *value, *tb, *r;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    if (value != NULL) {
+        r = PyObject_CallFunctionObjArgs(report, where, value, NULL);
+        Py_XDECREF(r);
+    }
+    PyErr_Clear();
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static PyObject *
+kwarg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *name)
+{
+    /* the keyword argument ``name`` (borrowed), or NULL */
+    Py_ssize_t i, n = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (i = 0; i < n; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (k == name || PyUnicode_Compare(k, name) == 0)
+            return args[nargs + i];
+    }
+    return NULL;
+}
+
+static PyObject *
+ns_get(SessionInitObject *w, PyObject *name)
+{
+    /* a borrowed global of the target module, or NULL with an exception */
+    PyObject *v = PyDict_GetItemWithError(w->ns, name);
+    if (v == NULL && !PyErr_Occurred())
+        PyErr_Format(PyExc_RuntimeError, "the onnxruntime target has no %S", name);
+    return v;
+}
+
+static PyObject *
+default_options_key(PyObject *providers, PyObject *asked)
+{
+    /* _options_fields' key for ORT's default options, (*providers, None, *(asked or ())), or
+     * NULL without an exception when ``asked`` is neither None, a list nor a tuple */
+    Py_ssize_t i, np = PyList_GET_SIZE(providers), na;
+    PyObject *key, *seq = NULL;
+    if (asked == NULL || asked == Py_None)
+        na = 0;
+    else if (PyList_CheckExact(asked) || PyTuple_CheckExact(asked)) {
+        seq = asked;
+        na = PySequence_Fast_GET_SIZE(asked);
+    }
+    else
+        return NULL;
+    key = PyTuple_New(np + 1 + na);
+    if (key == NULL)
+        return NULL;
+    for (i = 0; i < np; i++)
+        PyTuple_SET_ITEM(key, i, Py_NewRef(PyList_GET_ITEM(providers, i)));
+    PyTuple_SET_ITEM(key, np, Py_NewRef(Py_None));
+    for (i = 0; i < na; i++)
+        PyTuple_SET_ITEM(key, np + 1 + i, Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)));
+    return key;
+}
+
+static PyObject *
+session_fast_state(SessionInitObject *w, PyObject *self, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames, PyObject *sid)
+{
+    /* _capture's result for the usual cases of a session ORT created (new reference), None
+     * (new) for the others, NULL with an exception */
+    PyObject *model = args[1], *given, *providers = NULL, *from_model = NULL, *options = NULL;
+    PyObject *v, *out = NULL;
+    Py_ssize_t limit;
+    if (PyBytes_CheckExact(model)) {
+        if ((v = ns_get(w, s_defer_max)) == NULL)
+            return NULL;
+        limit = PyLong_AsSsize_t(v);
+        if (limit == -1 && PyErr_Occurred())
+            return NULL;
+        if (PyBytes_GET_SIZE(model) > limit)
+            Py_RETURN_NONE;
+    }
+    else if (!PyUnicode_CheckExact(model)) /* os.fspath(str) is the str itself */
+        Py_RETURN_NONE;
+    given = nargs > 2 ? args[2] : kwarg(args, nargs, kwnames, s_sess_options);
+    if (given == NULL)
+        given = Py_None;
+    /* object.__getattribute__: ORT's __init__ set both (it succeeded) */
+    providers = PyObject_GenericGetAttr(self, s_providers_attr);
+    if (providers == NULL)
+        goto not_here;
+    from_model = PyObject_GenericGetAttr(self, s_from_model);
+    if (from_model == NULL)
+        goto not_here;
+    if (from_model != Py_False || !PyList_CheckExact(providers))
+        goto other;
+    if (given != Py_None) {
+        PyObject *watched, *ref;
+        if ((watched = ns_get(w, s_watched)) == NULL)
+            goto fail;
+        if (watched == Py_None || !PyDict_CheckExact(watched))
+            goto other;
+        ref = PyWeakref_NewRef(given, NULL); /* the one made when it was watched */
+        if (ref == NULL)
+            goto not_here; /* not weak-referenceable: the slow path reads the options */
+        options = Py_XNewRef(PyDict_GetItemWithError(watched, ref));
+        Py_DECREF(ref);
+    }
+    else {
+        PyObject *cache, *key, *asked;
+        v = kwarg(args, nargs, kwnames, s_provider_options);
+        if (v != NULL && v != Py_None)
+            goto other;
+        asked = nargs > 3 ? args[3] : kwarg(args, nargs, kwnames, s_providers_kw);
+        if ((cache = ns_get(w, s_default_options)) == NULL)
+            goto fail;
+        key = default_options_key(providers, asked);
+        if (key == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            goto other;
+        }
+        options = PyDict_CheckExact(cache) ? Py_XNewRef(PyDict_GetItemWithError(cache, key))
+                                           : NULL;
+        Py_DECREF(key);
+        if (options == NULL && PyErr_Occurred())
+            goto not_here; /* unhashable providers (with options): read each time */
+    }
+    if (options == NULL) {
+        if (PyErr_Occurred())
+            goto fail;
+        goto other;
+    }
+    out = PyTuple_Pack(5, sid, model, providers, options, Py_None);
+    goto done;
+not_here:
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError) && !PyErr_ExceptionMatches(PyExc_TypeError))
+        goto fail;
+    PyErr_Clear();
+other:
+    out = Py_NewRef(Py_None);
+    goto done;
+fail:
+    out = NULL;
+done:
+    Py_XDECREF(providers);
+    Py_XDECREF(from_model);
+    Py_XDECREF(options);
+    return out;
+}
+
+static PyObject *
+session_capture(SessionInitObject *w, PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames, PyObject *sid, PyObject *err)
+{
+    /* _capture(self, sid, path_or_bytes, args, kwargs, err): a new reference, or NULL */
+    PyObject *state, *rest, *kwargs, *r;
+    Py_ssize_t i, nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (err == Py_None) {
+        state = session_fast_state(w, self, args, nargs, kwnames, sid);
+        if (state != Py_None)
+            return state;
+        Py_DECREF(state);
+    }
+    rest = PyTuple_New(nargs - 2);
+    if (rest == NULL)
+        return NULL;
+    for (i = 2; i < nargs; i++)
+        PyTuple_SET_ITEM(rest, i - 2, Py_NewRef(args[i]));
+    kwargs = PyDict_New();
+    if (kwargs == NULL) {
+        Py_DECREF(rest);
+        return NULL;
+    }
+    for (i = 0; i < nk; i++)
+        if (PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+            Py_DECREF(rest);
+            Py_DECREF(kwargs);
+            return NULL;
+        }
+    r = PyObject_CallFunctionObjArgs(w->capture, self, sid, args[1], rest, kwargs, err, NULL);
+    Py_DECREF(rest);
+    Py_DECREF(kwargs);
+    return r;
+}
+
+static void
+session_record(SessionInitObject *w, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               PyObject *sid, long long t0, long long t1, PyObject *err)
+{
+    /* what _make_init's wrapper does once ORT returned or raised; never raises (our failures
+     * are reported) */
+    PyObject *self = args[0], *st, *state = NULL, *t, *d, *r;
+    st = PyList_New(3);
+    if (st == NULL) {
+        report_with(w->report, s_where_session);
+        return;
+    }
+    PyList_SET_ITEM(st, 0, Py_NewRef(sid));
+    PyList_SET_ITEM(st, 1, PyDict_New());
+    PyList_SET_ITEM(st, 2, Py_NewRef(Py_None));
+    /* object.__setattr__(self, _STATE, st): inline, past a subclass's __setattr__ */
+    if (PyList_GET_ITEM(st, 1) == NULL || PyObject_GenericSetAttr(self, w->state, st) < 0)
+        report_with(w->report, s_where_session); /* no __dict__: runs give it one */
+    Py_DECREF(st);
+    state = session_capture(w, self, args, nargs, kwnames, sid, err);
+    if (state == NULL)
+        goto fail;
+    t = PyLong_FromLongLong(t0);
+    d = PyLong_FromLongLong(t1 - t0);
+    if (t == NULL || d == NULL) {
+        Py_XDECREF(t);
+        Py_XDECREF(d);
+        goto fail;
+    }
+    {
+        PyObject *call[5] = {w->name, t, d, w->build, state};
+        r = PyObject_Vectorcall(w->record_later, call, 5, NULL);
+    }
+    Py_DECREF(t);
+    Py_DECREF(d);
+    Py_DECREF(state);
+    if (r == NULL)
+        goto fail_reported;
+    Py_DECREF(r);
+    return;
+fail:
+    Py_XDECREF(state);
+fail_reported:
+    report_with(w->report, s_where_session);
+}
+
+static PyObject *
+session_init_call(SessionInitObject *w, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *sid, *res, *err, *et, *ev, *etb;
+    long long t0, t1;
+    int on = PyObject_IsTrue(PyList_GET_ITEM(w->on, 0));
+    if (on < 0)
+        return NULL;
+    if (!on || nargs < 2) /* off, or ORT's own TypeError for missing arguments */
+        return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
+    sid = PyIter_Next(w->ids);
+    if (sid == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_RuntimeError, "the session ids ran out");
+        report_with(w->report, s_where_session);
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
+    }
+    if (now_ns(&t0) < 0) {
+        PyErr_Clear();
+        t0 = 0;
+    }
+    res = PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
+    if (now_ns(&t1) < 0) {
+        PyErr_Clear();
+        t1 = t0;
+    }
+    if (res != NULL) {
+        session_record(w, args, nargs, kwnames, sid, t0, t1, Py_None);
+        Py_DECREF(sid);
+        return res;
+    }
+    /* ORT raised: recorded with the exception's type name, which is then raised as it was */
+    PyErr_Fetch(&et, &ev, &etb);
+    err = et != NULL ? PyObject_GetAttr(et, s_name_attr) : NULL;
+    if (err == NULL) {
+        PyErr_Clear();
+        err = Py_NewRef(Py_None);
+    }
+    session_record(w, args, nargs, kwnames, sid, t0, t1, err);
+    Py_DECREF(err);
+    Py_DECREF(sid);
+    PyErr_Restore(et, ev, etb);
+    return NULL;
+}
+
+static PyObject *
+session_init_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    SessionInitObject *w;
+    PyObject *wrapped, *on, *record_later, *ns;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "SessionInit() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!OO!:SessionInit", &wrapped, &PyList_Type, &on, &record_later,
+                          &PyDict_Type, &ns))
+        return NULL;
+    if (PyList_GET_SIZE(on) != 1) {
+        PyErr_SetString(PyExc_ValueError, "SessionInit(): on must be a list of one bool");
+        return NULL;
+    }
+    w = (SessionInitObject *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    w->vectorcall = (vectorcallfunc)session_init_call;
+    w->wrapped = Py_NewRef(wrapped);
+    w->on = Py_NewRef(on);
+    w->record_later = Py_NewRef(record_later);
+    w->ns = Py_NewRef(ns);
+#define NS_CONST(field, text)                                                                  \
+    if ((w->field = PyDict_GetItemString(ns, text)) == NULL) {                                 \
+        PyErr_SetString(PyExc_KeyError, text);                                                 \
+        Py_DECREF(w);                                                                          \
+        return NULL;                                                                           \
+    }                                                                                          \
+    Py_INCREF(w->field);
+    NS_CONST(ids, "_ids")
+    NS_CONST(capture, "_capture")
+    NS_CONST(build, "_build_session")
+    NS_CONST(report, "report")
+    NS_CONST(name, "SESSION")
+    NS_CONST(state, "_STATE")
+#undef NS_CONST
+    return (PyObject *)w;
+}
+
+static int
+session_init_traverse(SessionInitObject *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->wrapped);
+    Py_VISIT(w->on);
+    Py_VISIT(w->record_later);
+    Py_VISIT(w->ns);
+    Py_VISIT(w->dict);
+    Py_VISIT(w->ids);
+    Py_VISIT(w->capture);
+    Py_VISIT(w->build);
+    Py_VISIT(w->report);
+    Py_VISIT(w->name);
+    Py_VISIT(w->state);
+    return 0;
+}
+
+static int
+session_init_clear(SessionInitObject *w)
+{
+    Py_CLEAR(w->wrapped);
+    Py_CLEAR(w->on);
+    Py_CLEAR(w->record_later);
+    Py_CLEAR(w->ns);
+    Py_CLEAR(w->dict);
+    Py_CLEAR(w->ids);
+    Py_CLEAR(w->capture);
+    Py_CLEAR(w->build);
+    Py_CLEAR(w->report);
+    Py_CLEAR(w->name);
+    Py_CLEAR(w->state);
+    return 0;
+}
+
+static void
+session_init_dealloc(SessionInitObject *w)
+{
+    PyObject_GC_UnTrack(w);
+    session_init_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyObject *
+session_init_get(PyObject *w, PyObject *obj, PyObject *type)
+{
+    /* a method, as a function is: bound to an instance, itself on the class */
+    if (obj == NULL || obj == Py_None)
+        return Py_NewRef(w);
+    return PyMethod_New(w, obj);
+}
+
+static PyGetSetDef session_init_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict},
+    {NULL},
+};
+
+static PyTypeObject SessionInit_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyinstrument_ai._speedups.SessionInit",
+    .tp_basicsize = sizeof(SessionInitObject),
+    .tp_dealloc = (destructor)session_init_dealloc,
+    .tp_vectorcall_offset = offsetof(SessionInitObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_traverse = (traverseproc)session_init_traverse,
+    .tp_clear = (inquiry)session_init_clear,
+    .tp_descr_get = session_init_get,
+    .tp_dictoffset = offsetof(SessionInitObject, dict),
+    .tp_getset = session_init_getset,
+    .tp_new = session_init_new,
+};
+
+/* ``OptionsWatch``: the onnxruntime target's watch of ``SessionOptions`` (the reference:
+ * ``_watch_options`` and ``_watching_property`` in targets/onnxruntime.py). Made per session
+ * by programs that make their options per session, so on the same cold path as SessionInit.
+ * ``OptionsWatch(init, watched, ns, sweep_at)`` wraps ``SessionOptions.__init__``: the new
+ * options get ORT's defaults record (``ns["_option_defaults"]``) under a weak reference, and
+ * ``ns["_sweep"](watched, sweep_at)`` runs when the dict reaches ``sweep_at[0]``.
+ * ``OptionsWatch(fset, watched, ns, name, fget, exact)`` is a property's setter: after ORT's
+ * setter, watched options get a new record with ``name`` set to the value (as given when its
+ * class is ``exact``, else read back through ``ns["_option_value"]``). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original, *watched, *ns, *dict;
+    PyObject *sweep_at;                 /* __init__'s */
+    PyObject *name, *fget, *exact, *where; /* a setter's (NULL for __init__) */
+} WatchObject;
+
+static PyObject *s_option_defaults, *s_sweep, *s_option_value;
+
+static PyObject *
+watch_init(WatchObject *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* after ORT's __init__ returned None: never raises an Exception (as the reference's
+     * ``except Exception: pass``) */
+    PyObject *ref, *defaults, *r;
+    Py_ssize_t at;
+    if (nargs < 1)
+        Py_RETURN_NONE;
+    ref = PyWeakref_NewRef(args[0], NULL);
+    if (ref == NULL)
+        goto failed;
+    defaults = PyDict_GetItemWithError(w->ns, s_option_defaults);
+    if (defaults == NULL) {
+        Py_DECREF(ref);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "_option_defaults");
+        goto failed;
+    }
+    r = PyDict_SetItem(w->watched, ref, defaults) < 0 ? NULL : Py_None;
+    Py_DECREF(ref);
+    if (r == NULL)
+        goto failed;
+    at = PyLong_AsSsize_t(PyList_GET_ITEM(w->sweep_at, 0));
+    if (at == -1 && PyErr_Occurred())
+        goto failed;
+    if (PyDict_GET_SIZE(w->watched) >= at) {
+        PyObject *sweep = PyDict_GetItemWithError(w->ns, s_sweep);
+        if (sweep == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_KeyError, "_sweep");
+            goto failed;
+        }
+        r = PyObject_CallFunctionObjArgs(sweep, w->watched, w->sweep_at, NULL);
+        if (r == NULL)
+            goto failed;
+        Py_DECREF(r);
+    }
+    Py_RETURN_NONE;
+failed:
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return NULL;
+    PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+watch_set(WatchObject *w, PyObject *self, PyObject *value)
+{
+    /* after ORT's setter: our failures are reported (the reference's except/report) */
+    PyObject *ref, *fields, *v = NULL, *rec = NULL, *report;
+    int r;
+    ref = PyWeakref_NewRef(self, NULL);
+    if (ref == NULL)
+        goto failed;
+    fields = PyDict_GetItemWithError(w->watched, ref);
+    if (fields == NULL) {
+        Py_DECREF(ref);
+        if (PyErr_Occurred())
+            goto failed;
+        Py_RETURN_NONE; /* options made before patch(): the slow path reads them */
+    }
+    Py_INCREF(fields);
+    if ((PyObject *)Py_TYPE(value) == w->exact)
+        v = Py_NewRef(value);
+    else {
+        PyObject *got = PyObject_CallOneArg(w->fget, self), *conv;
+        if (got != NULL) {
+            conv = PyDict_GetItemWithError(w->ns, s_option_value);
+            if (conv != NULL)
+                v = PyObject_CallFunctionObjArgs(conv, w->name, got, NULL);
+            else if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_KeyError, "_option_value");
+            Py_DECREF(got);
+        }
+    }
+    if (v != NULL && PyDict_CheckExact(fields))
+        rec = PyDict_Copy(fields); /* a new dict: sessions keep the one they were made with */
+    else if (v != NULL)
+        rec = PyObject_CallFunctionObjArgs((PyObject *)&PyDict_Type, fields, NULL);
+    Py_DECREF(fields);
+    r = rec == NULL || PyDict_SetItem(rec, w->name, v) < 0 ||
+        PyDict_SetItem(w->watched, ref, rec) < 0;
+    Py_DECREF(ref);
+    Py_XDECREF(v);
+    Py_XDECREF(rec);
+    if (!r)
+        Py_RETURN_NONE;
+failed:
+    report = PyDict_GetItemWithError(w->ns, s_report);
+    if (report == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear(); /* nowhere to report to: dropped, as _guard.report drops its own */
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(report);
+    report_with(report, w->where);
+    Py_DECREF(report);
+    if (PyErr_Occurred())
+        return NULL; /* not an Exception (KeyboardInterrupt): raised as it is */
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+watch_call(WatchObject *w, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *res = PyObject_Vectorcall(w->original, args, nargsf, kwnames);
+    if (res == NULL)
+        return NULL; /* ORT's exception, as it raised it: no frame of ours in its traceback */
+    if (w->name == NULL) {
+        PyObject *r = watch_init(w, args, nargs);
+        if (r == NULL) {
+            Py_DECREF(res);
+            return NULL;
+        }
+        Py_DECREF(r);
+        return res;
+    }
+    Py_DECREF(res);
+    if (nargs != 2 || kwnames != NULL)
+        Py_RETURN_NONE; /* not as a property calls it: ORT's setter alone */
+    return watch_set(w, args[0], args[1]);
+}
+
+static PyObject *
+watch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    WatchObject *w;
+    PyObject *original, *watched, *ns, *a = NULL, *fget = NULL, *exact = NULL;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) > 0) {
+        PyErr_SetString(PyExc_TypeError, "OptionsWatch() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OO!O!O|OO:OptionsWatch", &original, &PyDict_Type, &watched,
+                          &PyDict_Type, &ns, &a, &fget, &exact))
+        return NULL;
+    if (fget == NULL) {
+        if (!PyList_CheckExact(a) || PyList_GET_SIZE(a) != 1) {
+            PyErr_SetString(PyExc_TypeError, "OptionsWatch(init, watched, ns, sweep_at): "
+                                             "sweep_at must be a list of one int");
+            return NULL;
+        }
+    }
+    else if (!PyUnicode_CheckExact(a) || exact == NULL ||
+             (exact != Py_None && !PyType_Check(exact))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "OptionsWatch(fset, watched, ns, name, fget, exact): name a str, "
+                        "exact a type or None");
+        return NULL;
+    }
+    w = (WatchObject *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    w->vectorcall = (vectorcallfunc)watch_call;
+    w->original = Py_NewRef(original);
+    w->watched = Py_NewRef(watched);
+    w->ns = Py_NewRef(ns);
+    if (fget == NULL)
+        w->sweep_at = Py_NewRef(a);
+    else {
+        w->name = Py_NewRef(a);
+        w->fget = Py_NewRef(fget);
+        w->exact = Py_NewRef(exact);
+        w->where = PyUnicode_FromFormat("onnxruntime.SessionOptions.%U", a);
+        if (w->where == NULL) {
+            Py_DECREF(w);
+            return NULL;
+        }
+    }
+    return (PyObject *)w;
+}
+
+static int
+watch_traverse(WatchObject *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->original);
+    Py_VISIT(w->watched);
+    Py_VISIT(w->ns);
+    Py_VISIT(w->dict);
+    Py_VISIT(w->sweep_at);
+    Py_VISIT(w->name);
+    Py_VISIT(w->fget);
+    Py_VISIT(w->exact);
+    Py_VISIT(w->where);
+    return 0;
+}
+
+static int
+watch_clear(WatchObject *w)
+{
+    Py_CLEAR(w->original);
+    Py_CLEAR(w->watched);
+    Py_CLEAR(w->ns);
+    Py_CLEAR(w->dict);
+    Py_CLEAR(w->sweep_at);
+    Py_CLEAR(w->name);
+    Py_CLEAR(w->fget);
+    Py_CLEAR(w->exact);
+    Py_CLEAR(w->where);
+    return 0;
+}
+
+static void
+watch_dealloc(WatchObject *w)
+{
+    PyObject_GC_UnTrack(w);
+    watch_clear(w);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+static PyTypeObject OptionsWatch_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pyinstrument_ai._speedups.OptionsWatch",
+    .tp_basicsize = sizeof(WatchObject),
+    .tp_dealloc = (destructor)watch_dealloc,
+    .tp_vectorcall_offset = offsetof(WatchObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL |
+                Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_traverse = (traverseproc)watch_traverse,
+    .tp_clear = (inquiry)watch_clear,
+    .tp_descr_get = session_init_get,
+    .tp_dictoffset = offsetof(WatchObject, dict),
+    .tp_getset = session_init_getset,
+    .tp_new = watch_new,
+};
+
 /* ------------------------------------------------------------------------ module */
 
 static PyObject *
@@ -2150,6 +2820,19 @@ PyInit__speedups(void)
     INTERN(s_where_request, "asgi.request");
     INTERN(s_where_route, "asgi.route");
     INTERN(s_where_fields, "building the fields of http.request");
+    INTERN(s_watched, "_watched");
+    INTERN(s_defer_max, "_DEFER_MAX");
+    INTERN(s_default_options, "_default_options");
+    INTERN(s_providers_attr, "_providers");
+    INTERN(s_from_model, "_read_config_from_model");
+    INTERN(s_sess_options, "sess_options");
+    INTERN(s_providers_kw, "providers");
+    INTERN(s_provider_options, "provider_options");
+    INTERN(s_where_session, "onnxruntime.session");
+    INTERN(s_name_attr, "__name__");
+    INTERN(s_option_defaults, "_option_defaults");
+    INTERN(s_sweep, "_sweep");
+    INTERN(s_option_value, "_option_value");
     g_id_headers = Py_BuildValue("(y y y)", H_ID, H_TP, H_START);
     if (g_id_headers == NULL)
         return NULL;
@@ -2164,7 +2847,8 @@ PyInit__speedups(void)
         Py_DECREF(name);
     }
     if (PyType_Ready(&Request_Type) < 0 || PyType_Ready(&Send_Type) < 0 ||
-        PyType_Ready(&RecordLater_Type) < 0)
+        PyType_Ready(&RecordLater_Type) < 0 || PyType_Ready(&SessionInit_Type) < 0 ||
+        PyType_Ready(&OptionsWatch_Type) < 0)
         return NULL;
     m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -2178,6 +2862,18 @@ PyInit__speedups(void)
     Py_INCREF(&RecordLater_Type);
     if (PyModule_AddObject(m, "RecordLater", (PyObject *)&RecordLater_Type) < 0) {
         Py_DECREF(&RecordLater_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SessionInit_Type);
+    if (PyModule_AddObject(m, "SessionInit", (PyObject *)&SessionInit_Type) < 0) {
+        Py_DECREF(&SessionInit_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&OptionsWatch_Type);
+    if (PyModule_AddObject(m, "OptionsWatch", (PyObject *)&OptionsWatch_Type) < 0) {
+        Py_DECREF(&OptionsWatch_Type);
         Py_DECREF(m);
         return NULL;
     }

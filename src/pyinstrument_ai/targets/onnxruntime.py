@@ -44,6 +44,7 @@ import os
 from typing import Any
 from weakref import ref as _ref
 
+from pyinstrument_ai import _native
 from pyinstrument_ai._guard import guard, report
 from pyinstrument_ai._tb import hide
 from pyinstrument_ai.clock import now_ns
@@ -60,10 +61,18 @@ RUN = "onnxruntime.run"
 SESSION = "onnxruntime.session"
 
 # (owner class, attribute name) -> (original function, our wrapper, on-switch cell)
-_patched: dict[tuple[type, str], tuple[Any, Any, list[bool]]] = {}
+# (class, attribute) -> (original, our wrapper, its on/off switch, the recorder it records to)
+_patched: dict[tuple[type, str], tuple[Any, Any, list[bool], Any]] = {}
 _ids = itertools.count(1)
 # Per-session state lives on the instance under this attribute: see _state().
 _STATE = "_pyinstrument_ai_state"
+# A session's state is an attribute stored and read the way ``object`` does it, past any
+# ``__getattr__``/``__setattr__`` a subclass defines (ours is never the program's business).
+# Not through ``self.__dict__``: an instance keeps its attributes inline until something asks
+# for its ``__dict__``, which then builds a dict of them all (ORT sets ~20), ~2 µs right after
+# ORT created the session; an attribute set or read this way stays inline.
+_get_attr = object.__getattribute__
+_set_attr = object.__setattr__
 # Max distinct input signatures cached per session (dynamic shapes: one entry per shape).
 _CACHE_MAX = 256
 
@@ -158,13 +167,14 @@ def _key(feed: Any) -> tuple | None:
 
 def _state(sess: Any) -> list:
     """``[session_id, signature cache, last run's (name, shape, dtype, n_out, fields)]``."""
-    st = sess.__dict__.get(_STATE)
-    if st is None:
+    try:
+        return _get_attr(sess, _STATE)
+    except AttributeError:
         # A session created before patch() (or by a subclass skipping __init__): give it an id
         # now; its creation event is simply missing.
         st = [next(_ids), {}, None]
-        sess.__dict__[_STATE] = st
-    return st
+        _set_attr(sess, _STATE, st)
+        return st
 
 
 def _fields(sess: Any, api: str, feed: Any, n_out: int | None) -> dict:
@@ -231,6 +241,7 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     now = now_ns
     name = RUN
     state_attr = _STATE
+    get_attr = _get_attr
     fields_of = _fields
     tags_now = _tags
 
@@ -261,7 +272,10 @@ def _make_run(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             # Inlined fast path of _fields() for the common single-numpy-input feed: every
             # function call saved here is ~0.1 µs on a run that may take 10 µs.
             fields = None
-            st = self.__dict__.get(state_attr)
+            try:
+                st = get_attr(self, state_attr)
+            except AttributeError:  # created before patch(): _fields gives it its state
+                st = None
             if st is not None and len(input_feed) == 1:
                 n_out = len(out)
                 for k, v in input_feed.items():
@@ -528,8 +542,11 @@ def _enum_name(v: Any) -> str | None:
 # config entry that was never set costs a C++ exception (~100 µs each here), each property a
 # few µs more with the caches cold right after ORT built the session.
 # Keyed by weak references to the options (a weak reference hashes and compares as the object
-# it refers to while that lives; the callback drops the entry when it dies): what
-# weakref.WeakKeyDictionary does, without its Python-level method calls on this path.
+# it refers to while that lives, and a dead one only as itself): what
+# weakref.WeakKeyDictionary does, without its Python-level method calls on this path. The
+# references have no callback, so ``ref(options)`` anywhere returns the one already made (no
+# new object per lookup) and no Python call runs when options die; entries of dead options are
+# swept when the dict has doubled since the last sweep (amortized O(1) per options made).
 _watched: dict[Any, dict[str, Any]] | None = None
 _option_defaults: dict[str, Any] = {}
 _ENTRY_FIELDS = {entry: field for field, entry in _CONFIG_ENTRIES}
@@ -541,11 +558,8 @@ def _watch_options(ort_module: Any) -> None:
     if cls is None or _watched is not None:
         return
     watched: dict[Any, dict[str, Any]] = {}
-    forget = watched.pop
     init, add = cls.__init__, cls.add_session_config_entry
-
-    def _dead(r: Any) -> None:
-        forget(r, None)
+    sweep_at = [_SWEEP_MIN]
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         __tracebackhide__ = True
@@ -556,7 +570,9 @@ def _watch_options(ort_module: Any) -> None:
             raise
         try:
             # shared, not copied: a record is never changed, a setter makes a new one
-            watched[_ref(self, _dead)] = _option_defaults
+            watched[_ref(self)] = _option_defaults
+            if len(watched) >= sweep_at[0]:
+                _sweep(watched, sweep_at)
         except Exception:  # not weak-referenceable in some build: the slow path reads it
             pass
 
@@ -579,6 +595,8 @@ def _watch_options(ort_module: Any) -> None:
             report("onnxruntime.SessionOptions.add_session_config_entry", e)
         return out
 
+    if _native.speedups is not None:  # the same in C (see _speedups.c's OptionsWatch)
+        __init__ = _native.speedups.OptionsWatch(init, watched, globals(), sweep_at)
     functools.update_wrapper(__init__, init)
     functools.update_wrapper(add_session_config_entry, add)
     patched = [
@@ -609,6 +627,17 @@ def _watch_options(ort_module: Any) -> None:
     _options_patched[:] = patched
 
 
+_SWEEP_MIN = 64
+
+
+def _sweep(watched: dict[Any, dict[str, Any]], sweep_at: list[int]) -> None:
+    """Drop the entries of options that died; the next sweep comes when the live ones have
+    doubled (at least _SWEEP_MIN)."""
+    for r in [r for r in watched if r() is None]:
+        del watched[r]
+    sweep_at[0] = max(_SWEEP_MIN, 2 * len(watched))
+
+
 def _option_value(name: str, v: Any) -> Any:
     return _enum_name(v) if name in _ENUMS else v
 
@@ -617,6 +646,14 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
     """``prop`` with a setter that also reads back the value set into the options' fields;
     getting and deleting are the original functions."""
     fget, fset = prop.fget, prop.fset
+    # A plain int or bool that ORT accepted is what it holds (pybind11 converts it exactly or
+    # raises): kept as given, without a call back into ORT; anything else is read back.
+    exact = None if name in _ENUMS else (bool if name == "use_per_session_threads" else int)
+    if _native.speedups is not None:  # the same in C (see _speedups.c's OptionsWatch)
+        c_setter = _native.speedups.OptionsWatch(fset, watched, globals(), name, fget, exact)
+        c_setter.__name__ = c_setter.__qualname__ = name
+        c_setter.__module__ = __name__
+        return property(fget, c_setter, prop.fdel, prop.__doc__)
 
     def setter(self: Any, value: Any) -> None:
         __tracebackhide__ = True
@@ -629,7 +666,8 @@ def _watching_property(prop: property, name: str, watched: dict) -> property:
             r = _ref(self)
             fields = watched.get(r)
             if fields is not None:  # a new dict: sessions keep the one they were made with
-                watched[r] = {**fields, name: _option_value(name, fget(self))}  # type: ignore[misc]
+                v = value if value.__class__ is exact else _option_value(name, fget(self))  # type: ignore[misc]
+                watched[r] = {**fields, name: v}
         except Exception as e:
             report("onnxruntime.SessionOptions." + name, e)
 
@@ -684,7 +722,6 @@ def _options_fields(
         except TypeError:  # not weak-referenceable
             fields = None
         if fields is not None:
-            # as they are now: a later change to the options makes a new dict (copy on write)
             return fields
     simple = not (
         failed
@@ -736,8 +773,22 @@ def _capture(sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict,
         except TypeError:
             model = repr(path_or_bytes)
     given = args[0] if args else kwargs.get("sess_options")
+    try:  # what ORT's __init__ set (not when it failed early)
+        providers = _get_attr(sess, "_providers")
+        from_model = _get_attr(sess, "_read_config_from_model")
+    except AttributeError:
+        providers = from_model = None
+    # the usual case with explicit options, inline (one call fewer with cold caches): options
+    # watched since they were made, copied by the session as they are (see _options_fields)
+    if given is not None and err is None and from_model is False and _watched is not None:
+        try:
+            options = _watched.get(_ref(given))
+        except TypeError:  # not weak-referenceable
+            options = None
+        if options is not None and providers is not None:
+            # as they are now: a later change to the options makes a new dict (copy on write)
+            return sid, model, providers, options, err
     asked = args[1] if len(args) > 1 else kwargs.get("providers")
-    providers = sess.__dict__.get("_providers")
     if providers is None:
         try:
             providers = list(sess.get_providers())
@@ -765,6 +816,15 @@ def _build_session(state: tuple) -> dict[str, Any]:
 
 
 def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
+    """The wrapper of ``InferenceSession.__init__``: ``_speedups.SessionInit`` (the same, in
+    C: no frame of ours, and right after ORT built a session every bytecode costs) when the
+    install built it, else :func:`_py_init`, the reference."""
+    if _native.speedups is not None:
+        return _native.speedups.SessionInit(wrapped, on, recorder.record_later, globals())
+    return _py_init(recorder, wrapped, on)
+
+
+def _py_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
     record_later = recorder.record_later
 
     def __init__(self, path_or_bytes, *args, **kwargs):
@@ -786,11 +846,10 @@ def _make_init(recorder: Any, wrapped: Any, on: list[bool]) -> Any:
             raise
         finally:
             t1 = now_ns()
-            # The session's state is set after ORT's __init__, not before: reading
-            # ``self.__dict__`` turns the instance's inline attribute values into a dict, and
-            # ORT's own __init__ then stores its ~20 attributes the slower way.
+            # The session's state is set after ORT's __init__, as an inline attribute (see
+            # _get_attr); an __init__ called again on the same object is a new ORT session
             try:
-                sid = self.__dict__.setdefault(_STATE, [sid, {}, None])[0]
+                _set_attr(self, _STATE, [sid, {}, None])
             except Exception as e:  # no __dict__ (a subclass with __slots__): runs give it one
                 report("onnxruntime.session", e)
             # plain try/except rather than ``with guard()``: this runs with cold caches right
@@ -827,11 +886,15 @@ _INIT_PARAMS = ["self", "path_or_bytes"]
 def _install(owner: type, attr: str, factory: Any, params: list[str], recorder: Any) -> None:
     key = (owner, attr)
     if key in _patched:
-        original, wrapper, on = _patched[key]
+        original, wrapper, on, recorder_then = _patched[key]
         if owner.__dict__.get(attr) is wrapper:
-            on[0] = True
-            return
-        # Somebody replaced our wrapper since unpatch(): start over on top of theirs.
+            if recorder_then is recorder:
+                on[0] = True
+                return
+            # Ours, put back by a tool that had wrapped it, but recording into another
+            # recorder: made anew (it stays off in any chain still holding it).
+            setattr(owner, attr, original)
+        # Else somebody replaced our wrapper since unpatch(): start over on top of theirs.
         del _patched[key]
     original = owner.__dict__.get(attr)
     if not inspect.isfunction(original):
@@ -845,7 +908,7 @@ def _install(owner: type, attr: str, factory: Any, params: list[str], recorder: 
     wrapper = factory(recorder, original, on)
     functools.update_wrapper(wrapper, original)
     setattr(owner, attr, wrapper)
-    _patched[key] = (original, wrapper, on)
+    _patched[key] = (original, wrapper, on, recorder)
 
 
 def _log_skip(why: str) -> None:
@@ -873,7 +936,7 @@ def unpatch() -> None:
     """Put the original functions back (exact objects). Idempotent."""
     with guard("onnxruntime.unpatch.SessionOptions"):
         _unwatch_options()
-    for (owner, attr), (original, wrapper, on) in list(_patched.items()):
+    for (owner, attr), (original, wrapper, on, _recorder) in list(_patched.items()):
         on[0] = False
         if owner.__dict__.get(attr) is wrapper:
             setattr(owner, attr, original)
