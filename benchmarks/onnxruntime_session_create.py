@@ -134,6 +134,24 @@ def _unrelated_python() -> None:
 _sink: list[str] = []
 
 
+def _bare_init(original: Any, record: Any, mode: str, fields: dict, then: Any = None) -> Any:
+    """The reference wrapper: two clock reads and one record named ``mode``, the floor any
+    Python-level wrapper pays; ``then()`` after the record (ORT's own time stays what it
+    measured)."""
+
+    def __init__(self, path_or_bytes, *args, **kwargs):
+        t0 = now_ns()
+        try:
+            return original(self, path_or_bytes, *args, **kwargs)
+        finally:
+            t1 = now_ns()
+            record(mode, t0, t1 - t0, fields)
+            if then is not None:
+                then()
+
+    return __init__
+
+
 def creation(label: str, model: bytes, so: Any, calls: int, rounds: int, session: Any) -> None:
     rec = session.recorder
     record = rec.record
@@ -141,20 +159,7 @@ def creation(label: str, model: bytes, so: Any, calls: int, rounds: int, session
     tag = label  # marks the bare wrappers' events of this workload, in the files
 
     def bare(mode: str, then: Any = None) -> Any:
-        """Two clock reads and one record named ``mode``; ``then()`` after the record (ORT's
-        own time stays what it measured)."""
-
-        def __init__(self, path_or_bytes, *args, **kwargs):
-            t0 = now_ns()
-            try:
-                return original(self, path_or_bytes, *args, **kwargs)
-            finally:
-                t1 = now_ns()
-                record(mode, t0, t1 - t0, {"w": tag})
-                if then is not None:
-                    then()
-
-        return __init__
+        return _bare_init(original, record, mode, {"w": tag}, then)
 
     _round(model, so, max(1, calls // 5))  # warm up
     modes = ["plain", "bare closure", "bare + 8 µs", "instrumented"]
@@ -311,17 +316,9 @@ def child(mode: str, cpu: int) -> None:
         session = pyinstrument_ai.instrument(out_dir=out_dir)  # the README's default
         if mode == "bare closure":
             target.unpatch()
-            original, record = oic.InferenceSession.__init__, session.recorder.record
-
-            def __init__(self, path_or_bytes, *args, **kwargs):
-                t0 = now_ns()
-                try:
-                    return original(self, path_or_bytes, *args, **kwargs)
-                finally:
-                    t1 = now_ns()
-                    record("bare closure", t0, t1 - t0, {})
-
-            oic.InferenceSession.__init__ = __init__
+            oic.InferenceSession.__init__ = _bare_init(
+                oic.InferenceSession.__init__, session.recorder.record, "bare closure", {}
+            )
     made = 0
     options: dict[str, Any] = {}
     for line in sys.stdin:

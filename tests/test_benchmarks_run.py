@@ -65,6 +65,11 @@ SLOW_RUNS = [  # real servers
         "ratio",
     ),
     ("startup.py", ["-n", "2", "--no-instructions"], "python -m instrument empty.py"),
+    (  # session creation in four processes at once on one CPU, plus one from another checkout
+        "onnxruntime_session_create.py",
+        ["--together", "--starts", "1", "--rounds", "1", "--seconds", "0.3", "--also", "same=."],
+        "instrumented vs same",
+    ),
     (  # the servers loaded at once on one CPU, and a server of ours with a setting changed
         "web_overhead.py",
         ["--together", "--no-otel", "--starts", "1", "--rounds", "1", "--duration", "1"]

@@ -298,6 +298,29 @@ def test_a_failing_options_watch_is_reported_and_the_value_set(broken, monkeypat
         ]
 
 
+def test_an_interrupt_inside_ours_is_raised_as_the_reference_raises_it(monkeypatch, tmp_path):
+    """Only an Exception of ours is reported and swallowed: a KeyboardInterrupt that lands in
+    our part propagates (from the Python reference's ``finally``, likewise), after ORT made
+    the session; on a failed creation it replaces ORT's exception, as from a ``finally``."""
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    ns = dict(vars(target))
+    ns["_capture"] = interrupt
+    from pyinstrument_ai.recorder import Recorder
+
+    original = oic.InferenceSession.__init__
+    wrapper = C.SessionInit(original, [True], Recorder().record_later, ns)
+    monkeypatch.setattr(oic.InferenceSession, "__init__", wrapper)
+    path = tmp_path / "m.onnx"  # a PathLike: the C wrapper leaves it to _capture
+    path.write_bytes(models.identity())
+    with pytest.raises(KeyboardInterrupt):
+        ort.InferenceSession(path, providers=CPU)
+    with pytest.raises(KeyboardInterrupt):
+        ort.InferenceSession(b"not a model", providers=CPU)  # err: _capture, always
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(TypeError):
         C.SessionInit(len, (True,), len, {})

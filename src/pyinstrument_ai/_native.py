@@ -1,11 +1,13 @@
 """The C speedups (``_speedups.c``) when the install built them, else ``None``.
 
-Three per-event paths have a C version: the ASGI target's request (``_speedups.Request``,
+Four per-event paths have a C version: the ASGI target's request (``_speedups.Request``,
 ``asgi_begin``, ``Request.end``, ``Request.sender``), the JSONL sink's batch encoding
-(``encode_batch``) and the recorder's ``record_later`` and drain (``RecordLater``,
-``with_built``). Their Python references stay in ``targets/asgi.py`` + ``targets/_http.py``,
-``sinks/jsonl.py`` and ``recorder.py``; the modules there pick one implementation at import
-(the recorder: per recorder), by this module's ``speedups``. ``pip install`` builds the
+(``encode_batch``), the recorder's ``record_later`` and drain (``RecordLater``,
+``with_built``) and the onnxruntime target's session creation (``SessionInit``,
+``OptionsWatch``). Their Python references stay in ``targets/asgi.py`` + ``targets/_http.py``,
+``sinks/jsonl.py``, ``recorder.py`` and ``targets/onnxruntime.py``; the modules there pick one
+implementation at import (the recorder: per recorder; the onnxruntime target: at patch), by
+this module's ``speedups``. ``pip install`` builds the
 extension wherever a C compiler and the Python headers are present, and installs without it
 (a warning in pip's build log) where they are not; the package works the same either way,
 only slower per request and per event.

@@ -16,10 +16,15 @@
  * 3. ``RecordLater`` and ``with_built``: recorder.py's record_later closure and _with_built
  *    (the references), the first also keeping a C request's record in records_later's form
  *    (``request_records`` builds it).
+ * 4. ``SessionInit`` and ``OptionsWatch``: the onnxruntime target's wrapper of
+ *    ``InferenceSession.__init__`` and its watch of ``SessionOptions`` (references:
+ *    ``_py_init``, and the closures of ``_watch_options`` / ``_watching_property``), which
+ *    run right after ORT built a session, with cold caches (issue 14 allows ~5% of a one-node
+ *    model's creation for all of it). Uncommon cases call the target's ``_capture``.
  *
  * All are optional: without a C compiler at install time the package runs the Python
  * references (``pyinstrument_ai._native`` picks). tests/test_speedups.py and
- * tests/test_speedups_serve.py hold both to the same results. No frame of ours appears in a traceback from here: C functions make none.
+ * tests/test_speedups_serve.py and tests/test_speedups_session.py hold both to the same results. No frame of ours appears in a traceback from here: C functions make none.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -2343,6 +2348,10 @@ session_init_call(SessionInitObject *w, PyObject *const *args, size_t nargsf, Py
     if (res != NULL) {
         session_record(w, args, nargs, kwnames, sid, t0, t1, Py_None);
         Py_DECREF(sid);
+        if (PyErr_Occurred()) { /* not an Exception (KeyboardInterrupt): raised, as in Python */
+            Py_DECREF(res);
+            return NULL;
+        }
         return res;
     }
     /* ORT raised: recorded with the exception's type name, which is then raised as it was */
@@ -2355,6 +2364,12 @@ session_init_call(SessionInitObject *w, PyObject *const *args, size_t nargsf, Py
     session_record(w, args, nargs, kwnames, sid, t0, t1, err);
     Py_DECREF(err);
     Py_DECREF(sid);
+    if (PyErr_Occurred()) { /* raised in our part: it replaces ORT's, as from a finally */
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL;
+    }
     PyErr_Restore(et, ev, etb);
     return NULL;
 }
