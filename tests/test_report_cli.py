@@ -399,6 +399,12 @@ def test_filters(run1, tmp_path):
     d = report_json(run1, "--since", "150ms", "--until", "3.05s")
     assert d["generations"]["count"] == 2  # g2 (200 ms), g3 (1 s)
     assert d["onnxruntime"]["runs"] == 6  # 3000 .. 3050 ms
+    assert d["onnxruntime"]["sessions_created"] == 1  # at 2900 ms
+    # a window after the session's creation: its runs keep its model, it is not counted
+    d = report_json(run1, "--since", "2950ms", "--until", "3.05s")
+    assert d["onnxruntime"]["sessions_created"] == 0
+    assert {s["model"] for s in d["onnxruntime"]["sessions"]} == {"m.onnx"}
+    assert report_json(run1, "--model", "other.onnx")["onnxruntime"]["sessions_created"] == 0
     assert d["torchserve"]["predictions"] == 0
     # absolute ISO date-times
     iso = datetime.fromtimestamp((WALL0 + 5150 * MS) / 1e9, tz=timezone.utc).isoformat()

@@ -210,6 +210,24 @@ def test_perfetto_streams_the_same_bytes_with_requests_and_sessions(tmp_path):
     assert {"http", "onnxruntime.session"} <= {e.get("cat") for e in doc["traceEvents"]}
 
 
+def test_perfetto_draws_only_the_session_creations_the_filters_keep():
+    """A time window (``--since``/``--until``) or a model filter draws the sessions created
+    inside it; the runs of a session created earlier keep its model's name."""
+    from pyinstrument_ai.analysis.build import Filters
+
+    def drawn(filters: Filters) -> tuple[set, set]:
+        evs, _ = perfetto.events(analyze(_events(), filters=filters))
+        sessions = {e["args"]["session_id"] for e in evs if e.get("cat") == "onnxruntime.session"}
+        models = {e["args"].get("model") for e in evs if e.get("cat") == "onnxruntime"}
+        return sessions, models
+
+    assert drawn(Filters())[0] == {1, 2, 3}
+    sessions, models = drawn(Filters(since_ns=100 * MS))
+    assert sessions == {3} and "m.onnx" in models  # runs after 100 ms of session 1's model
+    assert drawn(Filters(until_ns=15 * MS))[0] == {1}
+    assert drawn(Filters(models={"late.onnx"}))[0] == {3}
+
+
 def test_perfetto_requests_without_generations():
     evs, _ = perfetto.events(analyze([_http(0, 10, "x", 5), _http(20, 10, "y", 5)]))
     reqs = [e for e in evs if e["ph"] == "X"]

@@ -242,16 +242,26 @@ class Builder:
         self._stages.sort(key=lambda s: s.start_ns)
         from pyinstrument_ai.analysis.requests import build_requests
 
+        sessions = list(self._sessions.values())
         result = Analysis(
             headers=self.headers,
             generations=gens,
             ort_runs=runs,
-            ort_sessions=list(self._sessions.values()),
+            ort_sessions=sessions,
             predictions=self._preds,
             samples=self._samples,
             other_events=dict(self._other),
             events=self.events,
         )
+        # every session is kept (it names its runs and describes its process), but those
+        # created outside the filters' window or models are neither counted nor drawn
+        f = self.filters
+        result.created_sessions = [
+            x
+            for x in sessions
+            if (type(x.get("t_ns")) is not int or f.keeps_time(x["t_ns"]))
+            and f.keeps_model(session_model(x))
+        ]
         result.stages = self._stages
         result.dropped_headers = self.dropped_headers
         result.requests = build_requests(self._http, gens)

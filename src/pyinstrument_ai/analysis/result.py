@@ -111,7 +111,12 @@ class Analysis:
         self.headers = headers
         self.generations = generations
         self.ort_runs = ort_runs
+        #: every ``onnxruntime.session`` event of the kept processes, whatever the time window
+        #: and models: they name their runs and describe their processes
         self.ort_sessions = ort_sessions
+        #: those created inside the filters (time window, models): counted and drawn (set by
+        #: the builder; all of them when the analysis is made without filters)
+        self.created_sessions: list[dict[str, Any]] = ort_sessions
         self.predictions = predictions
         #: ``torchserve.stage`` events, for pictures (set by the builder)
         self.stages: list[Stage] = []
@@ -259,7 +264,7 @@ class Analysis:
             "latency_s": self.stats("ort_run_s").to_dict(),
             **tp.to_dict(),
             "sessions": sessions,
-            "sessions_created": len(self.ort_sessions),
+            "sessions_created": len(self.created_sessions),
         }
         d["runs_per_s"] = d.pop("per_s")
         return d

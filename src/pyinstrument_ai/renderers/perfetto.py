@@ -154,7 +154,7 @@ class _Plan:
         ort: list[tuple[int, int, Any, Any, bool]] = []
         for r in a.ort_runs:
             ort.append((r.start_ns, r.end_ns, r.host, r, False))
-        for s in getattr(a, "ort_sessions", None) or ():
+        for s in getattr(a, "created_sessions", None) or ():  # those the filters keep
             start = s.get("t_ns")
             if type(start) is int:
                 ort.append((start, start + max(s.get("dur_ns") or 0, 0), s.get("host"), s, True))
