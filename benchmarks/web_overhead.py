@@ -52,7 +52,8 @@ shared, about twice the server's own.
 any such wrapper pays. ``--variant NAME:PYINSTRUMENT_AI_VAR=VALUE,...`` adds a server of ours
 with those settings,
 labelled NAME (e.g. ``f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1``); ``--also NAME=DIR`` one
-with ours imported from another checkout's ``src``.
+with ours imported from another checkout (DIR's ``src``, or DIR itself when it holds the
+package; the server's probe must show ours imported from there, else the run stops).
 
 **In-process (``--in-process``).** The application is called directly, as a server would call
 it (scope, receive, send): the instrumentation's own cost with no server and no network. The
@@ -93,6 +94,15 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYINSTRUMENT_AI", "OTEL_"))}
 
 
+def _checkout_src(root: str) -> str:
+    """The folder to import ``pyinstrument_ai`` from for ``--also NAME=DIR``: DIR's ``src``
+    (a checkout), or DIR itself when it holds the package."""
+    for src in (os.path.join(root, "src"), root):
+        if os.path.isfile(os.path.join(src, "pyinstrument_ai", "__init__.py")):
+            return os.path.abspath(src)
+    raise SystemExit(f"--also {root}: no pyinstrument_ai package in {root}/src or {root}")
+
+
 def _configs(
     out_dir: str,
     also: list[str],
@@ -113,8 +123,9 @@ def _configs(
     }
     if floor:  # bare uvicorn serving _web_app.floor: a minimal Python wrapper around the app
         configs["floor"] = ([py, *serving("_web_app:floor")], _clean_env())
-    for spec in also:  # NAME=DIR: ours, imported from another checkout's src (before/after)
-        name, _, src = spec.partition("=")
+    for spec in also:  # NAME=DIR: ours, imported from another checkout (before/after)
+        name, _, root = spec.partition("=")
+        src = _checkout_src(root)
         env = _clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         configs[name] = ([py, "-m", "instrument", "--out", out_dir, *uvicorn], env)
@@ -281,6 +292,7 @@ def _rounds(
 ) -> None:
     """One start: wait for the servers, one warm-up round, then ``a.rounds`` rounds, the
     servers' order rotating every round; appends each round's figures."""
+    also_src = {n: _checkout_src(root) for n, _, root in (x.partition("=") for x in a.also)}
     for s in servers:
         probe = s.wait_up()
         print(f"  start {start + 1}: {s.name:6s} pid {s.proc.pid}: {probe}")
@@ -289,6 +301,9 @@ def _rounds(
             want_otel
         ):
             raise SystemExit(f"{s.name}: not the configuration it should be: {probe}")
+        src = also_src.get(s.name)  # --also: ours must come from that checkout
+        if src is not None and not str(probe.get("from")).startswith(src + os.sep):
+            raise SystemExit(f"{s.name}: ours was imported from {probe.get('from')}, not {src}")
     first = len(rps["bare"])
     for r in range(a.rounds + 1):
         if a.together:  # every server loaded at once, for the same seconds
@@ -526,7 +541,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="live: one more server, ours imported from DIR (another checkout's src)",
+        help="live: one more server, ours imported from DIR (another checkout, or its src)",
     )
     p.add_argument(
         "--floor",

@@ -73,8 +73,9 @@ SLOW_RUNS = [  # real servers
     (  # the servers loaded at once on one CPU, and a server of ours with a setting changed
         "web_overhead.py",
         ["--together", "--no-otel", "--starts", "1", "--rounds", "1", "--duration", "1"]
-        + ["--load", "python", "--floor", "--variant", "f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1"],
-        "f100ms vs bare",
+        + ["--load", "python", "--floor", "--variant", "f100ms:PYINSTRUMENT_AI_FLUSH_INTERVAL=0.1"]
+        + ["--also", "same=."],  # a checkout's folder: its src, checked in the server's probe
+        "same   vs bare",
     ),
 ]
 

@@ -29,6 +29,7 @@ from pyinstrument_ai.clock import now_ns
 from pyinstrument_ai.recorder import Recorder
 from pyinstrument_ai.sinks import jsonl
 from pyinstrument_ai.targets import _http, asgi
+from pyinstrument_ai.targets._http import MARK
 
 try:
     from pyinstrument_ai import _speedups as C
@@ -331,6 +332,114 @@ def test_serve_records_one_event_per_request_with_c_as_with_python(monkeypatch, 
     assert texts[:2] == [e[2]["request_id"] for e in events[:2]] == ["r1", "generated"]
     assert "error" not in events[0][2] and events[2][2]["error"] == "builtins.LookupError"
     assert said == [("asgi.request", "KeyError")]  # the scope without a type
+
+
+def _outermost(impl, monkeypatch, drive):
+    """Starlette's ``__call__`` wrapped once by ``impl`` and called by nothing of ours (as
+    under uvicorn with a plain Starlette app): ``drive(app)`` runs requests; the events."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    monkeypatch.setattr(_native, "speedups", C if impl == "c" else None)
+    rec = Recorder()
+    monkeypatch.setattr(asgi, "_begin", _begin(impl))
+    monkeypatch.setattr(asgi, "_record", _recording(impl, rec))
+    original = Starlette.__dict__["__call__"]
+    while hasattr(original, MARK):  # patched by a recording elsewhere: Starlette's own
+        original = getattr(original, MARK)
+    monkeypatch.setattr(Starlette, "__call__", asgi._make_starlette_call(original))
+    gate = asyncio.Event
+
+    async def item(request):
+        if request.path_params["x"] == "wait":
+            await gate().wait()  # never set: cancelled or closed while waiting
+        if request.path_params["x"] == "boom":
+            raise LookupError("from the app")
+        return PlainTextResponse(request.path_params["x"])
+
+    app = Starlette(routes=[Route("/items/{x}", item)])
+    out = drive(app)
+    assert _current.get() is None
+    return [(n, _norm(f)) for n, _, _, _, f in rec.drain()], out
+
+
+def _scope_for(path: str) -> dict:
+    return {**_scope(), "path": path, "raw_path": path.encode(), "query_string": b""}
+
+
+def _drive_every_way(app) -> list:
+    """A request that returns, one that raises, one cancelled while it waits (the task's
+    throw() goes through our awaitable), one closed while it waits (close())."""
+    sent: list = []
+
+    async def send(message):
+        sent.append(message["type"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def main():
+        await app(_scope_for("/items/ok"), receive, send)
+        try:
+            await app(_scope_for("/items/boom"), receive, send)
+        except LookupError as e:
+            sent.append(repr(e))
+        task = asyncio.ensure_future(app(_scope_for("/items/wait"), receive, send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            sent.append("cancelled")
+        it = app(_scope_for("/items/wait"), receive, send).__await__()
+        it.send(None)  # to its first wait
+        it.close()
+        sent.append("closed")
+
+    asyncio.run(main())
+    return sent
+
+
+@needs_c
+def test_the_outermost_starlette_wrapper_records_with_c_as_with_python(monkeypatch, reports):
+    """Starlette's wrapped ``__call__`` as the outermost wrapper (not nested in an _App, as
+    under uvicorn with a plain Starlette app): the same events and messages with the C
+    request as with the Python one, for a request that returns, raises, is cancelled (the
+    task's throw() reaches the application through our coroutine) or closed."""
+    c = _outermost("c", monkeypatch, _drive_every_way), list(reports)
+    del reports[:]
+    assert (_outermost("py", monkeypatch, _drive_every_way), reports) == c
+    (events, sent), said = c
+    assert said == []
+    assert sent.count("http.response.start") == 2 and sent[-2:] == ["cancelled", "closed"]
+    assert "LookupError('from the app')" in sent
+    assert [f["route"] for _, f in events] == ["/items/{x}"] * 4
+    assert [f.get("error") for _, f in events] == [
+        None,
+        "builtins.LookupError",
+        "asyncio.exceptions.CancelledError",
+        "builtins.GeneratorExit",
+    ]
+
+
+def test_servers_see_the_wrapped_starlette_call_as_a_coroutine_function(monkeypatch):
+    """Servers tell ASGI 3 from ASGI 2 by whether the app's ``__call__`` is a coroutine
+    function (uvicorn: asyncio's test before Python 3.14, inspect's after): ours is one."""
+    import inspect
+
+    import uvicorn
+    from starlette.applications import Starlette
+
+    original = Starlette.__dict__["__call__"]
+    while hasattr(original, MARK):
+        original = getattr(original, MARK)
+    monkeypatch.setattr(Starlette, "__call__", asgi._make_starlette_call(original))
+    app = Starlette()
+    assert inspect.iscoroutinefunction(app.__call__)
+    config = uvicorn.Config(app)
+    config.load()
+    assert config.asgi_version == "3.0"
 
 
 def test_the_package_uses_the_c_calls_when_built():
