@@ -228,6 +228,21 @@ def test_perfetto_draws_only_the_session_creations_the_filters_keep():
     assert drawn(Filters(models={"late.onnx"}))[0] == {3}
 
 
+def test_the_run_window_counts_requests_and_session_creations():
+    """Requests and session creations are work: a run of requests alone has a window (the
+    JSON report's ``window``), and without headers the pictures' t0 is the first arrival, not
+    the first generation it led to."""
+    from pyinstrument_ai.analysis import timeline
+
+    a = analyze([_http(0, 10, "x", 5), _http(20, 10, "y", 5)])
+    assert a.window() == (0, 30 * MS)
+    assert a.to_dict()["window"]["duration_s"] == 0.03
+    a = analyze([_http(100, 50, "r", 30), *gen_events(1, 1, 120, 20, [5, 5])])
+    assert timeline.run_start_ns(a) == 100 * MS
+    a = analyze([_session(5, 3, 1, model_path="m.onnx"), _http(10, 5, "z", 1)])
+    assert a.window() == (5 * MS, 15 * MS)
+
+
 def test_perfetto_requests_without_generations():
     evs, _ = perfetto.events(analyze([_http(0, 10, "x", 5), _http(20, 10, "y", 5)]))
     reqs = [e for e in evs if e["ph"] == "X"]

@@ -362,10 +362,16 @@ class Analysis:
         return goodput(self.generations, slo, self.generation_throughput().window_s)
 
     def window(self) -> tuple[int, int] | None:
-        """First start -> last end over every kind of work."""
+        """First start -> last end over every kind of work: generations, predictions, ONNX
+        Runtime runs and session creations (those the filters keep), HTTP requests."""
         ivs = [(g.start_ns, g.end_ns) for g in self.generations]
         ivs += [(p.start_ns, p.end_ns) for p in self.predictions]
         ivs += [(r.start_ns, r.end_ns) for r in self.ort_runs]
+        ivs += [(r.start_ns, max(r.end_ns, r.start_ns)) for r in self.requests]
+        for s in self.created_sessions:
+            t, d = s.get("t_ns"), s.get("dur_ns")
+            if type(t) is int:
+                ivs.append((t, t + max(d if type(d) is int else 0, 0)))
         if not ivs:
             return None
         return min(s for s, _ in ivs), max(e for _, e in ivs)
