@@ -23,16 +23,24 @@ def test_flush_interval_out_of_bounds_is_named(value):
         cfg.from_env({cfg.ENV_FLUSH: value})
 
 
-def test_bounds_of_each_interval_setting():
+def test_bounds_of_each_interval_setting(monkeypatch):
     assert cfg.parse_interval("--flush-interval", "0.001") == 0.001
     assert cfg.parse_interval("--flush-interval", "86400") == 86400.0
     assert cfg.from_env({cfg.ENV_OTLP_CLOSE_TIMEOUT: "3600"}).otlp_close_timeout == 3600.0
     for bad in ("3601", "1e10", "0"):
         with pytest.raises(cfg.ConfigError, match="to 3600 \\(1 hour\\)"):
             cfg.from_env({cfg.ENV_OTLP_CLOSE_TIMEOUT: bad})
-    # the OTLP sink's own reading of the variable gets the same bounds
-    with pytest.raises(cfg.ConfigError, match="1 hour"):
-        cfg.parse_interval(cfg.ENV_OTLP_CLOSE_TIMEOUT, "1e10")
+    # the OTLP sink's own reading of the variable gets the same bounds: 2 hours is a valid
+    # flush interval, not a valid close timeout (one warning, the default)
+    from pyinstrument_ai.sinks import otlp
+
+    warned: list[str] = []
+    monkeypatch.setenv(cfg.ENV_OTLP_CLOSE_TIMEOUT, "7200")
+    monkeypatch.setattr(otlp._log, "warn", lambda msg, **k: warned.append(msg))
+    assert otlp.close_timeout(None) == otlp.DEFAULT_CLOSE_TIMEOUT
+    assert len(warned) == 1 and "1 hour" in warned[0]
+    monkeypatch.setenv(cfg.ENV_OTLP_CLOSE_TIMEOUT, "1800")
+    assert otlp.close_timeout(None) == 1800.0
 
 
 @pytest.mark.parametrize("interval", [1e10, 1e-9, float("nan")])

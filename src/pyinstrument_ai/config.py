@@ -174,13 +174,11 @@ CLOSE_TIMEOUT_BOUNDS = (0.001, 3600.0, "from 0.001 (1 ms) to 3600 (1 hour)")
 
 
 def parse_interval(
-    source: str, value: str, bounds: "tuple[float, float, str] | None" = None
+    source: str, value: str, bounds: "tuple[float, float, str]" = FLUSH_BOUNDS
 ) -> float:
-    """A number of seconds within ``bounds`` (default: the OTLP close timeout's for its
-    variable, else the flush interval's): a thread's wait overflows past ~292 years, and a
-    flusher waking every nanosecond would spin."""
-    if bounds is None:
-        bounds = CLOSE_TIMEOUT_BOUNDS if source == ENV_OTLP_CLOSE_TIMEOUT else FLUSH_BOUNDS
+    """A number of seconds within ``bounds`` (the flush interval's unless given; the OTLP close
+    timeout passes its own): a thread's wait overflows past ~292 years, and a flusher waking
+    every nanosecond would spin. ``source`` only names the setting in the error."""
     low, high, text = bounds
     expected = f"expected a number of seconds {text}"
     try:
@@ -275,7 +273,7 @@ def from_env(environ: "Mapping[str, str] | None" = None, base: "Config | None" =
         c["otel_run_spans"] = parse_bool(ENV_OTEL_RUN_SPANS, env[ENV_OTEL_RUN_SPANS])
     if ENV_OTLP_CLOSE_TIMEOUT in env:
         c["otlp_close_timeout"] = parse_interval(
-            ENV_OTLP_CLOSE_TIMEOUT, env[ENV_OTLP_CLOSE_TIMEOUT]
+            ENV_OTLP_CLOSE_TIMEOUT, env[ENV_OTLP_CLOSE_TIMEOUT], CLOSE_TIMEOUT_BOUNDS
         )
     return (base or Config()).replace(**c)
 

@@ -532,7 +532,7 @@ def close_timeout(config: Config | None) -> float:
     from pyinstrument_ai import config as cfg
 
     try:
-        return cfg.parse_interval(ENV_CLOSE_TIMEOUT, raw.strip())
+        return cfg.parse_interval(ENV_CLOSE_TIMEOUT, raw.strip(), cfg.CLOSE_TIMEOUT_BOUNDS)
     except cfg.ConfigError as exc:
         _log.warn(
             f"{exc}; OTLP delivery at exit waits the default {DEFAULT_CLOSE_TIMEOUT:g} s",
