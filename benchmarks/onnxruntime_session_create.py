@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from _common import checkout_src, spread
 from onnxruntime.capi import onnxruntime_inference_collection as oic
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -327,7 +328,8 @@ def child(mode: str, cpu: int) -> None:
             events = -1
             if mode == "instrumented":
                 events = sum(e["name"] == target.SESSION for e in _events(session))
-            print(json.dumps({"made": made, "events": events}), flush=True)
+            where = os.path.abspath(pyinstrument_ai.__file__)
+            print(json.dumps({"made": made, "events": events, "from": where}), flush=True)
             break
         workload, seconds = cmd[1], float(cmd[2])
         if workload not in options:
@@ -353,7 +355,7 @@ def child(mode: str, cpu: int) -> None:
 
 class _Child:
     def __init__(self, mode: str, cpu: int, src: str | None = None) -> None:
-        """``src``: run ours from that checkout's ``src`` (``--also``), as ``instrumented``."""
+        """``src``: run ours from there (``--also``: a checkout's ``src``), as ``instrumented``."""
         self.mode = mode
         env = dict(os.environ)
         if src is not None:
@@ -380,20 +382,12 @@ class _Child:
         return json.loads(line)
 
 
-def _spread(v: list[float], fmt: str) -> str:
-    return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}..{fmt.format(max(v))})"
-
-
 def together(a: argparse.Namespace) -> None:
     mine = sorted(os.sched_getaffinity(0))
     cpu = mine[0]
     if len(mine) > 1:
         os.sched_setaffinity(0, set(mine[1:]))  # the parent waits elsewhere
-    also = dict(x.split("=", 1) for x in a.also)
-    for name, root in also.items():
-        also[name] = os.path.join(os.path.abspath(root), "src")
-        if not os.path.isdir(also[name]):
-            raise SystemExit(f"--also {name}={root}: no src folder in {root}")
+    also = {name: checkout_src(root) for name, root in (x.split("=", 1) for x in a.also)}
     modes = TOGETHER_MODES + list(also)
     print(
         f"together: {', '.join(modes)} pinned to CPU {cpu}, creating sessions at once; "
@@ -440,6 +434,9 @@ def together(a: argparse.Namespace) -> None:
                 end = kid.answer()
                 if end["events"] >= 0 and end["events"] != end["made"]:
                     raise SystemExit(f"{kid.mode}: {end['events']} events for {end['made']}")
+                src = also.get(kid.mode)  # --also: ours must have come from that checkout
+                if src is not None and not end["from"].startswith(src + os.sep):
+                    raise SystemExit(f"{kid.mode}: ours was imported from {end['from']}")
         finally:
             for kid in kids:  # ended after "quit"; on an error, stopped here
                 try:
@@ -468,25 +465,25 @@ def together(a: argparse.Namespace) -> None:
         print(w)
         p_rate, p_cpu, p_main = rate[w]["plain"], cpu_us[w]["plain"], main_us[w]["plain"]
         print(
-            f"  plain        {_spread(p_rate, '{:.0f}')} creations/s, "
-            f"{_spread(p_cpu, '{:.1f}')} µs CPU per creation "
-            f"({_spread(p_main, '{:.1f}')} on the creating thread)"
+            f"  plain        {spread(p_rate, '{:.0f}')} creations/s, "
+            f"{spread(p_cpu, '{:.1f}')} µs CPU per creation "
+            f"({spread(p_main, '{:.1f}')} on the creating thread)"
         )
         for m in modes[1:]:
             ratio = [p / x for p, x in zip(p_rate, rate[w][m], strict=True)]
             added = [x - p for p, x in zip(p_cpu, cpu_us[w][m], strict=True)]
             added_main = [x - p for p, x in zip(p_main, main_us[w][m], strict=True)]
             print(
-                f"  {m[:12]:12s} cost ratio {_spread(ratio, '{:.3f}')}; added "
-                f"{_spread(added, '{:+.1f}')} µs CPU per creation, "
-                f"{_spread(added_main, '{:+.1f}')} of it on the creating thread"
+                f"  {m[:12]:12s} cost ratio {spread(ratio, '{:.3f}')}; added "
+                f"{spread(added, '{:+.1f}')} µs CPU per creation, "
+                f"{spread(added_main, '{:+.1f}')} of it on the creating thread"
             )
         for m in also:  # this checkout against the other, paired in the same rounds
             ratio = [o / x for o, x in zip(rate[w][m], rate[w]["instrumented"], strict=True)]
             diff = [x - o for o, x in zip(cpu_us[w][m], cpu_us[w]["instrumented"], strict=True)]
             print(
-                f"  instrumented vs {m}: cost ratio {_spread(ratio, '{:.3f}')}; "
-                f"{_spread(diff, '{:+.1f}')} µs CPU per creation"
+                f"  instrumented vs {m}: cost ratio {spread(ratio, '{:.3f}')}; "
+                f"{spread(diff, '{:+.1f}')} µs CPU per creation"
             )
 
 
@@ -508,7 +505,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=DIR",
-        help="--together: one more process, instrumented by the checkout at DIR (its src)",
+        help="--together: one more process, ours imported from DIR (another checkout, or its src)",
     )
     args = ap.parse_args()
     if args.together:

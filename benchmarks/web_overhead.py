@@ -76,6 +76,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import checkout_src, spread
+
 HERE = Path(__file__).resolve().parent
 PATH = "/items/1"
 
@@ -92,15 +94,6 @@ def _clean_env() -> dict[str, str]:
     # nothing of ours or of OpenTelemetry's leaks in from the caller's environment (PYTHONPATH
     # stays: it may be where the dependencies are)
     return {k: v for k, v in os.environ.items() if not k.startswith(("PYINSTRUMENT_AI", "OTEL_"))}
-
-
-def _checkout_src(root: str) -> str:
-    """The folder to import ``pyinstrument_ai`` from for ``--also NAME=DIR``: DIR's ``src``
-    (a checkout), or DIR itself when it holds the package."""
-    for src in (os.path.join(root, "src"), root):
-        if os.path.isfile(os.path.join(src, "pyinstrument_ai", "__init__.py")):
-            return os.path.abspath(src)
-    raise SystemExit(f"--also {root}: no pyinstrument_ai package in {root}/src or {root}")
 
 
 def _configs(
@@ -125,7 +118,7 @@ def _configs(
         configs["floor"] = ([py, *serving("_web_app:floor")], _clean_env())
     for spec in also:  # NAME=DIR: ours, imported from another checkout (before/after)
         name, _, root = spec.partition("=")
-        src = _checkout_src(root)
+        src = checkout_src(root)
         env = _clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
         configs[name] = ([py, "-m", "instrument", "--out", out_dir, *uvicorn], env)
@@ -276,10 +269,6 @@ async def _client(port: int, connections: int, duration: float) -> tuple[int, fl
     return count, time.monotonic() - t0
 
 
-def _spread(v: list[float], fmt: str = "{:.1f}") -> str:
-    return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}..{fmt.format(max(v))})"
-
-
 def _rounds(
     a: argparse.Namespace,
     start: int,
@@ -292,7 +281,7 @@ def _rounds(
 ) -> None:
     """One start: wait for the servers, one warm-up round, then ``a.rounds`` rounds, the
     servers' order rotating every round; appends each round's figures."""
-    also_src = {n: _checkout_src(root) for n, _, root in (x.partition("=") for x in a.also)}
+    also_src = {n: checkout_src(root) for n, _, root in (x.partition("=") for x in a.also)}
     for s in servers:
         probe = s.wait_up()
         print(f"  start {start + 1}: {s.name:6s} pid {s.proc.pid}: {probe}")
@@ -393,9 +382,9 @@ def live(a: argparse.Namespace) -> None:
     print("\nmedian (min..max) over rounds")
     for name in rps:
         print(
-            f"  {name:6s} {_spread(rps[name], '{:.0f}')} req/s   "
-            f"wall {_spread([1e6 / x for x in rps[name]])} µs/request   "
-            f"server CPU {_spread(cpu_us[name])} µs/request"
+            f"  {name:6s} {spread(rps[name], '{:.0f}')} req/s   "
+            f"wall {spread([1e6 / x for x in rps[name]])} µs/request   "
+            f"server CPU {spread(cpu_us[name])} µs/request"
         )
     print("paired within rounds: median (min..max)")
     for name in rps:
@@ -405,8 +394,8 @@ def live(a: argparse.Namespace) -> None:
         wall = [1e6 / o - 1e6 / b for o, b in zip(rps[name], rps["bare"], strict=True)]
         cpu = [o - b for o, b in zip(cpu_us[name], cpu_us["bare"], strict=True)]
         print(
-            f"  {name:6s} vs bare: requests/s ratio {_spread(ratio, '{:.3f}')}; added "
-            f"{_spread(wall, '{:+.1f}')} µs/request wall, {_spread(cpu, '{:+.1f}')} µs CPU"
+            f"  {name:6s} vs bare: requests/s ratio {spread(ratio, '{:.3f}')}; added "
+            f"{spread(wall, '{:+.1f}')} µs/request wall, {spread(cpu, '{:+.1f}')} µs CPU"
         )
     if a.together:
         # every round's servers met the same seconds: the paired figures are the comparison
@@ -494,8 +483,8 @@ def in_process(a: argparse.Namespace) -> None:
     for k, v in res.items():
         if v:
             print(
-                f"  {k:6s} wall {_spread([w for w, _ in v])} µs/request, "
-                f"CPU {_spread([c for _, c in v])}"
+                f"  {k:6s} wall {spread([w for w, _ in v])} µs/request, "
+                f"CPU {spread([c for _, c in v])}"
             )
     for k in ("ours", "otel"):
         if res[k]:
@@ -504,8 +493,8 @@ def in_process(a: argparse.Namespace) -> None:
             ratios = [p[0] / o[0] for p, o in pairs]
             best = min(c for _, c in res[k]) - min(c for _, c in res["plain"])
             print(
-                f"  {k}: added CPU {_spread(added, '{:+.1f}')} µs/request (best rounds "
-                f"{best:+.1f}); requests/s ratio {_spread(ratios, '{:.3f}')}"
+                f"  {k}: added CPU {spread(added, '{:+.1f}')} µs/request (best rounds "
+                f"{best:+.1f}); requests/s ratio {spread(ratios, '{:.3f}')}"
             )
 
 

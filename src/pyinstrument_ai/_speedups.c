@@ -86,10 +86,12 @@ http_global(PyObject *name)
 }
 
 static void
-report_current(PyObject *where)
+report_in(PyObject *ns, PyObject *where)
 {
-    /* _guard.report(where, exc) for the exception being raised, then clear it; an exception
-     * that is not an Exception (KeyboardInterrupt, SystemExit) is left raised */
+    /* ns["report"](where, exc) (_guard.report, as the module whose globals ns are imported
+     * it) for the exception being raised, then clear it; without ns or a report in it the
+     * exception is dropped, as _guard.report drops its own. An exception that is not an
+     * Exception (KeyboardInterrupt, SystemExit) is left raised. */
     PyObject *type, *value, *tb, *report, *r;
     if (!PyErr_ExceptionMatches(PyExc_Exception))
         return;
@@ -97,7 +99,7 @@ report_current(PyObject *where)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
-    report = g_http ? Py_XNewRef(PyDict_GetItemWithError(g_http, s_report)) : NULL;
+    report = ns ? Py_XNewRef(PyDict_GetItemWithError(ns, s_report)) : NULL;
     if (report != NULL && value != NULL) {
         r = PyObject_CallFunctionObjArgs(report, where, value, NULL);
         Py_XDECREF(r);
@@ -107,6 +109,13 @@ report_current(PyObject *where)
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
+}
+
+static void
+report_current(PyObject *where)
+{
+    /* report_in for the ASGI paths: _http's report */
+    report_in(g_http, where);
 }
 
 static int
@@ -2057,7 +2066,7 @@ fail:
 /* ------------------------------------------------------------------------ ORT sessions */
 
 /* ``SessionInit(wrapped, on, record_later, ns)``: the onnxruntime target's wrapper of
- * ``InferenceSession.__init__`` (the reference: targets/onnxruntime.py's ``_make_init``, with
+ * ``InferenceSession.__init__`` (the reference: targets/onnxruntime.py's ``_py_init``, with
  * the same event). Right after ORT built a session the caches are cold, and there a Python
  * frame and a few dozen bytecodes cost several µs (issue 14 allows ~12-18 µs for all of our
  * work per creation); this does the usual cases in C: the session's state set, the model
@@ -2071,33 +2080,12 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *wrapped, *on, *record_later, *ns, *dict;
-    PyObject *ids, *capture, *build, *report, *name, *state;
+    PyObject *ids, *capture, *build, *name, *state;
 } SessionInitObject;
 
 static PyObject *s_watched, *s_defer_max, *s_default_options, *s_providers_attr;
 static PyObject *s_from_model, *s_sess_options, *s_providers_kw, *s_provider_options;
 static PyObject *s_where_session, *s_name_attr;
-
-static void
-report_with(PyObject *report, PyObject *where)
-{
-    /* report(where, exc) for the exception being raised, then clear it (see report_current) */
-    PyObject *type, *value, *tb, *r;
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
-        return;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    if (value != NULL) {
-        r = PyObject_CallFunctionObjArgs(report, where, value, NULL);
-        Py_XDECREF(r);
-    }
-    PyErr_Clear();
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-}
 
 static PyObject *
 kwarg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject *name)
@@ -2279,7 +2267,7 @@ session_record(SessionInitObject *w, PyObject *const *args, Py_ssize_t nargs, Py
     PyObject *self = args[0], *st, *state = NULL, *t, *d, *r;
     st = PyList_New(3);
     if (st == NULL) {
-        report_with(w->report, s_where_session);
+        report_in(w->ns, s_where_session);
         return;
     }
     PyList_SET_ITEM(st, 0, Py_NewRef(sid));
@@ -2287,7 +2275,7 @@ session_record(SessionInitObject *w, PyObject *const *args, Py_ssize_t nargs, Py
     PyList_SET_ITEM(st, 2, Py_NewRef(Py_None));
     /* object.__setattr__(self, _STATE, st): inline, past a subclass's __setattr__ */
     if (PyList_GET_ITEM(st, 1) == NULL || PyObject_GenericSetAttr(self, w->state, st) < 0)
-        report_with(w->report, s_where_session); /* no __dict__: runs give it one */
+        report_in(w->ns, s_where_session); /* no __dict__: runs give it one */
     Py_DECREF(st);
     state = session_capture(w, self, args, nargs, kwnames, sid, err);
     if (state == NULL)
@@ -2313,7 +2301,7 @@ session_record(SessionInitObject *w, PyObject *const *args, Py_ssize_t nargs, Py
 fail:
     Py_XDECREF(state);
 fail_reported:
-    report_with(w->report, s_where_session);
+    report_in(w->ns, s_where_session);
 }
 
 static PyObject *
@@ -2331,7 +2319,7 @@ session_init_call(SessionInitObject *w, PyObject *const *args, size_t nargsf, Py
     if (sid == NULL) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_RuntimeError, "the session ids ran out");
-        report_with(w->report, s_where_session);
+        report_in(w->ns, s_where_session);
         if (PyErr_Occurred())
             return NULL;
         return PyObject_Vectorcall(w->wrapped, args, nargsf, kwnames);
@@ -2408,7 +2396,6 @@ session_init_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     NS_CONST(ids, "_ids")
     NS_CONST(capture, "_capture")
     NS_CONST(build, "_build_session")
-    NS_CONST(report, "report")
     NS_CONST(name, "SESSION")
     NS_CONST(state, "_STATE")
 #undef NS_CONST
@@ -2426,7 +2413,6 @@ session_init_traverse(SessionInitObject *w, visitproc visit, void *arg)
     Py_VISIT(w->ids);
     Py_VISIT(w->capture);
     Py_VISIT(w->build);
-    Py_VISIT(w->report);
     Py_VISIT(w->name);
     Py_VISIT(w->state);
     return 0;
@@ -2443,7 +2429,6 @@ session_init_clear(SessionInitObject *w)
     Py_CLEAR(w->ids);
     Py_CLEAR(w->capture);
     Py_CLEAR(w->build);
-    Py_CLEAR(w->report);
     Py_CLEAR(w->name);
     Py_CLEAR(w->state);
     return 0;
@@ -2556,7 +2541,7 @@ static PyObject *
 watch_set(WatchObject *w, PyObject *self, PyObject *value)
 {
     /* after ORT's setter: our failures are reported (the reference's except/report) */
-    PyObject *ref, *fields, *v = NULL, *rec = NULL, *report;
+    PyObject *ref, *fields, *v = NULL, *rec = NULL;
     int r;
     ref = PyWeakref_NewRef(self, NULL);
     if (ref == NULL)
@@ -2595,16 +2580,7 @@ watch_set(WatchObject *w, PyObject *self, PyObject *value)
     if (!r)
         Py_RETURN_NONE;
 failed:
-    report = PyDict_GetItemWithError(w->ns, s_report);
-    if (report == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception))
-            return NULL;
-        PyErr_Clear(); /* nowhere to report to: dropped, as _guard.report drops its own */
-        Py_RETURN_NONE;
-    }
-    Py_INCREF(report);
-    report_with(report, w->where);
-    Py_DECREF(report);
+    report_in(w->ns, w->where);
     if (PyErr_Occurred())
         return NULL; /* not an Exception (KeyboardInterrupt): raised as it is */
     Py_RETURN_NONE;

@@ -18,7 +18,7 @@ from pyinstrument_ai.analysis.generations import Generation
 from pyinstrument_ai.analysis.goodput import Goodput, goodput
 from pyinstrument_ai.analysis.samples import Samples
 from pyinstrument_ai.analysis.stats import Stats
-from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage
+from pyinstrument_ai.analysis.work import OrtRun, Prediction, Stage, session_span
 
 __all__ = ["SCHEMA", "Analysis", "Throughput"]
 
@@ -368,10 +368,7 @@ class Analysis:
         ivs += [(p.start_ns, p.end_ns) for p in self.predictions]
         ivs += [(r.start_ns, r.end_ns) for r in self.ort_runs]
         ivs += [(r.start_ns, max(r.end_ns, r.start_ns)) for r in self.requests]
-        for s in self.created_sessions:
-            t, d = s.get("t_ns"), s.get("dur_ns")
-            if type(t) is int:
-                ivs.append((t, t + max(d if type(d) is int else 0, 0)))
+        ivs += [sp for sp in map(session_span, self.created_sessions) if sp is not None]
         if not ivs:
             return None
         return min(s for s, _ in ivs), max(e for _, e in ivs)

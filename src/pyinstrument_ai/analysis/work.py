@@ -18,6 +18,16 @@ def session_model(session: dict[str, Any]) -> str | None:
     )
 
 
+def session_span(session: dict[str, Any]) -> tuple[int, int] | None:
+    """An ``onnxruntime.session`` event's creation as (start, end) epoch ns (its ``dur_ns``,
+    the load, none when absent), or None without a start."""
+    start = session.get("t_ns")
+    if type(start) is not int:
+        return None
+    dur = session.get("dur_ns")
+    return start, start + max(dur if type(dur) is int else 0, 0)
+
+
 class _Plain:
     __slots__: tuple[str, ...] = ()
 

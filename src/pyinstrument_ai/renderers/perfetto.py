@@ -37,7 +37,7 @@ import orjson
 
 from pyinstrument_ai.analysis import timeline
 from pyinstrument_ai.analysis.concurrency import in_flight_series
-from pyinstrument_ai.analysis.work import session_model
+from pyinstrument_ai.analysis.work import session_model, session_span
 
 __all__ = ["render", "write"]
 
@@ -155,9 +155,9 @@ class _Plan:
         for r in a.ort_runs:
             ort.append((r.start_ns, r.end_ns, r.host, r, False))
         for s in getattr(a, "created_sessions", None) or ():  # those the filters keep
-            start = s.get("t_ns")
-            if type(start) is int:
-                ort.append((start, start + max(s.get("dur_ns") or 0, 0), s.get("host"), s, True))
+            span = session_span(s)
+            if span is not None:
+                ort.append((*span, s.get("host"), s, True))
         self.runs = []
         self.sessions = []
         for start, end, host, item, is_session in sorted(ort, key=lambda x: x[0]):

@@ -60,7 +60,6 @@ SUPPORTED = (">=1.16", "<2")
 RUN = "onnxruntime.run"
 SESSION = "onnxruntime.session"
 
-# (owner class, attribute name) -> (original function, our wrapper, on-switch cell)
 # (class, attribute) -> (original, our wrapper, its on/off switch, the recorder it records to)
 _patched: dict[tuple[type, str], tuple[Any, Any, list[bool], Any]] = {}
 _ids = itertools.count(1)
@@ -722,6 +721,7 @@ def _options_fields(
         except TypeError:  # not weak-referenceable
             fields = None
         if fields is not None:
+            # as they are now: a later change to the options makes a new dict (copy on write)
             return fields
     simple = not (
         failed
@@ -773,22 +773,11 @@ def _capture(sess: Any, sid: int, path_or_bytes: Any, args: tuple, kwargs: dict,
         except TypeError:
             model = repr(path_or_bytes)
     given = args[0] if args else kwargs.get("sess_options")
+    asked = args[1] if len(args) > 1 else kwargs.get("providers")
     try:  # what ORT's __init__ set (not when it failed early)
         providers = _get_attr(sess, "_providers")
-        from_model = _get_attr(sess, "_read_config_from_model")
     except AttributeError:
-        providers = from_model = None
-    # the usual case with explicit options, inline (one call fewer with cold caches): options
-    # watched since they were made, copied by the session as they are (see _options_fields)
-    if given is not None and err is None and from_model is False and _watched is not None:
-        try:
-            options = _watched.get(_ref(given))
-        except TypeError:  # not weak-referenceable
-            options = None
-        if options is not None and providers is not None:
-            # as they are now: a later change to the options makes a new dict (copy on write)
-            return sid, model, providers, options, err
-    asked = args[1] if len(args) > 1 else kwargs.get("providers")
+        providers = None
     if providers is None:
         try:
             providers = list(sess.get_providers())
