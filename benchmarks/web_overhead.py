@@ -333,7 +333,10 @@ def _rounds(
     )
 
 
-def live(a: argparse.Namespace) -> None:
+def live(a: argparse.Namespace) -> tuple[dict, dict, list]:
+    """The live measurement, printed; returns each server's requests/s and server CPU µs per
+    request, round by round (the same rounds for every server), and each start's median
+    requests/s ratio to ``bare`` (``web_ablations.py`` reads them against its control)."""
     use_wrk = shutil.which("wrk") is not None and a.load != "python"
     print(
         f"live uvicorn --workers 1, FastAPI GET {PATH}; load: "
@@ -400,7 +403,7 @@ def live(a: argparse.Namespace) -> None:
     if a.together:
         # every round's servers met the same seconds: the paired figures are the comparison
         # (a server's fastest round is only its luck with the scheduler's time slices)
-        return
+        return rps, cpu_us, per_start
     # Other processes' load only ever slows a round down, so each server's best round is the
     # least disturbed estimate of its own cost (timeit's reasoning); on a shared machine
     # these are the figures to compare, the paired ones show how much the noise moves them.
@@ -413,6 +416,7 @@ def live(a: argparse.Namespace) -> None:
             f"added {1e6 / max(rps[name]) - 1e6 / max(rps['bare']):+.1f} µs/request wall, "
             f"{min(cpu_us[name]) - min(cpu_us['bare']):+.1f} µs CPU"
         )
+    return rps, cpu_us, per_start
 
 
 # ----------------------------------------------------------------------------- in process

@@ -77,6 +77,11 @@ SLOW_RUNS = [  # real servers
         + ["--also", "same=."],  # a checkout's folder: its src, checked in the server's probe
         "same   vs bare",
     ),
+    (  # copies of this checkout, each leaving one part out, built and served beside control
+        "web_ablations.py",
+        ["--starts", "1", "--rounds", "1", "--duration", "1", "--load", "python"],
+        "against control",
+    ),
 ]
 
 
