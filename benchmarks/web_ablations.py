@@ -29,7 +29,7 @@ Printed: web_overhead's figures, then each copy against ``control``, paired with
 than ``control`` by more than the spread of the starts costs about that much; on a 2-vCPU VM a
 start's luck (memory layout, CPython's type-attribute cache: which entries collide depends on
 addresses) moves a server by 2-3%, so read the per-start line before a median. These copies
-exist to find where time goes, not to ship: each leaves out something the issue requires.
+exist to find where time goes, not to ship: each leaves out something issue 9 asks for.
 """
 
 from __future__ import annotations
@@ -143,7 +143,10 @@ def make_copy(name: str, into: Path) -> Path:
             )
         path.write_text(text.replace(old, new))
     print(f"building {name} ...", flush=True)
-    _build(src, into / name / "build")
+    try:
+        _build(src, into / name / "build")
+    except Exception as exc:  # no compiler or no Python headers: nothing to compare
+        raise SystemExit(f"ablation {name}: its C module did not build: {exc}") from None
     return src
 
 
