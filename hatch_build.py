@@ -20,7 +20,10 @@ import sysconfig
 import tempfile
 from typing import Any
 
-from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+try:
+    from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+except ImportError:  # imported for _compile alone (benchmarks/web_ablations.py), not building
+    BuildHookInterface = object  # type: ignore[assignment,misc]
 
 MODULE = "pyinstrument_ai._speedups"
 SOURCE = os.path.join("src", "pyinstrument_ai", "_speedups.c")

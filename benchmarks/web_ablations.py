@@ -3,8 +3,8 @@ this checkout that each leave one part of the work out.
 
     python benchmarks/web_ablations.py [--starts 12] [--rounds 4] [--duration 4] [--only notag,...]
 
-Each copy is this checkout's ``src`` with one change, its C module built the way the wheel
-builds it (setuptools, the platform's flags), served as ``python -m instrument ... -m uvicorn``
+Each copy is this checkout's ``src`` with one change, its C module built by the wheel's own
+build hook (``hatch_build._compile``), served as ``python -m instrument ... -m uvicorn``
 (``web_overhead.py --also``). ``control`` is the copy with no change, built the same way: the
 line every other copy is read against (the installed ``ours`` may be built differently). Every
 server is loaded at once, pinned to one CPU they share (``--together``); ``bare`` and the
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -110,18 +111,16 @@ ABLATIONS: dict[str, list[tuple[str, str, str]]] = {
 }
 
 
-def _build(src: Path, tmp: Path) -> None:
-    """Compile ``src``'s C module beside its source, as the wheel's build hook does."""
-    from setuptools import Distribution, Extension
-    from setuptools.command.build_ext import build_ext
-
-    ext = Extension("pyinstrument_ai._speedups", [str(src / C)], optional=False)
-    cmd = build_ext(Distribution({"name": "ablation", "ext_modules": [ext]}))
-    cmd.build_lib, cmd.build_temp = str(tmp / "lib"), str(tmp / "temp")
-    cmd.ensure_finalized()
-    cmd.run()
-    built = Path(cmd.get_ext_fullpath("pyinstrument_ai._speedups"))
-    shutil.copy2(built, src / "pyinstrument_ai" / built.name)
+def _build(root: Path, tmp: Path) -> None:
+    """Compile the C module of the checkout at ``root`` beside its source, with the wheel's
+    own build hook (``hatch_build._compile``: setuptools, the platform's flags)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from hatch_build import _compile
+    finally:
+        sys.path.remove(str(ROOT))
+    built = Path(_compile(str(root), str(tmp)))
+    shutil.copy2(built, root / "src" / "pyinstrument_ai" / built.name)
 
 
 def make_copy(name: str, into: Path) -> Path:
@@ -144,7 +143,7 @@ def make_copy(name: str, into: Path) -> Path:
         path.write_text(text.replace(old, new))
     print(f"building {name} ...", flush=True)
     try:
-        _build(src, into / name / "build")
+        _build(into / name, into / name / "build")
     except Exception as exc:  # no compiler or no Python headers: nothing to compare
         raise SystemExit(f"ablation {name}: its C module did not build: {exc}") from None
     return src
